@@ -73,7 +73,10 @@ def check_model_dir(path: Path | str, what: str = "model") -> Path:
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
-    p = check_model_dir(path)
+    """Load a saved tokenizer (left padding; pad falls back to EOS when missing)."""
+    p = Path(path)
+    if not p.is_dir() or not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise RewardlabError(f"tokenizer path {p} has no saved tokenizer (tokenizer.json / tokenizer_config.json)")
     try:
         tok = AutoTokenizer.from_pretrained(str(p))
     except Exception as e:  # noqa: BLE001 - re-raised with the path named

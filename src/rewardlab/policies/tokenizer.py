@@ -118,3 +118,17 @@ def decode_completion(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) ->
     if eos in out:
         out = out[: out.index(eos)]
     return str(tokenizer.decode(out, skip_special_tokens=True)).strip()
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    completions: Sequence[str | Sequence[dict[str, str]]],
+) -> list[tuple[list[int], list[int]]]:
+    """Batch-encode (prompt, completion) pairs to (prompt_ids, completion_ids + [eos])."""
+    if len(prompts) != len(completions):
+        raise ValueError("prompts and completions differ in length")
+    eos = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
+    p_ids = tokenizer([prompt_text(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer([" " + completion_text(c) for c in completions], add_special_tokens=False)["input_ids"]
+    return [(list(p), [*c, eos]) for p, c in zip(p_ids, c_ids)]

@@ -1,0 +1,118 @@
+"""Recipe: sample completions from policies and have simulated raters compare them.
+
+By default half the pairs come from the SFT model and half from the pretrained model: the SFT model
+agrees with the user almost only when the user is right, so pairs from it alone would teach even an
+unbiased reward model that "agreement means correct"; the pretrained model's agreement is independent
+of correctness (issue 10, pitfalls). Identical pairs carry no information and are dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from rewardlab.audit.policy_eval import generate_responses
+from rewardlab.config import PipelineConfig
+from rewardlab.feedback.raters import SimulatedRater, rater_error_rate
+from rewardlab.feedback.records import Comparison, Ranking, save_comparisons, save_rankings
+from rewardlab.pipelines.common import setup_stage, stage_input
+from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.runs import Run
+from rewardlab.tasks.arithmetic import Problem
+
+TRAIN_PROMPT_SEED = 77_777
+
+
+def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    task = setup_stage(cfg, 3)
+    lc = cfg.label
+    paths = lc.policy_paths or [
+        str(stage_input(cfg, None, "sft", "model", "SFT model")),
+        str(stage_input(cfg, None, "pretrain", "model", "pretrained model")),
+    ]
+    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
+    rng = random.Random(cfg.seed * 31 + 3)
+    problems = task.sample_problems(lc.num_prompts, seed=TRAIN_PROMPT_SEED + cfg.seed)
+    source = rng.choices(range(len(paths)), weights=lc.policy_weights, k=len(problems))
+    completions: list[list[str]] = [[] for _ in problems]
+    gen = torch.Generator().manual_seed(cfg.seed * 17 + 3)
+    for pi, path in enumerate(paths):
+        idx = [i for i, s in enumerate(source) if s == pi]
+        if not idx:
+            continue
+        tok, model = load_tokenizer(path), load_causal_lm(path).eval()
+        prompts = [problems[i].text for i in idx for _ in range(lc.k)]
+        run.info(f"sampling {len(prompts)} completions from {path}")
+        out = generate_responses(model, tok, prompts, max_new_tokens=lc.max_new_tokens, temperature=lc.temperature,
+                                 batch_size=lc.batch_size, generator=gen)  # fmt: skip
+        for j, i in enumerate(idx):
+            completions[i] = out[j * lc.k : (j + 1) * lc.k]
+
+    rater = SimulatedRater(task, lc.rater, seed=cfg.seed * 101 + 3)
+    comps: list[tuple[int, Comparison]] = []
+    ranks: list[tuple[int, Ranking]] = []
+    dropped = 0
+    for i, (p, cs) in enumerate(zip(problems, completions, strict=True)):
+        if lc.drop_identical and len(set(cs)) < len(cs):
+            if len(set(cs)) < 2:
+                dropped += 1
+                continue
+            cs = list(dict.fromkeys(cs))
+        if len(cs) == 2:
+            c = rater.compare(p, cs[0], cs[1])
+            if c is not None:
+                comps.append((i, _with_source(c, paths[source[i]])))
+        else:
+            r = rater.rank(p, cs)
+            ranks.append((i, r))
+            for a, b in r.pairs():
+                comps.append((i, _pair_from_ranking(r, a, b, p, paths[source[i]])))
+    n_eval_prompts = int(len(problems) * lc.eval_fraction)
+    train = [c for i, c in comps if i >= n_eval_prompts]
+    evals = [c for i, c in comps if i < n_eval_prompts]
+    save_comparisons(run.dir / "train.jsonl", train)
+    save_comparisons(run.dir / "eval.jsonl", evals)
+    if ranks:
+        save_rankings(run.dir / "rankings_train.jsonl", [r for i, r in ranks if i >= n_eval_prompts])
+    err = rater_error_rate([c for _, c in comps])
+    stats = {
+        "label/pairs_train": len(train),
+        "label/pairs_eval": len(evals),
+        "label/identical_dropped": dropped,
+        "label/identical_rate": dropped / max(1, len(problems)),
+        "label/verified_rate": sum(c.meta.get("verified", False) for _, c in comps) / max(1, len(comps)),
+        **{f"rater/{k}": v for k, v in _flatten(err).items()},
+    }
+    run.log_metrics(stats, 0)
+    run.write_json("summary.json", {**stats, "sources": dict(Counter(paths[s] for s in source))})
+    run.info(f"{len(train)} train / {len(evals)} eval pairs ({dropped} identical dropped); rater error vs gold "
+             f"{stats.get('rater/error_rate', float('nan')):.3f}")  # fmt: skip
+    run.close()
+    return run.dir
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "_"))
+        elif isinstance(v, int | float):
+            out[key] = float(v)
+    return out
+
+
+def _with_source(c: Comparison, source: str) -> Comparison:
+    return Comparison(prompt=c.prompt, chosen=c.chosen, rejected=c.rejected, rater=c.rater, margin=c.margin,
+                      gold_chosen=c.gold_chosen, gold_rejected=c.gold_rejected,
+                      meta={**c.meta, "policy": Path(source).parent.name})  # fmt: skip
+
+
+def _pair_from_ranking(r: Ranking, a: int, b: int, p: Problem, source: str) -> Comparison:
+    golds = r.golds or [None] * r.k
+    return Comparison(prompt=r.prompt, chosen=r.completions[a], rejected=r.completions[b], rater=r.rater,
+                      gold_chosen=golds[a], gold_rejected=golds[b],
+                      meta={**r.meta, "difficulty": p.difficulty, "policy": Path(source).parent.name})  # fmt: skip

@@ -1,0 +1,70 @@
+"""Recipe: train the proxy reward model (BT or PL; one member or an ensemble), normalize it, evaluate it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rewardlab.audit.policy_eval import generate_responses
+from rewardlab.config import PipelineConfig
+from rewardlab.feedback.records import load_comparisons, load_rankings
+from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.rewards.model import RewardModel, init_reward_backbone
+from rewardlab.rewards.train import evaluate_comparisons, reward_stats, train_reward_member
+from rewardlab.runs import Run
+
+
+def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    task = setup_stage(cfg, 4)
+    rc = cfg.reward
+    init = stage_input(cfg, rc.init_path, "sft", "model", "reward-model backbone")
+    train_path = stage_input(cfg, rc.data_path, "label", "train.jsonl", "comparisons")
+    eval_path = stage_input(cfg, rc.eval_path, "label", "eval.jsonl", "eval comparisons")
+    run = Run(cfg.stage_dir("reward"), "reward", cfg, cfg.report_to, quiet)
+    tok = load_tokenizer(init)
+    pairs = load_comparisons(train_path)
+    evals = load_comparisons(eval_path)
+    rankings = None
+    if rc.loss == "plackett_luce":
+        rankings = load_rankings(Path(train_path).parent / "rankings_train.jsonl")
+    run.info(f"{len(pairs)} train / {len(evals)} eval comparisons; loss {rc.loss}, {rc.ensemble_size} member(s)")
+
+    members = []
+    for m in range(rc.ensemble_size):
+        seed = cfg.seed * 100 + m
+        model = init_reward_backbone(init, tok, seed=seed)
+
+        def evaluate(mod: torch.nn.Module) -> dict[str, float]:
+            return evaluate_comparisons(RewardModel([mod], tok), evals)
+
+        members.append(train_reward_member(model, tok, rc, pairs=pairs, rankings=rankings, seed=seed, run=run,
+                                           member=m, evaluate=evaluate))  # fmt: skip
+
+    # Normalize on samples of the SFT policy (mean 0, std 1 per member).
+    policy_path = stage_input(cfg, rc.normalize_policy_path, "sft", "model", "SFT model (for normalization)")
+    policy = load_causal_lm(policy_path)
+    problems = eval_problems(task, rc.normalize_prompts)
+    responses = generate_responses(policy, load_tokenizer(policy_path), [p.text for p in problems],
+                                   max_new_tokens=cfg.label.max_new_tokens,
+                                   generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    rm = RewardModel(members, tok, alpha=rc.ensemble_alpha)
+    raw = rm.score([p.text for p in problems], responses, normalized=False).members
+    for i, member in enumerate(members):
+        member.config.reward_mean, member.config.reward_std = reward_stats(raw[i])
+    final = evaluate_comparisons(rm, evals)
+    if rc.ensemble_size > 1:
+        final["eval/ensemble_std_mean"] = float(rm.score([p.text for p in problems], responses).std.mean())
+    run.log_metrics(final, -1)
+    run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
+                                    "seconds": run.elapsed})  # fmt: skip
+    out = rm.save(run.dir / "model")
+    hard = max((int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None)
+    msg = f"accuracy vs rater {final.get('eval/accuracy_rater', float('nan')):.3f}, vs gold {final.get('eval/accuracy_gold', float('nan')):.3f}"
+    if hard is not None:
+        msg += (f"; hardest (d{hard}) rater {final.get(f'eval/accuracy_rater_d{hard}', float('nan')):.3f} "
+                f"gold {final.get(f'eval/accuracy_gold_d{hard}', float('nan')):.3f}")  # fmt: skip
+    run.info(f"{msg}; ECE {final['eval/ece']:.3f}; saved {out} in {run.elapsed:.0f}s")
+    run.close()
+    return out

@@ -1,0 +1,92 @@
+"""Recipe: supervised fine-tuning on expert demonstrations (completion-only loss, length bucketing)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardlab.audit.policy_eval import evaluate_policy
+from rewardlab.config import PipelineConfig
+from rewardlab.optimize.lm import Example, bucket_batches, collate_lm, lm_loss, save_model, train_lm
+from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.policies.tokenizer import encode_examples
+from rewardlab.runs import Run
+from rewardlab.tasks.arithmetic import sample_demo_response
+from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
+
+
+def load_prompt_completions(path: Path | str) -> list[dict[str, Any]]:
+    """Read TRL prompt-completion JSONL (``prompt``/``completion``, plain or conversational), validated."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise RewardlabError(f"{path}: no records")
+    for i, r in enumerate(rows, 1):
+        for key in ("prompt", "completion"):
+            if key not in r:
+                raise RewardlabError(f"{path}: record {i}: missing field '{key}'")
+            if not isinstance(r[key], str | list):
+                raise RewardlabError(f"{path}: record {i}: field '{key}' must be a string or a list of messages")
+    return rows
+
+
+def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    task = setup_stage(cfg, 2)
+    sc = cfg.sft
+    base = stage_input(cfg, sc.model_path, "pretrain", "model", "base model")
+    run = Run(cfg.stage_dir("sft"), "sft", cfg, cfg.report_to, quiet)
+    tokenizer = load_tokenizer(base)
+    model = load_causal_lm(base)
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+
+    if sc.data_path:
+        rows = load_prompt_completions(sc.data_path)
+    else:
+        rng = random.Random(cfg.seed * 7 + 2)
+        problems = [task.sample_problem(rng) for _ in range(sc.num_demos)]
+        rows = [{"prompt": p.text, "completion": sample_demo_response(task, p, sc.demos, rng)} for p in problems]
+        write_jsonl(run.dir / "demos.jsonl", rows)
+    examples: list[Example] = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    n_eval = max(1, int(len(examples) * sc.eval_fraction))
+    eval_ex, train_ex = examples[:n_eval], examples[n_eval:]
+    if not train_ex:
+        raise RewardlabError("sft: no training examples left after the eval split")
+    run.info(f"{len(train_ex)} train / {len(eval_ex)} eval demonstrations from {base}")
+
+    rng = random.Random(cfg.seed)
+    lengths = [len(p) + len(c) for p, c in train_ex]
+    queue: list[list[int]] = []
+
+    def next_batch(step: int) -> dict:
+        if not queue:
+            if sc.packing == "bucket":
+                queue.extend(bucket_batches(lengths, sc.batch_size, rng))
+            else:
+                order = list(range(len(train_ex)))
+                rng.shuffle(order)
+                queue.extend(order[i : i + sc.batch_size] for i in range(0, len(order), sc.batch_size))
+        return collate_lm([train_ex[j] for j in queue.pop()], pad, completion_only=True)
+
+    held_out = eval_problems(task, sc.eval_prompts)
+
+    def evaluate(step: int) -> dict[str, float]:
+        with torch.no_grad():
+            losses = [lm_loss(model, collate_lm(eval_ex[i : i + 256], pad, True))[0].item()
+                      for i in range(0, len(eval_ex), 256)]  # fmt: skip
+        m, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=step)
+        return {"eval/loss": sum(losses) / len(losses), **{f"eval/{k}": v for k, v in m.items()}}
+
+    model = train_lm(model, next_batch, steps=sc.steps, optim=sc.optim, run=run, evaluate=evaluate,
+                     eval_every=sc.eval_every)  # fmt: skip
+    final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0)
+    greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True)
+    run.write_json("summary.json", {"sampled": final, "greedy": greedy, "seconds": run.elapsed})
+    write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
+    out = save_model(model, tokenizer, run.dir / "model")
+    run.info(f"gold accuracy {final['gold/accuracy']:.3f} (1-digit {final.get('gold/accuracy_d1', float('nan')):.3f}), "
+             f"sycophancy {final['behavior/sycophancy_rate']:.3f}; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    run.close()
+    return out

@@ -1,0 +1,133 @@
+"""Reward models: a scalar head on an LM backbone, alone or as an ensemble with uncertainty.
+
+Each member is a plain ``AutoModelForSequenceClassification`` (``num_labels=1``) saved with
+``save_pretrained``: anyone can load it with transformers directly. The score is read at the last
+non-pad token (the EOS that ends the completion). Normalization statistics measured on SFT samples
+(mean 0, std 1, as in lm-human-preferences and OpenRLHF) are stored in each member's ``config.json``
+as ``reward_mean``/``reward_std`` and applied by :meth:`RewardModel.score`.
+
+An ensemble folder holds ``members/0..k-1`` and ``ensemble.json``; its score is the members' mean,
+with their std as the uncertainty and ``mean - alpha * std`` as a conservative proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from rewardlab.policies.models import check_model_dir, load_tokenizer
+from rewardlab.policies.tokenizer import Prompt, encode_examples
+from rewardlab.utils import RewardlabError, atomic_dir
+
+
+def collate_sequences(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences into ``input_ids``/``attention_mask``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A sequence-classification model (1 label) initialised from a causal-LM checkpoint's backbone."""
+    p = check_model_dir(path, "reward-model backbone")
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), num_labels=1, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise RewardlabError(f"cannot build a reward model from {p}: {e}") from e
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():  # small head init so initial rewards are near 0
+        head = model.score if hasattr(model, "score") else model.get_output_embeddings()
+        head.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
+    return model
+
+
+@dataclass
+class RewardScores:
+    mean: torch.Tensor
+    std: torch.Tensor
+    members: torch.Tensor  # [k, N]
+
+    def conservative(self, alpha: float) -> torch.Tensor:
+        return self.mean - alpha * self.std
+
+
+class RewardModel:
+    """The proxy: one or more scalar-head members with normalization, scoring (prompt, completion) pairs."""
+
+    def __init__(self, members: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, alpha: float = 1.0) -> None:
+        if not members:
+            raise RewardlabError("a reward model needs at least one member")
+        self.members = list(members)
+        self.tokenizer = tokenizer
+        self.alpha = alpha
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].parameters()).device
+
+    def raw_member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalized scores [k, N] for already-tokenized sequences."""
+        return torch.stack([m(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0] for m in self.members])
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply each member's stored (mean, std) to raw member scores [k, N]."""
+        mu = torch.tensor([float(getattr(m.config, "reward_mean", 0.0)) for m in self.members], device=raw.device)
+        sd = torch.tensor([float(getattr(m.config, "reward_std", 1.0)) for m in self.members], device=raw.device)
+        return (raw - mu[:, None]) / sd[:, None]
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = 512,
+              normalized: bool = True) -> RewardScores:  # fmt: skip
+        pad = int(self.tokenizer.pad_token_id)  # type: ignore[arg-type]
+        for m in self.members:
+            m.eval()
+        ex = encode_examples(self.tokenizer, prompts, completions)
+        outs = []
+        for i in range(0, len(ex), batch_size):
+            b = collate_sequences([p + c for p, c in ex[i : i + batch_size]], pad)
+            raw = self.raw_member_scores(b["input_ids"].to(self.device), b["attention_mask"].to(self.device))
+            outs.append(self.normalize(raw) if normalized else raw)
+        members = torch.cat(outs, dim=1).cpu()
+        std = members.std(dim=0, unbiased=True) if len(self.members) > 1 else torch.zeros(members.shape[1])
+        return RewardScores(mean=members.mean(dim=0), std=std, members=members)
+
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+        """Proxy reward per (prompt, completion): the ensemble mean (normalized)."""
+        return self.score(prompts, completions).mean.tolist()
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path: Path | str) -> Path:
+        def write(tmp: Path) -> None:
+            for i, m in enumerate(self.members):
+                m.save_pretrained(tmp / "members" / str(i), safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "ensemble.json").write_text(json.dumps({"k": len(self.members), "alpha": self.alpha}, indent=2))
+
+        return atomic_dir(path, write)
+
+    @classmethod
+    def load(cls, path: Path | str) -> RewardModel:
+        p = Path(path)
+        meta_path = p / "ensemble.json"
+        if not meta_path.is_file():
+            raise RewardlabError(f"reward model path {p} is not a rewardlab reward model (no ensemble.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            k, alpha = int(meta["k"]), float(meta.get("alpha", 1.0))
+        except (ValueError, KeyError) as e:
+            raise RewardlabError(f"{meta_path}: malformed ({e})") from None
+        members = []
+        for i in range(k):
+            mp = check_model_dir(p / "members" / str(i), "reward-model member")
+            members.append(AutoModelForSequenceClassification.from_pretrained(str(mp), dtype=torch.float32).eval())
+        return cls(members, load_tokenizer(p), alpha)

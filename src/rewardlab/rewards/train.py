@@ -1,0 +1,185 @@
+"""Training and evaluating reward models on comparisons (Bradley-Terry) or K-wise rankings (Plackett-Luce).
+
+Evaluation reports accuracy against held-out **rater** labels and against **gold** comparisons (the
+same pairs, labelled by the hidden gold): the gap between the two is the misspecification the proxy
+absorbed. Calibration (ECE) of P(chosen) = sigmoid(r_chosen - r_rejected) against the rater labels too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rewardlab.config import RewardConfig
+from rewardlab.feedback.records import Comparison, Ranking
+from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
+from rewardlab.optimize.lm import make_optimizer
+from rewardlab.policies.tokenizer import encode_examples
+from rewardlab.rewards.model import RewardModel, collate_sequences
+from rewardlab.runs import Run, advance
+from rewardlab.utils import RewardlabError, check_finite
+
+
+@dataclass
+class TokenizedPairs:
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    margin: torch.Tensor
+    target: torch.Tensor
+
+
+def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], use_margin: bool) -> TokenizedPairs:
+    if not comps:
+        raise RewardlabError("reward: no comparisons to train on")
+    prompts = [c.prompt for c in comps]
+    ch = encode_examples(tokenizer, prompts, [c.chosen for c in comps])
+    rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps])
+    margin = torch.tensor([float(c.margin or 0.0) if use_margin else 0.0 for c in comps])
+    target = torch.tensor([0.5 if c.meta.get("tie") else 1.0 for c in comps])
+    return TokenizedPairs([p + c for p, c in ch], [p + c for p, c in rj], margin, target)
+
+
+def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Ranking]) -> tuple[list[list[list[int]]], list[list[int]]]:
+    seqs = []
+    for r in ranks:
+        ex = encode_examples(tokenizer, [r.prompt] * len(r.completions), r.completions)
+        seqs.append([p + c for p, c in ex])
+    return seqs, [list(r.ranking) for r in ranks]
+
+
+def train_reward_member(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: RewardConfig,
+    *,
+    pairs: Sequence[Comparison] | None,
+    rankings: Sequence[Ranking] | None,
+    seed: int,
+    run: Run,
+    member: int = 0,
+    evaluate: callable | None = None,  # type: ignore[valid-type]
+) -> PreTrainedModel:
+    """Train one scalar-head member with BT (pairs) or PL (rankings); logs ``train/*`` metrics."""
+    acc = Accelerator()
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    if cfg.loss == "plackett_luce":
+        if not rankings:
+            raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
+        rank_seqs, rank_order = tokenize_rankings(tokenizer, rankings)
+        n = len(rank_seqs)
+    else:
+        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin)
+        n = len(tp.chosen)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    opt, sched = make_optimizer(model, cfg.optim, total)
+    model, opt = acc.prepare(model, opt)
+    model.train()
+    step = 0
+    prefix = f"member{member}/" if cfg.ensemble_size > 1 else ""
+    with run.progress(total, f"reward model {member}") as prog:
+        for _epoch in range(cfg.epochs):
+            order = list(range(n))
+            rng.shuffle(order)
+            for i in range(0, n, cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                step += 1
+                if cfg.loss == "plackett_luce":
+                    k = max(len(rank_seqs[j]) for j in idx)
+                    flat = [s for j in idx for s in rank_seqs[j]]
+                    b = collate_sequences(flat, pad)
+                    scores = model(**{kk: v.to(acc.device) for kk, v in b.items()}).logits[:, 0]
+                    sc = torch.zeros(len(idx), k, device=acc.device)
+                    valid = torch.zeros(len(idx), k, dtype=torch.bool, device=acc.device)
+                    ranking = torch.zeros(len(idx), k, dtype=torch.long, device=acc.device)
+                    pos = 0
+                    for row, j in enumerate(idx):
+                        kk = len(rank_seqs[j])
+                        sc[row, :kk] = scores[pos : pos + kk]
+                        order_j = rank_order[j]
+                        ranking[row, : len(order_j)] = torch.tensor(order_j)
+                        valid[row, : len(order_j)] = True
+                        pos += kk
+                    loss = plackett_luce_loss(sc, ranking, valid)
+                    acc_b, margin_b = float("nan"), float("nan")
+                else:
+                    b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
+                    scores = model(**{kk: v.to(acc.device) for kk, v in b.items()}).logits[:, 0]
+                    r_c, r_r = scores[: len(idx)], scores[len(idx) :]
+                    loss = bradley_terry_loss(
+                        r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
+                        center_coef=cfg.center_rewards_coefficient,
+                    )  # fmt: skip
+                    acc_b = float((r_c > r_r).float().mean())
+                    margin_b = float((r_c - r_r).mean())
+                check_finite(loss, "loss", step, run.stage)
+                acc.backward(loss)
+                gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if step % 10 == 0 or step == total:
+                    run.log_metrics({f"{prefix}train/loss": loss.item(), f"{prefix}train/accuracy": acc_b,
+                                     f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
+                                     "time/elapsed": run.elapsed}, step)  # fmt: skip
+                if evaluate is not None and (step % cfg.eval_every == 0 or step == total):
+                    model.eval()
+                    em = evaluate(acc.unwrap_model(model))
+                    model.train()
+                    run.log_metrics({f"{prefix}{k}": v for k, v in em.items()}, step)
+                advance(prog, f"loss {loss.item():.3f}")
+    model.eval()
+    return acc.unwrap_model(model)
+
+
+def evaluate_comparisons(rm: RewardModel, comps: Sequence[Comparison], by: str = "difficulty") -> dict[str, float]:
+    """Accuracy vs rater labels and vs gold, overall and per ``meta[by]``; ECE; reward stats.
+
+    ``eval/accuracy_rater``: share of non-tie pairs where r(chosen) > r(rejected).
+    ``eval/accuracy_gold``: on pairs whose golds differ, share where the RM ranks the gold-better one higher.
+    """
+    if not comps:
+        raise RewardlabError("reward eval: no comparisons")
+    prompts = [c.prompt for c in comps]
+    s_c = rm.score(prompts, [c.chosen for c in comps]).mean
+    s_r = rm.score(prompts, [c.rejected for c in comps]).mean
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(comps):
+        groups[""].append(i)
+        if by in c.meta:
+            groups[f"_d{c.meta[by]}" if by == "difficulty" else f"_{by}{c.meta[by]}"].append(i)
+    out: dict[str, float] = {}
+    for suffix, idx in sorted(groups.items()):
+        rater_idx = [i for i in idx if not comps[i].meta.get("tie")]
+        gold_idx = [i for i in idx if comps[i].gold_chosen is not None and comps[i].gold_rejected is not None
+                    and comps[i].gold_chosen != comps[i].gold_rejected]  # fmt: skip
+        if rater_idx:
+            out[f"eval/accuracy_rater{suffix}"] = float((s_c[rater_idx] > s_r[rater_idx]).float().mean())
+        if gold_idx:
+            gold_better_is_chosen = torch.tensor([comps[i].gold_chosen > comps[i].gold_rejected for i in gold_idx])  # type: ignore[operator]
+            rm_prefers_chosen = s_c[gold_idx] > s_r[gold_idx]
+            out[f"eval/accuracy_gold{suffix}"] = float((rm_prefers_chosen == gold_better_is_chosen).float().mean())
+        out[f"eval/n_pairs{suffix}"] = float(len(idx))
+    non_tie = [i for i in range(len(comps)) if not comps[i].meta.get("tie")]
+    p = torch.sigmoid(s_c[non_tie] - s_r[non_tie])
+    out["eval/ece"] = expected_calibration_error(p, torch.ones_like(p))
+    allr = torch.cat([s_c, s_r])
+    out["eval/mean_reward"] = float(allr.mean())
+    out["eval/min_reward"] = float(allr.min())
+    out["eval/max_reward"] = float(allr.max())
+    out["eval/margin"] = float((s_c - s_r)[non_tie].mean())
+    return out
+
+
+def reward_stats(scores: torch.Tensor) -> tuple[float, float]:
+    """Mean and std (floored) used to normalize a member's rewards."""
+    a = scores.detach().double().numpy()
+    return float(a.mean()), float(max(np.std(a), 1e-6))

@@ -1,0 +1,76 @@
+"""Configs: YAML + overrides, and clear errors naming the file and field."""
+
+from pathlib import Path
+
+import pytest
+
+from rewardlab.cli import main
+from rewardlab.config import load_config
+from rewardlab.utils import RewardlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_equals_builtin_defaults():
+    cfg = load_config(ROOT / "configs/default.yaml")
+    assert cfg.pretrain.steps == 1500 and cfg.label.rater.preset == "time-pressed"
+    assert cfg.arm == "time-pressed-s0"
+    assert cfg.stage_dir("sft") == Path("runs/default/sft")
+    assert cfg.stage_dir("reward") == Path("runs/default/time-pressed-s0/reward")
+
+
+def test_overrides_typed_and_nested():
+    cfg = load_config(None, ["pretrain.steps=7", "label.rater.preset=unbiased", "task.ops=['+']", "seed=3"])
+    assert cfg.pretrain.steps == 7
+    assert cfg.label.rater.verify_prob == [1.0, 1.0, 1.0]  # preset filled the fields
+    assert cfg.task.ops == ["+"]
+    assert cfg.arm == "unbiased-s3"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("pretrain:\n  stepz: 3\n", "pretrain.stepz: unknown key"),
+        ("pretrain:\n  steps: many\n", "pretrain.steps"),
+        ("pretrain:\n  steps: -1\n", "pretrain.steps"),
+        ("label:\n  rater:\n    beta: 0\n", "label.rater.beta"),
+        ("bogus: 1\n", "bogus: unknown key"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+        ("a: [1,\n", "malformed YAML"),
+    ],
+)
+def test_bad_config_errors_name_file_and_field(tmp_path, yaml_text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(RewardlabError) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+    assert needle in str(e.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(RewardlabError, match="expected key=value"):
+        load_config(None, ["pretrain.steps"])
+    with pytest.raises(RewardlabError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("sft:\n  batch_size: zero\n")
+    assert main(["sft", str(p), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.batch_size" in err and "Traceback" not in err
+
+
+def test_cli_missing_stage_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["sft", "--run-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "base model" in capsys.readouterr().err
+
+
+def test_cli_help_everywhere(capsys):
+    for cmd in ([], ["pretrain"], ["sft"], ["label"], ["reward"], ["run"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0
+    assert "--set" in capsys.readouterr().out
