@@ -119,7 +119,7 @@ def train_reward_member(
                         center_coef=cfg.center_rewards_coefficient,
                     )  # fmt: skip
                     acc_b = float((r_c > r_r).float().mean())
-                    margin_b = float((r_c - r_r).mean())
+                    margin_b = float((r_c - r_r).detach().mean())
                 check_finite(loss, "loss", step, run.stage)
                 acc.backward(loss)
                 gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)

@@ -1,0 +1,635 @@
+"""Pure loss and estimator functions shared by the reward-model and policy trainers.
+
+Everything here is a stateless function of torch tensors (the two KL controllers are the only
+stateful objects). Conventions follow Hugging Face TRL and OpenRLHF where they define one:
+
+* **Masks** may be bool, integer or float tensors of the same shape as the data; any non-zero
+  entry counts as valid (1), zero as masked (0). Values at masked positions never influence a
+  result, even if they are NaN/inf, because they are selected away with :func:`torch.where`
+  rather than multiplied by zero.
+* **Reductions** over masks are ``sum(x·m) / sum(m)`` (TRL's ``masked_mean``); an all-masked
+  reduction is ``0/0 = NaN``, which is deliberate so that an empty batch is loud, not silent.
+* **Stats** returned next to losses are detached tensors (no host sync); call ``.item()`` to log.
+
+Sections: reward modelling (Bradley-Terry, Plackett-Luce, accuracy, calibration), token-level
+helpers (log-probs, entropy, masked moments, whitening), KL (estimators, penalties, controllers,
+best-of-n), and advantages / PPO (GAE, clipped policy and value losses, RLOO, GRPO).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "best_of_n_kl",
+    "bradley_terry_loss",
+    "entropy_from_logits",
+    "expected_calibration_error",
+    "gae",
+    "grpo_advantages",
+    "kl_estimators",
+    "kl_penalty",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "plackett_luce_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "preference_accuracy",
+    "rloo_advantages",
+    "selective_log_softmax",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+# --------------------------------------------------------------------------------------------
+# internal helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_bool_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
+    """Return ``mask != 0`` as a bool tensor after checking it has the shape of ``like``."""
+    if mask.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(like.shape)}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "none":
+        return x
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_same_shape(a: Tensor, b: Tensor, names: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{names} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# reward modelling
+# --------------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(
+    r_chosen: Tensor,
+    r_rejected: Tensor,
+    *,
+    margin: Tensor | float | None = None,
+    target: Tensor | float | None = None,
+    center_coef: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Bradley-Terry negative log-likelihood of pairwise preferences.
+
+    With ``d = r_c - r_r - m``, ``t`` the probability that the chosen item is preferred::
+
+        loss = mean( -[ t·logσ(d) + (1 - t)·logσ(-d) ] ) + center_coef · mean((r_c + r_r)²)
+
+    * ``t = 1`` (default) gives TRL's ``RewardTrainer`` loss ``-logσ(r_c - r_r - m)`` exactly;
+      ``t = 0.5`` encodes a tie (minimised at ``d = 0`` where it equals ``log 2``); any
+      ``t ∈ [0, 1]`` is a soft label (binary cross-entropy on the logit ``d``).
+    * ``m`` (default 0) is the Llama-2 style margin: the chosen reward has to beat the
+      rejected one by ``m`` before the loss saturates.
+    * The centering term (Eisenstein et al. 2023, "Helping or Herding? Reward Model Ensembles
+      Mitigate but do not Eliminate Reward Hacking"; TRL's ``center_rewards_coefficient``)
+      pins the otherwise unidentified reward offset near zero.
+
+    Bradley & Terry (1952), as used for RLHF reward models by Christiano et al. (2017),
+    Stiennon et al. (2020) and Ouyang et al. (2022). ``logsigmoid`` keeps it stable for large
+    ``|d|``.
+
+    Args:
+        r_chosen, r_rejected: rewards of the chosen/rejected items, same shape (e.g. ``[B]``).
+        margin: scalar or tensor broadcastable to ``r_chosen``.
+        target: scalar or tensor in ``[0, 1]`` broadcastable to ``r_chosen``.
+        center_coef: weight of the centering penalty (0 disables it).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-pair losses, the
+            centering term then being ``center_coef·(r_c + r_r)²`` per pair).
+    """
+    _check_same_shape(r_chosen, r_rejected, "r_chosen and r_rejected")
+    d = r_chosen - r_rejected
+    if margin is not None:
+        d = d - margin
+    if target is None:
+        losses = -F.logsigmoid(d)
+    else:
+        if isinstance(target, (int, float)) and not 0.0 <= float(target) <= 1.0:
+            raise ValueError(f"target must lie in [0, 1], got {target}")
+        losses = -(target * F.logsigmoid(d) + (1.0 - target) * F.logsigmoid(-d))
+    if center_coef:
+        losses = losses + center_coef * (r_chosen + r_rejected) ** 2
+    return _reduce(losses, reduction)
+
+
+def plackett_luce_loss(
+    scores: Tensor,
+    ranking: Tensor,
+    valid: Tensor | None = None,
+    *,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Negative log-likelihood of a ranking under the Plackett-Luce model.
+
+    For one example with scores ``s`` and ranking ``π`` (indices of the items, best first)::
+
+        loss = -Σ_i [ s_{π_i} - logsumexp_{j ≥ i} s_{π_j} ]
+
+    i.e. the best item is chosen by a softmax over all items, the second by a softmax over the
+    remaining ones, and so on (the last term is always 0). With ``K = 2`` this is exactly
+    :func:`bradley_terry_loss` (``t = 1``, no margin). Plackett (1975), Luce (1959); used as a
+    K-wise reward-model loss by Zhu, Jordan & Jiao (2023), "Principled Reinforcement Learning
+    with Human Feedback from Pairwise or K-wise Comparisons".
+
+    Args:
+        scores: ``[B, K]`` item scores (rewards).
+        ranking: ``[B, K]`` long, ``ranking[b, i]`` is the index (into ``scores[b]``) of the
+            item placed ``i``-th. Each row's valid entries must be distinct indices.
+        valid: optional ``[B, K]`` mask over *ranking positions*; invalid positions are
+            padding, for rows that rank fewer than ``K`` items. Items not named by a valid
+            position take no part in that row's likelihood at all (they are absent, not
+            "ranked below"), and the entries of ``ranking`` there may be anything (e.g. -1).
+            A row with at most one valid position has loss 0.
+        reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"`` (``[B]``).
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [B, K], got shape {tuple(scores.shape)}")
+    _check_same_shape(scores, ranking, "scores and ranking")
+    if valid is None:
+        valid_b = torch.ones_like(scores, dtype=torch.bool)
+    else:
+        valid_b = _as_bool_mask(valid, scores, "valid")
+    safe_index = torch.where(valid_b, ranking, torch.zeros_like(ranking)).long()
+    ordered = scores.gather(1, safe_index)  # s_{π_i}
+    # A large finite negative instead of -inf keeps logcumsumexp and its gradient NaN-free
+    # when a suffix holds only padding.
+    very_negative = torch.finfo(scores.dtype).min
+    ordered_for_lse = torch.where(valid_b, ordered, torch.full_like(ordered, very_negative))
+    # suffix logsumexp: lse_i = logsumexp_{j >= i} s_{π_j}
+    suffix_lse = torch.logcumsumexp(ordered_for_lse.flip(-1), dim=-1).flip(-1)
+    terms = torch.where(valid_b, ordered - suffix_lse, torch.zeros_like(ordered))
+    return _reduce(-terms.sum(dim=-1), reduction)
+
+
+def preference_accuracy(
+    r_chosen: Tensor, r_rejected: Tensor, *, ties: Literal["wrong", "half"] = "wrong"
+) -> float:
+    """Fraction of pairs the reward model orders correctly, ``mean(r_c > r_r)``.
+
+    This is TRL's reward-model accuracy (``(rewards_chosen > rewards_rejected).float().mean()``),
+    where a tie counts as wrong; pass ``ties="half"`` to score ties as 0.5 instead, which is
+    the expected accuracy of breaking ties by a coin flip.
+    """
+    _check_same_shape(r_chosen, r_rejected, "r_chosen and r_rejected")
+    if r_chosen.numel() == 0:
+        raise ValueError("preference_accuracy needs at least one pair")
+    correct = (r_chosen > r_rejected).double()
+    if ties == "half":
+        correct = correct + 0.5 * (r_chosen == r_rejected).double()
+    elif ties != "wrong":
+        raise ValueError(f"ties must be 'wrong' or 'half', got {ties!r}")
+    return float(correct.mean())
+
+
+def expected_calibration_error(p_chosen: Tensor, label: Tensor, n_bins: int = 10) -> float:
+    r"""Expected calibration error of binary preference probabilities (Guo et al. 2017).
+
+    ``p_chosen`` is the predicted probability that the first item is preferred (for a reward
+    model, ``σ(r_1 - r_2)``), ``label`` is 1 where the first item was preferred, 0 otherwise.
+    As in Guo et al. ("On Calibration of Modern Neural Networks"), the predicted class is
+    ``p ≥ 0.5`` (ties go to the first item), its confidence is ``max(p, 1 - p)``, confidences
+    fall into ``n_bins`` equal-width bins ``(k/n, (k+1)/n]`` of ``[0, 1]`` (so only the upper
+    half is used for a binary problem), and::
+
+        ECE = Σ_bins |B|/N · | accuracy(B) - mean confidence(B) |
+
+    Returns a python float in ``[0, 1]``; computed in float64.
+    """
+    if p_chosen.shape != label.shape:
+        raise ValueError(f"p_chosen and label must have the same shape, got {p_chosen.shape}, {label.shape}")
+    if p_chosen.numel() == 0:
+        raise ValueError("expected_calibration_error needs at least one prediction")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    p = p_chosen.detach().double().flatten()
+    y = (label.detach().flatten() != 0).double()
+    if bool(((p < 0) | (p > 1)).any()):
+        raise ValueError("p_chosen must lie in [0, 1]")
+    pred = (p >= 0.5).double()
+    confidence = torch.where(pred == 1, p, 1.0 - p)
+    correct = (pred == y).double()
+    inner_edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1]
+    bin_idx = torch.bucketize(confidence, inner_edges, right=False)  # (edge_k, edge_{k+1}]
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bin_idx, confidence)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bin_idx, correct)
+    # Σ_B |B|/N · |acc_B - conf_B| = Σ_B |acc_sum_B - conf_sum_B| / N
+    return float((acc_sum - conf_sum).abs().sum() / p.numel())
+
+
+# --------------------------------------------------------------------------------------------
+# token-level helpers
+# --------------------------------------------------------------------------------------------
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """Log-probabilities of the ``index`` tokens, ``log_softmax(logits)[..., index]``.
+
+    ``logits [B, T, V]``, ``index [B, T]`` → ``[B, T]``. Memory-efficient as in TRL: for
+    float32/float64 it computes ``logits.gather(index) - logsumexp(logits)`` row by row and never
+    materialises the full ``[B, T, V]`` log-softmax; for low-precision dtypes (bf16/fp16), where
+    the logsumexp route loses accuracy, it falls back to a row-wise ``log_softmax`` + gather.
+    """
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"index shape {tuple(index.shape)} does not match logits {tuple(logits.shape)}")
+    index = index.long()
+    if logits.dtype in (torch.float32, torch.float64):
+        selected = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        if logits.ndim >= 2:
+            lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        else:
+            lse = torch.logsumexp(logits, dim=-1)
+        return selected - lse
+    if logits.ndim < 2:
+        return F.log_softmax(logits, dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    rows = [
+        F.log_softmax(row, dim=-1).gather(-1, row_index.unsqueeze(-1)).squeeze(-1)
+        for row, row_index in zip(logits, index)
+    ]
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical distribution ``softmax(logits)`` over the last axis.
+
+    ``H = -Σ_v p_v log p_v`` with ``p = softmax(logits)``; ``[B, T, V]`` → ``[B, T]`` (any
+    leading shape works). Computed row by row over the first axis to bound peak memory (as TRL's
+    chunked version), via ``log_softmax`` so that ``-inf`` logits (banned tokens) contribute 0
+    and produce neither NaN values nor NaN gradients.
+    """
+
+    def _entropy(lg: Tensor) -> Tensor:
+        logp = F.log_softmax(lg, dim=-1)
+        finite_logp = logp.clamp(min=torch.finfo(logp.dtype).min)
+        return -(logp.exp() * finite_logp).sum(dim=-1)
+
+    if logits.ndim >= 2:
+        return torch.stack([_entropy(row) for row in logits])
+    return _entropy(logits)
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """``Σ x·m`` over ``dim`` (all axes if ``None``); masked entries are ignored even if NaN."""
+    m = _as_bool_mask(mask, x)
+    xm = torch.where(m, x, torch.zeros_like(x))
+    return xm.sum() if dim is None else xm.sum(dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """``Σ x·m / Σ m`` over ``dim`` (all axes if ``None``), TRL/OpenRLHF ``masked_mean``.
+
+    An all-masked reduction gives ``0/0 = NaN`` on purpose.
+    """
+    m = _as_bool_mask(mask, x)
+    count = m.sum() if dim is None else m.sum(dim=dim)
+    return masked_sum(x, m, dim) / count.to(x.dtype)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of the valid entries of ``x`` (over all axes), as TRL's ``masked_var``.
+
+    ``var = masked_mean((x - masked_mean(x))²)``, times the Bessel correction ``n / (n - 1)``
+    when ``unbiased`` (``n`` = number of valid entries). Raises ``ValueError`` when
+    ``unbiased`` and ``n ≤ 1``, like TRL, because the estimate is undefined.
+    """
+    m = _as_bool_mask(mask, x)
+    mean = masked_mean(x, m)
+    var = masked_mean((x - mean) ** 2, m)
+    if unbiased:
+        n = int(m.sum())
+        if n == 0:
+            raise ValueError("masked_var: the mask has no valid entries")
+        if n == 1:
+            raise ValueError("masked_var: the mask has one valid entry; the unbiased variance is undefined")
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalise the valid entries of ``x`` to mean 0 and (Bessel-corrected) variance 1.
+
+    As TRL's ``masked_whiten``: ``(x - μ) / sqrt(σ² + eps)`` with ``μ = masked_mean(x)`` and
+    ``σ² = masked_var(x, unbiased=True)`` over all valid entries; with ``shift_mean=False`` the
+    mean is added back (``(x - μ)/sqrt(σ² + eps) + μ``), i.e. only the scale changes.
+
+    Choice at masked positions: unlike TRL (which whitens them too), the result is **0** at
+    masked positions, so it can be summed without a mask and garbage/NaN there never leaks.
+    Needs at least two valid entries (see :func:`masked_var`).
+    """
+    m = _as_bool_mask(mask, x)
+    mean = masked_mean(x, m)
+    var = masked_var(x, m, unbiased=True)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(m, whitened, torch.zeros_like(whitened))
+
+
+# --------------------------------------------------------------------------------------------
+# KL
+# --------------------------------------------------------------------------------------------
+
+
+def kl_estimators(logp: Tensor, ref_logp: Tensor) -> dict[str, Tensor]:
+    r"""Per-token estimators of ``KL(π || π_ref)`` from samples of ``π`` (Schulman 2020).
+
+    With ``log r = ref_logp - logp = log(π_ref(x)/π(x))`` for ``x ~ π``:
+
+    * ``k1 = -log r = logp - ref_logp`` — unbiased, high variance, can be negative;
+    * ``k2 = ½ (log r)²`` — biased (its expectation is ``½ E_π[(log π/π_ref)²]``, which only
+      matches the KL to second order as ``π_ref → π``), low variance, ≥ 0;
+    * ``k3 = (r - 1) - log r`` — unbiased (``E_π[r] = 1``) and always ≥ 0 since ``e^y ≥ 1 + y``.
+
+    J. Schulman, "Approximating KL Divergence" (2020); same names in TRL, OpenRLHF and verl.
+    Returns ``{"k1", "k2", "k3"}`` tensors of the input shape.
+    """
+    _check_same_shape(logp, ref_logp, "logp and ref_logp")
+    log_r = ref_logp - logp
+    return {
+        "k1": -log_r,
+        "k2": 0.5 * log_r**2,
+        "k3": torch.expm1(log_r) - log_r,
+    }
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k1") -> Tensor:
+    """Per-token KL penalty ``KL(π || π_ref)`` with one of :func:`kl_estimators`' estimators.
+
+    ``k1 = logp - ref_logp`` (TRL PPO/RLOO default, added to the reward as ``-β·k1``),
+    ``k2 = ½(logp - ref_logp)²``, ``k3 = exp(ref_logp - logp) - 1 - (ref_logp - logp)``
+    (GRPO's per-token KL, DeepSeekMath; Schulman 2020).
+    """
+    _check_same_shape(logp, ref_logp, "logp and ref_logp")
+    log_r = ref_logp - logp
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
+
+
+class FixedKLController:
+    """Constant KL coefficient β (Ziegler et al. 2019); ``update`` is a no-op."""
+
+    def __init__(self, coef: float) -> None:
+        if coef < 0:
+            raise ValueError(f"KL coefficient must be >= 0, got {coef}")
+        self.value = float(coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Do nothing: the coefficient stays fixed."""
+
+    def __repr__(self) -> str:
+        return f"FixedKLController(coef={self.value})"
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient of Ziegler et al. (2019), "Fine-Tuning LMs from Human Preferences".
+
+    A proportional controller steering the observed KL towards ``target``::
+
+        error = clip(current_kl / target - 1, -0.2, 0.2)
+        β    ← β · (1 + error · n_steps / horizon)
+
+    identical to TRL's ``AdaptiveKLController`` (``n_steps`` is usually the batch size).
+    """
+
+    def __init__(self, init_coef: float, target: float, horizon: float) -> None:
+        if init_coef < 0:
+            raise ValueError(f"init_coef must be >= 0, got {init_coef}")
+        if target <= 0:
+            raise ValueError(f"target KL must be > 0, got {target}")
+        if horizon <= 0:
+            raise ValueError(f"horizon must be > 0, got {horizon}")
+        self.value = float(init_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Multiply β by ``1 + clip(current_kl/target - 1, ±0.2) · n_steps/horizon``."""
+        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def __repr__(self) -> str:
+        return f"AdaptiveKLController(value={self.value}, target={self.target}, horizon={self.horizon})"
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic ``KL(π_BoN || π_base)`` of best-of-``n`` sampling: ``log n - (n - 1)/n``.
+
+    Stiennon et al. (2020), Appendix G.3, and Gao, Schulman & Hilton (2022), "Scaling Laws for
+    Reward Model Overoptimization". Exact when the reward has a continuous distribution (no
+    ties); for a discrete base distribution it is an upper bound (Beirami et al. 2024,
+    "Theoretical guarantees on the best-of-n alignment policy"), tight when every outcome has
+    small probability. ``best_of_n_kl(1) == 0``.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = int(n)
+    return math.log(n) - (n - 1) / n
+
+
+# --------------------------------------------------------------------------------------------
+# advantages and PPO
+# --------------------------------------------------------------------------------------------
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[Tensor, Tensor]:
+    r"""Generalized advantage estimation over response tokens (Schulman et al. 2016).
+
+    For each row, over its valid tokens in order ``t = 0..L-1``::
+
+        δ_t = r_t + γ·V_{t+1} - V_t          (V_L = 0: the episode ends at the last valid token)
+        A_t = δ_t + γλ·A_{t+1}               (A_L = 0)
+        R_t = A_t + V_t                      (returns, the value-function targets)
+
+    as in TRL's PPO trainer for right-padded responses (where padded rewards/values are zeroed
+    first). Rewards and values at masked positions are ignored, whatever they contain; masked
+    positions of both outputs are 0. Masked positions are *skipped*, so an interior hole in the
+    mask links the tokens on either side of it (for right padding this is the TRL recursion).
+
+    Args:
+        rewards, values, mask: ``[B, T]``. Pass detached values (no gradient is wanted through
+            the targets); this function does not detach for you.
+        gamma: discount γ. lam: GAE λ.
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]``, not whitened (see :func:`masked_whiten`).
+    """
+    _check_same_shape(rewards, values, "rewards and values")
+    m = _as_bool_mask(mask, rewards)
+    if rewards.ndim != 2:
+        raise ValueError(f"gae expects [B, T] tensors, got shape {tuple(rewards.shape)}")
+    if rewards.shape[1] == 0:
+        return torch.zeros_like(rewards), torch.zeros_like(rewards)
+    zeros = torch.zeros_like(rewards[:, 0])
+    next_value = zeros
+    last_adv = zeros
+    adv_reversed = []
+    for t in reversed(range(rewards.shape[1])):
+        valid_t = m[:, t]
+        r_t = torch.where(valid_t, rewards[:, t], zeros)
+        v_t = torch.where(valid_t, values[:, t], zeros)
+        delta = r_t + gamma * next_value - v_t
+        adv_t = delta + gamma * lam * last_adv
+        last_adv = torch.where(valid_t, adv_t, last_adv)
+        next_value = torch.where(valid_t, v_t, next_value)
+        adv_reversed.append(torch.where(valid_t, adv_t, zeros))
+    advantages = torch.stack(adv_reversed[::-1], dim=1)
+    returns = torch.where(m, advantages + values, torch.zeros_like(advantages))
+    return advantages, returns
+
+
+def ppo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_range: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""PPO clipped surrogate loss (Schulman et al. 2017), token-level as in TRL.
+
+    ``ratio = exp(logp - old_logp)``::
+
+        pg_losses  = -A · ratio
+        pg_losses2 = -A · clip(ratio, 1 - ε, 1 + ε)
+        loss       = masked_mean(max(pg_losses, pg_losses2))
+
+    Stats (detached scalars, masked means over valid tokens):
+    ``"clipfrac"`` = mean(pg_losses2 > pg_losses) (TRL's definition: the clipped branch was the
+    active, pessimistic one); ``"approxkl"`` = ½·mean((logp - old_logp)²); ``"ratio"`` =
+    mean(ratio). (TRL averages ``approxkl`` and ``ratio`` without the mask; here padding is
+    excluded everywhere.)
+    """
+    _check_same_shape(logp, old_logp, "logp and old_logp")
+    _check_same_shape(logp, advantages, "logp and advantages")
+    m = _as_bool_mask(mask, logp)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    pg_losses = -advantages * ratio
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.max(pg_losses, pg_losses2), m)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((pg_losses2 > pg_losses).to(logp.dtype), m),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, m),
+            "ratio": masked_mean(ratio, m),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range_value: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""PPO clipped value loss, as in TRL / OpenAI baselines.
+
+    ``V_clipped = old + clip(V - old, -ε, ε)``::
+
+        loss = ½ · masked_mean( max((V - R)², (V_clipped - R)²) )
+
+    Stats: ``"clipfrac"`` = masked mean of ``(V_clipped - R)² > (V - R)²`` (detached).
+    """
+    _check_same_shape(values, old_values, "values and old_values")
+    _check_same_shape(values, returns, "values and returns")
+    m = _as_bool_mask(mask, values)
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    vf_losses1 = (values - returns) ** 2
+    vf_losses2 = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), m)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((vf_losses2 > vf_losses1).to(values.dtype), m)}
+    return loss, stats
+
+
+def _grouped(scores: Tensor, k: int, name: str) -> Tensor:
+    if scores.ndim != 1:
+        raise ValueError(f"{name}: scores must be 1-D [N*k], got shape {tuple(scores.shape)}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"{name}: k must be a positive integer, got {k!r}")
+    if scores.numel() == 0 or scores.numel() % k != 0:
+        raise ValueError(f"{name}: {scores.numel()} scores cannot be split into groups of k={k}")
+    return scores.view(-1, int(k))
+
+
+def rloo_advantages(scores: Tensor, k: int) -> Tensor:
+    r"""REINFORCE leave-one-out advantages (Ahmadian et al. 2024, "Back to Basics").
+
+    ``scores`` is ``[N*k]``: N groups of k consecutive samples for the same prompt. Each sample's
+    baseline is the mean of the *other* ``k - 1`` samples of its group::
+
+        A_i = r_i - (Σ_group r - r_i)/(k - 1)  =  k/(k - 1) · (r_i - mean_group r)
+
+    Requires ``k ≥ 2`` (``ValueError`` otherwise). (TRL's RLOO trainer lays scores out as
+    ``[k, N]``; this function uses the consecutive ``[N, k]`` layout.)
+    """
+    groups = _grouped(scores, k, "rloo_advantages")
+    if k < 2:
+        raise ValueError(f"rloo_advantages needs k >= 2 samples per group, got k={k}")
+    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).reshape(-1)
+
+
+def grpo_advantages(
+    scores: Tensor,
+    k: int,
+    eps: float = 1e-4,
+    scale: Literal["group", "batch", "none"] = "group",
+) -> Tensor:
+    r"""GRPO group-relative advantages (Shao et al. 2024, DeepSeekMath), as in TRL.
+
+    ``scores`` is ``[N*k]``, N groups of k consecutive samples. ``A_i = (r_i - mean_group r) / (σ + eps)``
+    where σ depends on ``scale`` (TRL's ``scale_rewards``):
+
+    * ``"group"``: the std of the sample's own group (the original GRPO);
+    * ``"batch"``: one std over the whole batch (the mean is still the group mean);
+    * ``"none"``: no division, ``A_i = r_i - mean_group r`` (Dr. GRPO, Liu et al. 2025).
+
+    Like TRL this uses the **unbiased** ``torch.std`` (divides by n - 1), and, like TRL, a std
+    taken over a single value (k = 1, or a batch of one) is defined as 0 instead of NaN, so
+    those advantages are 0.
+    """
+    groups = _grouped(scores, k, "grpo_advantages")
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    if scale == "none":
+        return centered.reshape(-1)
+    if scale == "group":
+        std = groups.std(dim=1, keepdim=True) if k > 1 else torch.zeros_like(groups[:, :1])
+    elif scale == "batch":
+        std = scores.std() if scores.numel() > 1 else torch.zeros_like(scores[0])
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return (centered / (std + eps)).reshape(-1)
