@@ -13,13 +13,18 @@ from pathlib import Path
 
 from rewardlab.utils import RewardlabError
 
-STAGES = ("pretrain", "sft", "label", "reward")
+STAGES = ("pretrain", "sft", "label", "reward", "ppo", "rloo", "grpo", "bon")
 STAGE_HELP = {
     "pretrain": "pretrain the base model from scratch on the task's mixed-quality corpus",
     "sft": "supervised fine-tuning on expert demonstrations (completion-only loss)",
     "label": "sample completion pairs from policies and label them with simulated raters",
     "reward": "train the proxy reward model (Bradley-Terry / Plackett-Luce / ensemble) and evaluate it",
-    "run": "run the whole pipeline: pretrain -> sft -> label -> reward",
+    "ppo": "PPO against the proxy with a KL penalty, audited against the hidden gold",
+    "rloo": "RLOO (leave-one-out baseline) against the proxy, same trainer as ppo",
+    "grpo": "GRPO (group-normalized advantages) against the proxy, same trainer as ppo",
+    "bon": "best-of-n against the proxy for n = 1, 2, 4, ... max_n",
+    "run": "run the whole pipeline (pretrain -> sft -> label -> reward -> ppo, bon) for the raters and "
+    "their unbiased control, then write the report",
 }
 
 
@@ -40,6 +45,19 @@ def _stage_fn(name: str) -> Callable:
         from rewardlab.pipelines.reward import run_reward
 
         return run_reward
+    if name in ("ppo", "rloo", "grpo"):
+        from rewardlab.pipelines.ppo import run_ppo
+
+        def run_rl(cfg, quiet: bool = False):  # type: ignore[no-untyped-def]
+            if name != "ppo":
+                cfg.ppo.advantage = name
+            return run_ppo(cfg, quiet=quiet, stage=name)
+
+        return run_rl
+    if name == "bon":
+        from rewardlab.pipelines.bon import run_bon
+
+        return run_bon
     raise KeyError(name)
 
 
@@ -60,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None, help="seed (overrides seed)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or console messages")
         if name == "run":
-            p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+            p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
+            p.add_argument("--seeds", default=None, help="comma-separated seeds, one set of arms each (e.g. 0,1,2)")
+            p.add_argument("--reuse", action="store_true", help="skip stages whose outputs already exist")
+    rp = sub.add_parser("report", help="write report.html and plots for a run folder",
+                        description="write report.html and plots for a run folder")  # fmt: skip
+    rp.add_argument("run_dir", type=Path)
     return parser
 
 
@@ -73,6 +96,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "report":
+            from rewardlab.report.build import build_report
+
+            print(build_report(args.run_dir))
+            return 0
         from rewardlab.config import load_config
 
         overrides = list(args.overrides)
@@ -82,12 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"seed={args.seed}")
         cfg = load_config(args.config, overrides)
         if args.command == "run":
-            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-            unknown = [s for s in stages if s not in STAGES]
-            if unknown:
-                raise RewardlabError(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-            for s in stages:
-                _stage_fn(s)(cfg, quiet=args.quiet)
+            from rewardlab.pipelines.run import run_pipeline
+
+            stages = None
+            if args.stages:
+                stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+                unknown = [s for s in stages if s not in (*STAGES, "report")]
+                if unknown:
+                    raise RewardlabError(f"--stages: unknown stage(s) {unknown}; choose from {[*STAGES, 'report']}")
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+            run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)
         else:
             _stage_fn(args.command)(cfg, quiet=args.quiet)
     except RewardlabError as e:

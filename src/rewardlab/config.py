@@ -94,8 +94,65 @@ class RewardConfig(_Strict):
     batch_size: int = Field(64, gt=0)
     optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=20)
     normalize_prompts: int = Field(1024, gt=0, description="SFT samples to normalize rewards on")
+    verifier: bool = Field(True, description="add a learned weight on a frozen LM's log-prob of the final answer")
+    verifier_path: str | None = Field(None, description="the verifier LM; default: <run_dir>/sft/model")
     normalize_policy_path: str | None = Field(None, description="policy sampled for normalization; default SFT")
     eval_every: int = Field(200, gt=0)
+
+
+class PPOConfig(_Strict):
+    """Policy optimization against the proxy with a KL penalty to the reference (SFT) policy.
+
+    ``advantage: gae`` is PPO with a value model (Ouyang et al. 2022); ``rloo`` and ``grpo`` use the same
+    rollouts and update with a sequence-level baseline instead of a critic (Ahmadian et al. 2024;
+    Shao et al. 2024).
+    """
+
+    policy_path: str | None = Field(None, description="policy and reference; default: <run_dir>/sft/model")
+    reward_path: str | None = Field(None, description="proxy; default: <run_dir>/<arm>/reward/model")
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    steps: int = Field(200, gt=0, description="rollout + update iterations")
+    prompts_per_step: int = Field(32, gt=0)
+    samples_per_prompt: int = Field(4, ge=1, description="k completions per prompt (>= 2 for rloo/grpo)")
+    ppo_epochs: int = Field(2, gt=0)
+    minibatches: int = Field(2, gt=0, description="minibatches per rollout batch")
+    optim: OptimConfig = OptimConfig(lr=5e-5, schedule="constant", warmup_steps=0)
+    kl_coef: float = Field(0.02, ge=0, description="initial beta of the per-token KL penalty")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="estimator in the reward (all are logged)")
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    kl_target: float = Field(6.0, gt=0, description="adaptive controller target KL (Ziegler et al. 2019)")
+    kl_horizon: float = Field(10000, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    whiten_advantages: bool = True
+    grpo_eps: float = Field(1e-4, gt=0, description="GRPO: A = (r - mean) / (std + eps)")
+    grpo_scale: Literal["group", "batch", "none"] = "group"
+    value_model: Literal["separate", "shared"] = Field("separate", description="critic: own trunk or policy's")
+    value_init: Literal["reward", "policy"] = Field("reward", description="separate critic initialised from")
+    missing_eos: Literal["penalty", "replace", "none"] = Field("penalty", description="responses without EOS")
+    missing_eos_penalty: float = Field(1.0, description="subtracted from the score (penalty)")
+    missing_eos_score: float = Field(-3.0, description="the score given (replace)")
+    score: Literal["mean", "conservative"] = Field("mean", description="ensemble proxy: mean or mean - alpha*std")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(20, gt=0)
+    eval_every: int = Field(10, gt=0)
+    eval_prompts: int = Field(1024, gt=0)
+    samples_to_save: int = Field(128, ge=0)
+
+
+class BoNConfig(_Strict):
+    """Best-of-n against the proxy from the SFT policy; KL = log n - (n-1)/n (analytic)."""
+
+    policy_path: str | None = Field(None, description="default: <run_dir>/sft/model")
+    reward_path: str | None = Field(None, description="default: <run_dir>/<arm>/reward/model")
+    max_n: int = Field(64, ge=1, description="n sweeps powers of two up to max_n")
+    prompts: int = Field(512, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(20, gt=0)
+    samples_to_save: int = Field(128, ge=0)
 
 
 class PipelineConfig(_Strict):
@@ -105,11 +162,19 @@ class PipelineConfig(_Strict):
     run_dir: str = "runs/default"
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")
+    controls: list[Literal["unbiased", "time-pressed", "sycophancy-prone"]] = Field(
+        default_factory=lambda: ["unbiased"], description="rater presets `rewardlab run` also runs as controls"
+    )
+    methods: list[Literal["ppo", "rloo", "grpo", "bon"]] = Field(
+        default_factory=lambda: ["ppo", "bon"], description="optimizers `rewardlab run` applies to each arm"
+    )
     task: TaskConfig = TaskConfig()
     pretrain: PretrainConfig = PretrainConfig()
     sft: SFTConfig = SFTConfig()
     label: LabelConfig = LabelConfig()
     reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    bon: BoNConfig = BoNConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -118,6 +183,10 @@ class PipelineConfig(_Strict):
             raise ValueError("label.policy_weights must have one weight per entry of label.policy_paths")
         if any(w < 0 for w in pw) or sum(pw) <= 0:
             raise ValueError("label.policy_weights must be non-negative and not all zero")
+        if self.ppo.advantage in ("rloo", "grpo") and self.ppo.samples_per_prompt < 2:
+            raise ValueError("ppo.samples_per_prompt must be >= 2 for rloo/grpo")
+        if self.bon.max_n & (self.bon.max_n - 1):
+            raise ValueError("bon.max_n must be a power of two")
         return self
 
     SHARED_STAGES: ClassVar[tuple[str, ...]] = ("pretrain", "sft")

@@ -31,16 +31,21 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
         rankings = load_rankings(Path(train_path).parent / "rankings_train.jsonl")
     run.info(f"{len(pairs)} train / {len(evals)} eval comparisons; loss {rc.loss}, {rc.ensemble_size} member(s)")
 
+    verifier = None
+    if rc.verifier:
+        vpath = stage_input(cfg, rc.verifier_path, "sft", "model", "verifier")
+        verifier = load_causal_lm(vpath).eval().requires_grad_(False)
+        run.info(f"verifier feature: frozen {vpath}")
     members = []
     for m in range(rc.ensemble_size):
         seed = cfg.seed * 100 + m
         model = init_reward_backbone(init, tok, seed=seed)
 
         def evaluate(mod: torch.nn.Module) -> dict[str, float]:
-            return evaluate_comparisons(RewardModel([mod], tok), evals)
+            return evaluate_comparisons(RewardModel([mod], tok, verifier=verifier), evals)
 
         members.append(train_reward_member(model, tok, rc, pairs=pairs, rankings=rankings, seed=seed, run=run,
-                                           member=m, evaluate=evaluate))  # fmt: skip
+                                           member=m, evaluate=evaluate, verifier=verifier))  # fmt: skip
 
     # Normalize on samples of the SFT policy (mean 0, std 1 per member).
     policy_path = stage_input(cfg, rc.normalize_policy_path, "sft", "model", "SFT model (for normalization)")
@@ -49,7 +54,7 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     responses = generate_responses(policy, load_tokenizer(policy_path), [p.text for p in problems],
                                    max_new_tokens=cfg.label.max_new_tokens,
                                    generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    rm = RewardModel(members, tok, alpha=rc.ensemble_alpha)
+    rm = RewardModel(members, tok, alpha=rc.ensemble_alpha, verifier=verifier)
     raw = rm.score([p.text for p in problems], responses, normalized=False).members
     for i, member in enumerate(members):
         member.config.reward_mean, member.config.reward_std = reward_stats(raw[i])

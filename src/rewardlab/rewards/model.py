@@ -7,7 +7,9 @@ non-pad token (the EOS that ends the completion). Normalization statistics measu
 as ``reward_mean``/``reward_std`` and applied by :meth:`RewardModel.score`.
 
 An ensemble folder holds ``members/0..k-1`` and ``ensemble.json``; its score is the members' mean,
-with their std as the uncertainty and ``mean - alpha * std`` as a conservative proxy.
+with their std as the uncertainty and ``mean - alpha * std`` as a conservative proxy. With a verifier
+(:mod:`rewardlab.rewards.verifier`) the folder also holds ``verifier/`` (a frozen causal LM) and each
+member adds ``verifier_weight * f(x, y)`` to its head's score.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.policies.models import check_model_dir, load_tokenizer
+from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
+from rewardlab.rewards.verifier import verifier_features
 from rewardlab.utils import RewardlabError, atomic_dir
 
 
@@ -64,20 +67,29 @@ class RewardScores:
 class RewardModel:
     """The proxy: one or more scalar-head members with normalization, scoring (prompt, completion) pairs."""
 
-    def __init__(self, members: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, alpha: float = 1.0) -> None:
+    def __init__(self, members: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, alpha: float = 1.0,
+                 verifier: PreTrainedModel | None = None) -> None:  # fmt: skip
         if not members:
             raise RewardlabError("a reward model needs at least one member")
         self.members = list(members)
         self.tokenizer = tokenizer
         self.alpha = alpha
+        self.verifier = verifier
 
     @property
     def device(self) -> torch.device:
         return next(self.members[0].parameters()).device
 
-    def raw_member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Unnormalized scores [k, N] for already-tokenized sequences."""
-        return torch.stack([m(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0] for m in self.members])
+    def raw_member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          feature: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Unnormalized scores [k, N] for tokenized sequences (plus ``w * feature`` with a verifier)."""
+        outs = []
+        for m in self.members:
+            s = m(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            if feature is not None:
+                s = s + float(getattr(m.config, "verifier_weight", 0.0)) * feature.to(s.device)
+            outs.append(s)
+        return torch.stack(outs)
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply each member's stored (mean, std) to raw member scores [k, N]."""
@@ -92,10 +104,12 @@ class RewardModel:
         for m in self.members:
             m.eval()
         ex = encode_examples(self.tokenizer, prompts, completions)
+        feats = verifier_features(self.verifier, self.tokenizer, ex) if self.verifier is not None else None
         outs = []
         for i in range(0, len(ex), batch_size):
             b = collate_sequences([p + c for p, c in ex[i : i + batch_size]], pad)
-            raw = self.raw_member_scores(b["input_ids"].to(self.device), b["attention_mask"].to(self.device))
+            f = feats[i : i + batch_size] if feats is not None else None
+            raw = self.raw_member_scores(b["input_ids"].to(self.device), b["attention_mask"].to(self.device), f)
             outs.append(self.normalize(raw) if normalized else raw)
         members = torch.cat(outs, dim=1).cpu()
         std = members.std(dim=0, unbiased=True) if len(self.members) > 1 else torch.zeros(members.shape[1])
@@ -111,7 +125,10 @@ class RewardModel:
             for i, m in enumerate(self.members):
                 m.save_pretrained(tmp / "members" / str(i), safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            (tmp / "ensemble.json").write_text(json.dumps({"k": len(self.members), "alpha": self.alpha}, indent=2))
+            if self.verifier is not None:
+                self.verifier.save_pretrained(tmp / "verifier", safe_serialization=True)
+            meta = {"k": len(self.members), "alpha": self.alpha, "verifier": self.verifier is not None}
+            (tmp / "ensemble.json").write_text(json.dumps(meta, indent=2))
 
         return atomic_dir(path, write)
 
@@ -123,11 +140,12 @@ class RewardModel:
             raise RewardlabError(f"reward model path {p} is not a rewardlab reward model (no ensemble.json)")
         try:
             meta = json.loads(meta_path.read_text())
-            k, alpha = int(meta["k"]), float(meta.get("alpha", 1.0))
+            k, alpha, has_verifier = int(meta["k"]), float(meta.get("alpha", 1.0)), bool(meta.get("verifier", False))
         except (ValueError, KeyError) as e:
             raise RewardlabError(f"{meta_path}: malformed ({e})") from None
         members = []
         for i in range(k):
             mp = check_model_dir(p / "members" / str(i), "reward-model member")
             members.append(AutoModelForSequenceClassification.from_pretrained(str(mp), dtype=torch.float32).eval())
-        return cls(members, load_tokenizer(p), alpha)
+        verifier = load_causal_lm(p / "verifier").eval().requires_grad_(False) if has_verifier else None
+        return cls(members, load_tokenizer(p), alpha, verifier)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.config import RewardConfig
@@ -23,6 +24,7 @@ from rewardlab.losses import bradley_terry_loss, expected_calibration_error, pla
 from rewardlab.optimize.lm import make_optimizer
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.model import RewardModel, collate_sequences
+from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
 from rewardlab.utils import RewardlabError, check_finite
 
@@ -33,9 +35,12 @@ class TokenizedPairs:
     rejected: list[list[int]]
     margin: torch.Tensor
     target: torch.Tensor
+    feat_chosen: torch.Tensor | None = None
+    feat_rejected: torch.Tensor | None = None
 
 
-def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], use_margin: bool) -> TokenizedPairs:
+def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], use_margin: bool,
+                   verifier: PreTrainedModel | None = None) -> TokenizedPairs:  # fmt: skip
     if not comps:
         raise RewardlabError("reward: no comparisons to train on")
     prompts = [c.prompt for c in comps]
@@ -43,15 +48,46 @@ def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Compariso
     rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps])
     margin = torch.tensor([float(c.margin or 0.0) if use_margin else 0.0 for c in comps])
     target = torch.tensor([0.5 if c.meta.get("tie") else 1.0 for c in comps])
-    return TokenizedPairs([p + c for p, c in ch], [p + c for p, c in rj], margin, target)
+    fc = verifier_features(verifier, tokenizer, ch) if verifier is not None else None
+    fr = verifier_features(verifier, tokenizer, rj) if verifier is not None else None
+    return TokenizedPairs([p + c for p, c in ch], [p + c for p, c in rj], margin, target, fc, fr)
 
 
-def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Ranking]) -> tuple[list[list[list[int]]], list[list[int]]]:
-    seqs = []
+@dataclass
+class TokenizedRankings:
+    seqs: list[list[list[int]]]
+    order: list[list[int]]
+    feats: list[torch.Tensor] | None
+
+
+def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Ranking],
+                      verifier: PreTrainedModel | None = None) -> TokenizedRankings:  # fmt: skip
+    seqs, feats = [], []
     for r in ranks:
         ex = encode_examples(tokenizer, [r.prompt] * len(r.completions), r.completions)
         seqs.append([p + c for p, c in ex])
-    return seqs, [list(r.ranking) for r in ranks]
+        if verifier is not None:
+            feats.append(verifier_features(verifier, tokenizer, ex))
+    return TokenizedRankings(seqs, [list(r.ranking) for r in ranks], feats if verifier is not None else None)
+
+
+class ScoredMember(nn.Module):
+    """A reward member's score with the optional learned verifier weight: head(h) + w * f."""
+
+    def __init__(self, model: PreTrainedModel, use_feature: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.w = nn.Parameter(torch.tensor(float(getattr(model.config, "verifier_weight", 0.5)))) if use_feature else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feature: torch.Tensor | None) -> torch.Tensor:
+        s = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        if self.w is not None and feature is not None:
+            s = s + self.w * feature.to(s.device)
+        return s
+
+    def sync_config(self) -> None:
+        if self.w is not None:
+            self.model.config.verifier_weight = float(self.w.detach())
 
 
 def train_reward_member(
@@ -64,25 +100,31 @@ def train_reward_member(
     seed: int,
     run: Run,
     member: int = 0,
-    evaluate: callable | None = None,  # type: ignore[valid-type]
+    evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
+    verifier: PreTrainedModel | None = None,
 ) -> PreTrainedModel:
-    """Train one scalar-head member with BT (pairs) or PL (rankings); logs ``train/*`` metrics."""
+    """Train one scalar-head member with BT (pairs) or PL (rankings); logs ``train/*`` metrics.
+
+    With a ``verifier``, the member also learns the weight of the verifier feature (stored in its
+    config as ``verifier_weight``).
+    """
     acc = Accelerator()
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     rng = random.Random(seed)
     if cfg.loss == "plackett_luce":
         if not rankings:
             raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
-        rank_seqs, rank_order = tokenize_rankings(tokenizer, rankings)
-        n = len(rank_seqs)
+        tr = tokenize_rankings(tokenizer, rankings, verifier)
+        n = len(tr.seqs)
     else:
-        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin)
+        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin, verifier)
         n = len(tp.chosen)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
-    opt, sched = make_optimizer(model, cfg.optim, total)
-    model, opt = acc.prepare(model, opt)
-    model.train()
+    scorer = ScoredMember(model, verifier is not None)
+    opt, sched = make_optimizer(scorer, cfg.optim, total)
+    scorer, opt = acc.prepare(scorer, opt)
+    scorer.train()
     step = 0
     prefix = f"member{member}/" if cfg.ensemble_size > 1 else ""
     with run.progress(total, f"reward model {member}") as prog:
@@ -92,27 +134,28 @@ def train_reward_member(
             for i in range(0, n, cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 step += 1
+                acc_b, margin_b = float("nan"), float("nan")
                 if cfg.loss == "plackett_luce":
-                    k = max(len(rank_seqs[j]) for j in idx)
-                    flat = [s for j in idx for s in rank_seqs[j]]
-                    b = collate_sequences(flat, pad)
-                    scores = model(**{kk: v.to(acc.device) for kk, v in b.items()}).logits[:, 0]
+                    k = max(len(tr.seqs[j]) for j in idx)
+                    b = collate_sequences([s for j in idx for s in tr.seqs[j]], pad)
+                    feat = torch.cat([tr.feats[j] for j in idx]) if tr.feats is not None else None
+                    scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
                     sc = torch.zeros(len(idx), k, device=acc.device)
                     valid = torch.zeros(len(idx), k, dtype=torch.bool, device=acc.device)
                     ranking = torch.zeros(len(idx), k, dtype=torch.long, device=acc.device)
                     pos = 0
                     for row, j in enumerate(idx):
-                        kk = len(rank_seqs[j])
+                        kk = len(tr.seqs[j])
                         sc[row, :kk] = scores[pos : pos + kk]
-                        order_j = rank_order[j]
-                        ranking[row, : len(order_j)] = torch.tensor(order_j)
-                        valid[row, : len(order_j)] = True
+                        ranking[row, : len(tr.order[j])] = torch.tensor(tr.order[j])
+                        valid[row, : len(tr.order[j])] = True
                         pos += kk
                     loss = plackett_luce_loss(sc, ranking, valid)
-                    acc_b, margin_b = float("nan"), float("nan")
                 else:
                     b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
-                    scores = model(**{kk: v.to(acc.device) for kk, v in b.items()}).logits[:, 0]
+                    feat = (torch.cat([tp.feat_chosen[idx], tp.feat_rejected[idx]])
+                            if tp.feat_chosen is not None and tp.feat_rejected is not None else None)  # fmt: skip
+                    scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
                     r_c, r_r = scores[: len(idx)], scores[len(idx) :]
                     loss = bradley_terry_loss(
                         r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
@@ -122,22 +165,29 @@ def train_reward_member(
                     margin_b = float((r_c - r_r).detach().mean())
                 check_finite(loss, "loss", step, run.stage)
                 acc.backward(loss)
-                gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                gnorm = acc.clip_grad_norm_(scorer.parameters(), cfg.optim.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 if step % 10 == 0 or step == total:
-                    run.log_metrics({f"{prefix}train/loss": loss.item(), f"{prefix}train/accuracy": acc_b,
-                                     f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
-                                     "time/elapsed": run.elapsed}, step)  # fmt: skip
+                    m = {f"{prefix}train/loss": loss.item(), f"{prefix}train/accuracy": acc_b,
+                         f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
+                         "time/elapsed": run.elapsed}  # fmt: skip
+                    if verifier is not None:
+                        m[f"{prefix}train/verifier_weight"] = float(acc.unwrap_model(scorer).w.detach())
+                    run.log_metrics(m, step)
                 if evaluate is not None and (step % cfg.eval_every == 0 or step == total):
-                    model.eval()
-                    em = evaluate(acc.unwrap_model(model))
-                    model.train()
+                    inner = acc.unwrap_model(scorer)
+                    inner.sync_config()
+                    inner.eval()
+                    em = evaluate(inner.model)
+                    inner.train()
                     run.log_metrics({f"{prefix}{k}": v for k, v in em.items()}, step)
                 advance(prog, f"loss {loss.item():.3f}")
-    model.eval()
-    return acc.unwrap_model(model)
+    inner = acc.unwrap_model(scorer)
+    inner.sync_config()
+    inner.eval()
+    return inner.model
 
 
 def evaluate_comparisons(rm: RewardModel, comps: Sequence[Comparison], by: str = "difficulty") -> dict[str, float]:

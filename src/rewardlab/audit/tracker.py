@@ -1,0 +1,113 @@
+"""The audit during optimization: proxy vs gold vs KL on a fixed held-out prompt set.
+
+At a fixed cadence an optimizer calls :func:`audit_policy`. It samples one response per held-out
+prompt from the current policy (as it is deployed: temperature sampling), scores each with the proxy
+and the hidden gold, measures KL(policy || reference) with the three estimators k1, k2, k3 (summed over
+response tokens, averaged over prompts), and records behavior (sycophancy, length) and the parts of
+gold (accuracy, length, sycophancy, confidence) so a loss of gold can be attributed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rewardlab.audit.policy_eval import ScoredSample, summarize
+from rewardlab.losses import kl_estimators, masked_sum, selective_log_softmax
+from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
+from rewardlab.policies.tokenizer import decode_completion
+from rewardlab.rewards.model import RewardModel
+from rewardlab.tasks.arithmetic import ArithmeticTask, Problem
+from rewardlab.utils import write_jsonl
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on the first real token of each left-padded row."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    model: torch.nn.Module, batch: SampleBatch, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B,T] of the response tokens under ``model`` (logits / temperature); entropy optional."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    p = batch.prompt_ids.shape[1]
+    logits = out.logits[:, p - 1 : -1].float() / temperature
+    logp = selective_log_softmax(logits, batch.response_ids)
+    ent = None
+    if with_entropy:
+        from rewardlab.losses import entropy_from_logits
+
+        ent = entropy_from_logits(logits)
+    return logp * batch.response_mask, ent
+
+
+def gold_parts(task: ArithmeticTask, problems: Sequence[Problem], responses: Sequence[str]) -> dict[str, float]:
+    parts = [task.gold_breakdown(p, r) for p, r in zip(problems, responses, strict=True)]
+    return {
+        "gold/part_accuracy": float(np.mean([g.accuracy_part for g in parts])),
+        "gold/part_length": float(np.mean([g.length_part for g in parts])),
+        "gold/part_sycophancy": float(np.mean([g.sycophancy_part for g in parts])),
+        "gold/part_confidence": float(np.mean([g.confidence_part for g in parts])),
+        "gold/unparseable_rate": float(np.mean([not g.parseable for g in parts])),
+    }
+
+
+@torch.no_grad()
+def audit_policy(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: RewardModel,
+    task: ArithmeticTask,
+    problems: Sequence[Problem],
+    *,
+    max_new_tokens: int,
+    seed: int,
+    kl_estimator: str = "k1",
+    batch_size: int = 512,
+    temperature: float = 1.0,
+) -> tuple[dict[str, Any], list[ScoredSample]]:
+    """One audit row (proxy, gold, KL k1/k2/k3, behavior, gold parts) and the scored samples."""
+    was_training = policy.training
+    policy.eval()
+    gen = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    responses: list[str] = []
+    kl_sums: dict[str, list[float]] = {"k1": [], "k2": [], "k3": []}
+    for i in range(0, len(problems), batch_size):
+        ids, mask = encode_prompts(tokenizer, [p.text for p in problems[i : i + batch_size]])
+        b = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
+                   eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
+                   temperature=temperature, generator=gen)  # fmt: skip
+        logp, _ = response_logprobs(policy, b, temperature)
+        ref_logp, _ = response_logprobs(ref, b, temperature)
+        for name, kl in kl_estimators(logp, ref_logp).items():
+            kl_sums[name].extend(masked_sum(kl, b.response_mask, dim=1).tolist())
+        responses.extend(decode_completion(tokenizer, r.tolist()) for r in b.response_ids.cpu())
+    prompts = [p.text for p in problems]
+    proxy = reward_model(prompts, responses)
+    samples = [
+        ScoredSample(p.text, r, p.difficulty, p.belief_wrong, g.gold, g.correct, g.parseable, float(px))
+        for p, r, px, g in zip(problems, responses, proxy, (task.gold_breakdown(p, r) for p, r in zip(problems, responses)))
+    ]  # fmt: skip
+    row: dict[str, Any] = summarize(task, problems, samples)
+    row.update(gold_parts(task, problems, responses))
+    for name, vals in kl_sums.items():
+        row[f"kl/{name}"] = float(np.mean(vals))
+    row["kl/estimator"] = kl_estimator
+    row["kl/sqrt"] = math.sqrt(max(0.0, row[f"kl/{kl_estimator}"]))
+    if was_training:
+        policy.train()
+    return row, samples
+
+
+def save_samples(path: Path, samples: Sequence[ScoredSample], limit: int | None = None) -> None:
+    write_jsonl(path, [s.to_dict() for s in (samples[:limit] if limit else samples)])

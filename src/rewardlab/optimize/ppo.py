@@ -1,0 +1,281 @@
+"""PPO for language models, with RLOO and GRPO as advantage options of the same trainer.
+
+One code path makes rollouts (:func:`make_rollout`) and one updates the policy (:func:`ppo_update`):
+
+* rollout: sample k completions per prompt with the fast sampler; score them with the proxy; build
+  per-token rewards ``r_t = -beta * KL_t`` with the proxy score added at the last response token
+  (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022); penalize responses without EOS;
+* advantages: ``gae`` (a critic, GAE(gamma, lambda), whitened over valid tokens), ``rloo``
+  (leave-one-out baseline on the sequence return ``score - beta * sum_t KL_t``) or ``grpo``
+  (group-normalized sequence return);
+* update: several epochs of minibatches with the clipped policy objective and, for ``gae``, the
+  clipped value loss (Schulman et al. 2017), gradient clipping; entropy logged.
+
+Metric names follow TRL's PPOTrainer where the quantity is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from rewardlab.audit.tracker import position_ids_from_mask
+from rewardlab.config import PPOConfig
+from rewardlab.losses import (
+    entropy_from_logits,
+    gae,
+    grpo_advantages,
+    kl_estimators,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+    selective_log_softmax,
+)
+from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
+from rewardlab.policies.tokenizer import decode_completion
+from rewardlab.rewards.model import RewardModel
+from rewardlab.utils import check_finite
+
+
+class ValueModel(nn.Module):
+    """A critic: a transformer trunk with a scalar head per position (separate from the policy)."""
+
+    def __init__(self, backbone: PreTrainedModel, head_init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 1, bias=True)
+        nn.init.zeros_(self.head.bias)
+        if head_init is not None:
+            with torch.no_grad():
+                self.head.weight.copy_(head_init.reshape(1, -1))
+        else:
+            nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> ValueModel:
+        """Trunk from any checkpoint (causal LM or sequence classifier); head from its ``score`` if present."""
+        backbone = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        head = None
+        st = Path(path) / "model.safetensors"
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            head = load_file(str(st)).get("score.weight")
+        return cls(backbone, head)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # fmt: skip
+        return self.head(h).squeeze(-1)
+
+
+class SharedValueHead(nn.Module):
+    """A critic sharing the policy's trunk: a scalar head on the policy's last hidden state."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).squeeze(-1)
+
+
+@dataclass
+class PolicyOutput:
+    logprobs: torch.Tensor  # [B, T]
+    entropy: torch.Tensor  # [B, T]
+    values: torch.Tensor | None  # [B, T]
+
+
+def policy_forward(
+    policy: nn.Module, critic: nn.Module | None, batch: SampleBatch, temperature: float
+) -> PolicyOutput:
+    """Response-token log-probs and entropy under ``policy`` and, if a critic is given, values.
+
+    The value for token t is read at the position *before* it (the state the token was chosen in).
+    """
+    ids, mask = batch.input_ids, batch.attention_mask
+    shared = isinstance(critic, SharedValueHead)
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                 output_hidden_states=shared)  # fmt: skip
+    p = batch.prompt_ids.shape[1]
+    logits = out.logits[:, p - 1 : -1].float() / temperature
+    logp = selective_log_softmax(logits, batch.response_ids)
+    ent = entropy_from_logits(logits)
+    values = None
+    if shared:
+        values = critic(out.hidden_states[-1][:, p - 1 : -1])  # type: ignore[misc]
+    elif critic is not None:
+        values = critic(ids, mask)[:, p - 1 : -1]
+    return PolicyOutput(logp, ent, values)
+
+
+@dataclass
+class Rollout:
+    batch: SampleBatch
+    mask: torch.Tensor  # [B, T] float, valid response tokens
+    logprobs: torch.Tensor  # old policy
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor | None
+    scores: torch.Tensor  # [B] proxy after the missing-EOS rule
+    raw_scores: torch.Tensor  # [B] proxy as the reward model gave it
+    kl: dict[str, torch.Tensor]  # per-token k1/k2/k3 [B, T]
+    rewards: torch.Tensor  # [B, T]
+    advantages: torch.Tensor  # [B, T]
+    returns: torch.Tensor | None
+    responses: list[str]
+
+
+def apply_missing_eos(scores: torch.Tensor, finished: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
+    """TRL's "EOS trick": subtract a penalty (or, lm-human-preferences style, replace the score) without EOS."""
+    if cfg.missing_eos == "penalty":
+        return torch.where(finished, scores, scores - cfg.missing_eos_penalty)
+    if cfg.missing_eos == "replace":
+        return torch.where(finished, scores, torch.full_like(scores, cfg.missing_eos_score))
+    return scores
+
+
+@torch.no_grad()
+def make_rollout(
+    policy: nn.Module,
+    ref: nn.Module,
+    critic: nn.Module | None,
+    reward_model: RewardModel,
+    tokenizer,
+    prompts: list[str],
+    cfg: PPOConfig,
+    kl_coef: float,
+    generator: torch.Generator,
+) -> Rollout:
+    """Sample, score and compute rewards and advantages for ``prompts`` (each already repeated k times)."""
+    device = next(policy.parameters()).device
+    ids, pmask = encode_prompts(tokenizer, prompts)
+    batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
+                   eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
+                   temperature=cfg.temperature, generator=generator)  # fmt: skip
+    mask = batch.response_mask.float()
+    pol = policy_forward(policy, critic, batch, cfg.temperature)
+    ref_out = policy_forward(ref, None, batch, cfg.temperature)
+    logp, ref_logp = pol.logprobs * mask, ref_out.logprobs * mask
+    responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
+    rm_scores = reward_model.score(prompts, responses)
+    raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(device)
+    scores = apply_missing_eos(raw, batch.finished.to(device), cfg)
+    kl = {k: v * mask for k, v in kl_estimators(logp, ref_logp).items()}
+    non_score = -kl_coef * kl[cfg.kl_estimator]
+    last = (batch.response_lengths.to(device) - 1).clamp(min=0)
+    rewards = non_score.clone()
+    rewards[torch.arange(len(prompts), device=device), last] += scores
+    values, returns = None, None
+    if cfg.advantage == "gae":
+        values = pol.values * mask  # type: ignore[operator]
+        adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            adv = masked_whiten(adv, mask)
+    else:
+        seq_return = scores + masked_sum(non_score, mask, dim=1)
+        k = cfg.samples_per_prompt
+        seq_adv = (rloo_advantages(seq_return, k) if cfg.advantage == "rloo"
+                   else grpo_advantages(seq_return, k, eps=cfg.grpo_eps, scale=cfg.grpo_scale))  # fmt: skip
+        adv = seq_adv[:, None] * mask
+    return Rollout(batch, mask, logp, ref_logp, values, scores, raw, kl, rewards, adv * mask, returns, responses)
+
+
+def ppo_update(
+    policy: nn.Module,
+    critic: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    ro: Rollout,
+    cfg: PPOConfig,
+    generator: torch.Generator,
+    step: int,
+    backward=None,  # accelerator.backward or None
+    clip_grad=None,  # accelerator.clip_grad_norm_ or None
+) -> dict[str, float]:
+    """Several epochs of clipped-objective minibatch updates on one rollout; returns averaged stats."""
+    n = ro.mask.shape[0]
+    mb_size = max(1, n // cfg.minibatches)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approxkl", "vf_clipfrac",
+                                                     "ratio", "entropy", "grad_norm")}  # fmt: skip
+    ratios: list[torch.Tensor] = []
+    for _epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, mb_size):
+            idx = perm[i : i + mb_size].to(ro.mask.device)
+            mb = _slice_batch(ro.batch, idx)
+            m = ro.mask[idx]
+            out = policy_forward(policy, critic, mb, cfg.temperature)
+            pg_loss, pg = ppo_policy_loss(out.logprobs, ro.logprobs[idx], ro.advantages[idx], m, cfg.cliprange)
+            loss = pg_loss
+            if critic is not None and out.values is not None and ro.values is not None and ro.returns is not None:
+                vf_loss, vf = ppo_value_loss(out.values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value)
+                loss = loss + cfg.vf_coef * vf_loss
+                stats["vf_loss"].append(vf_loss.item())
+                stats["vf_clipfrac"].append(float(vf["clipfrac"]))
+            check_finite(loss, "PPO loss", step, "ppo")
+            optimizer.zero_grad(set_to_none=True)
+            (backward or torch.Tensor.backward)(loss)
+            gn = (clip_grad or torch.nn.utils.clip_grad_norm_)(params, cfg.optim.max_grad_norm)
+            optimizer.step()
+            stats["pg_loss"].append(pg_loss.item())
+            stats["clipfrac"].append(float(pg["clipfrac"]))
+            stats["approxkl"].append(float(pg["approxkl"]))
+            stats["ratio"].append(float(pg["ratio"]))
+            stats["entropy"].append(float(masked_mean(out.entropy.detach(), m)))
+            stats["grad_norm"].append(float(gn))
+            ratios.append(torch.exp(out.logprobs.detach() - ro.logprobs[idx])[m.bool()])
+    allr = torch.cat(ratios) if ratios else torch.zeros(1)
+
+    def avg(k: str) -> float:
+        return sum(stats[k]) / len(stats[k]) if stats[k] else float("nan")
+
+    out_stats = {
+        "policy/approxkl_avg": avg("approxkl"),
+        "policy/clipfrac_avg": avg("clipfrac"),
+        "policy/entropy_avg": avg("entropy"),
+        "loss/policy_avg": avg("pg_loss"),
+        "val/ratio": float(allr.mean()),
+        "val/ratio_var": float(allr.var()) if allr.numel() > 1 else 0.0,
+        "train/grad_norm": avg("grad_norm"),
+    }
+    if stats["vf_loss"]:
+        out_stats["loss/value_avg"] = avg("vf_loss")
+        out_stats["val/clipfrac_avg"] = avg("vf_clipfrac")
+    return out_stats
+
+
+def rollout_metrics(ro: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
+    """Per-step rollout metrics with TRL's names plus all three KL estimators."""
+    seq_kl = {k: masked_sum(v, ro.mask, dim=1) for k, v in ro.kl.items()}
+    non_score = -kl_coef * seq_kl[cfg.kl_estimator]
+    eos = ro.batch.finished.float()
+    return {
+        "objective/kl": float(seq_kl[cfg.kl_estimator].mean()),
+        "objective/entropy": float((-ro.logprobs).sum(1).mean()),
+        "objective/non_score_reward": float(non_score.mean()),
+        "objective/rlhf_reward": float((ro.scores + non_score).mean()),
+        "objective/scores": float(ro.scores.mean()),
+        "objective/raw_scores": float(ro.raw_scores.mean()),
+        "kl/k1": float(seq_kl["k1"].mean()),
+        "kl/k2": float(seq_kl["k2"].mean()),
+        "kl/k3": float(seq_kl["k3"].mean()),
+        "kl_coef": kl_coef,
+        "val/num_eos_tokens": float(eos.sum()),
+        "val/truncated_rate": float(1 - eos.mean()),
+        "val/response_length": float(ro.mask.sum(1).mean()),
+    }
+
+
+def _slice_batch(b: SampleBatch, idx: torch.Tensor) -> SampleBatch:
+    return SampleBatch(prompt_ids=b.prompt_ids[idx], prompt_mask=b.prompt_mask[idx], response_ids=b.response_ids[idx],
+                       response_mask=b.response_mask[idx], logprobs=b.logprobs[idx], finished=b.finished[idx])  # fmt: skip

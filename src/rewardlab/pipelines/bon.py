@@ -1,0 +1,68 @@
+"""Recipe: best-of-n against the proxy, n = 1, 2, 4, ... max_n, from the SFT policy.
+
+For each prompt, ``max_n`` completions are sampled once; for each n they are cut into ``max_n / n``
+disjoint groups and the proxy's favourite of each group is kept, so every n is estimated from the same
+samples with ``max_n / n`` draws per prompt. KL(best-of-n || base) = log n - (n - 1) / n (analytic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rewardlab.audit.policy_eval import ScoredSample, generate_responses, summarize
+from rewardlab.audit.tracker import gold_parts, save_samples
+from rewardlab.config import PipelineConfig
+from rewardlab.losses import best_of_n_kl
+from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.rewards.model import RewardModel
+from rewardlab.runs import Run
+
+
+def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    task = setup_stage(cfg, 6)
+    bc = cfg.bon
+    policy_path = stage_input(cfg, bc.policy_path, "sft", "model", "policy")
+    reward_path = stage_input(cfg, bc.reward_path, "reward", "model", "reward model")
+    run = Run(cfg.stage_dir("bon"), "bon", cfg, cfg.report_to, quiet)
+    run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
+    tok, policy, rm = load_tokenizer(policy_path), load_causal_lm(policy_path).eval(), RewardModel.load(reward_path)
+    problems = eval_problems(task, bc.prompts)
+    N = bc.max_n
+    prompts = [p.text for p in problems for _ in range(N)]
+    run.info(f"sampling {N} completions for each of {len(problems)} prompts")
+    responses = generate_responses(policy, tok, prompts, max_new_tokens=bc.max_new_tokens, temperature=bc.temperature,
+                                   batch_size=1024, generator=torch.Generator().manual_seed(cfg.seed * 13 + 6))  # fmt: skip
+    proxy = torch.tensor(rm(prompts, responses)).view(len(problems), N)
+    (run.dir / "samples").mkdir(exist_ok=True)
+    rows = []
+    with (run.dir / "audit.jsonl").open("w", encoding="utf-8") as f:
+        n = 1
+        while n <= N:
+            groups = proxy.view(len(problems), N // n, n)
+            best = groups.argmax(dim=-1) + torch.arange(0, N, n)[None, :]  # [P, N/n] flat index in the prompt's N
+            sel_problems, sel_samples = [], []
+            for i, p in enumerate(problems):
+                for j in best[i].tolist():
+                    r = responses[i * N + j]
+                    g = task.gold_breakdown(p, r)
+                    sel_problems.append(p)
+                    sel_samples.append(ScoredSample(p.text, r, p.difficulty, p.belief_wrong, g.gold, g.correct,
+                                                    g.parseable, float(proxy[i, j])))  # fmt: skip
+            row = {"n": n, "kl": best_of_n_kl(n), "kl/sqrt": math.sqrt(best_of_n_kl(n)),
+                   **summarize(task, sel_problems, sel_samples),
+                   **gold_parts(task, sel_problems, [s.response for s in sel_samples])}  # fmt: skip
+            rows.append(row)
+            f.write(json.dumps(row) + "\n")
+            run.log_metrics(row, n)
+            save_samples(run.dir / "samples" / f"n_{n}.jsonl", sel_samples[:: N // n], bc.samples_to_save)
+            run.info(f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f} gold {row['gold/mean']:+.3f} "
+                     f"sycophancy {row['behavior/sycophancy_rate']:.3f}")  # fmt: skip
+            n *= 2
+    run.write_json("summary.json", {"rows": rows, "seconds": run.elapsed})
+    run.close()
+    return run.dir

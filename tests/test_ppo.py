@@ -1,0 +1,114 @@
+"""PPO/RLOO/GRPO trainer pieces on a tiny model with a crafted proxy."""
+
+import pytest
+import torch
+
+from rewardlab.config import PPOConfig
+from rewardlab.optimize.lm import make_optimizer
+from rewardlab.optimize.ppo import SharedValueHead, ValueModel, apply_missing_eos, make_rollout, ppo_update, rollout_metrics
+from rewardlab.policies.models import ModelConfig, build_causal_lm
+from rewardlab.policies.tokenizer import build_task_tokenizer
+from rewardlab.rewards.model import RewardScores
+from rewardlab.tasks.arithmetic import TASK_WORDS
+
+TOK = build_task_tokenizer(TASK_WORDS)
+PROMPTS = ["what is 1 + 2 ?", "what is 3 + 4 ? i think it is 8 ."]
+
+
+class WordProxy:
+    """A crafted proxy: +1 for each occurrence of `word` (normalized units), so PPO has a clear target."""
+
+    alpha = 1.0
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+
+    def score(self, prompts, completions):
+        s = torch.tensor([float(c.split().count(self.word)) for c in completions])
+        return RewardScores(mean=s, std=torch.zeros_like(s), members=s[None])
+
+    def __call__(self, prompts, completions):
+        return self.score(prompts, completions).mean.tolist()
+
+
+def tiny_policy(seed=0):
+    return build_causal_lm(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=seed)
+
+
+def cfg(**kw):
+    base = dict(max_new_tokens=6, samples_per_prompt=4, prompts_per_step=2, minibatches=2, ppo_epochs=2)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+@pytest.mark.parametrize("advantage", ["gae", "rloo", "grpo"])
+def test_rollout_rewards_structure(advantage):
+    c = cfg(advantage=advantage, kl_coef=0.1)
+    policy, ref = tiny_policy(0), tiny_policy(1)
+    critic = ValueModel(tiny_policy(2).model) if advantage == "gae" else None
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+    ro = make_rollout(policy, ref, critic, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0))
+    # the sequence's rewards sum to score - beta * sum_t k1_t
+    expected = ro.scores - 0.1 * (ro.kl["k1"] * ro.mask).sum(1)
+    assert torch.allclose((ro.rewards * ro.mask).sum(1), expected, atol=1e-5)
+    assert torch.all(ro.rewards[ro.mask == 0] == 0)
+    # k1 is logp - ref_logp on valid tokens
+    assert torch.allclose(ro.kl["k1"], (ro.logprobs - ro.ref_logprobs) * ro.mask, atol=1e-6)
+    assert torch.all(ro.kl["k3"] >= -1e-7)
+    if advantage != "gae":
+        # sequence-level advantages: constant over each response's tokens
+        for i in range(len(prompts)):
+            a = ro.advantages[i][ro.mask[i] > 0]
+            assert torch.allclose(a, a[0].expand_as(a))
+    if advantage == "rloo":
+        seq = torch.stack([ro.advantages[i][ro.mask[i] > 0][0] for i in range(len(prompts))])
+        assert torch.allclose(seq.view(2, -1).sum(1), torch.zeros(2), atol=1e-5)
+    m = rollout_metrics(ro, c, 0.1)
+    assert m["objective/rlhf_reward"] == pytest.approx(m["objective/scores"] + m["objective/non_score_reward"], abs=1e-5)
+    assert m["kl/k1"] == pytest.approx(m["objective/kl"])
+
+
+def test_missing_eos_rules():
+    s = torch.tensor([1.0, 2.0])
+    fin = torch.tensor([True, False])
+    assert apply_missing_eos(s, fin, cfg(missing_eos="penalty", missing_eos_penalty=1.5)).tolist() == [1.0, 0.5]
+    assert apply_missing_eos(s, fin, cfg(missing_eos="replace", missing_eos_score=-3)).tolist() == [1.0, -3.0]
+    assert apply_missing_eos(s, fin, cfg(missing_eos="none")).tolist() == [1.0, 2.0]
+
+
+def test_ppo_identical_policy_and_reference_has_zero_kl():
+    c = cfg(advantage="rloo")
+    policy = tiny_policy(0)
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+    ro = make_rollout(policy, policy, None, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0))
+    assert torch.all(ro.kl["k1"].abs() < 1e-5)
+
+
+@pytest.mark.parametrize(("advantage", "value_model"), [("gae", "separate"), ("gae", "shared"), ("rloo", None), ("grpo", None)])
+def test_training_raises_the_proxy(advantage, value_model):
+    torch.manual_seed(0)
+    c = cfg(advantage=advantage, kl_coef=0.0, optim={"lr": 3e-3, "schedule": "constant"}, samples_per_prompt=8,
+            vf_coef=0.5)
+    policy, ref = tiny_policy(0), tiny_policy(0)
+    critic = None
+    if advantage == "gae":
+        critic = ValueModel(tiny_policy(3).model) if value_model == "separate" else SharedValueHead(32)
+    mods = torch.nn.ModuleList([policy, *([critic] if critic is not None else [])])
+    opt, _ = make_optimizer(mods, c.optim, 100)
+    proxy = WordProxy("right")
+    gen = torch.Generator().manual_seed(0)
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+
+    def mean_score():
+        ro = make_rollout(policy, ref, critic, proxy, TOK, prompts * 4, c, 0.0, torch.Generator().manual_seed(123))
+        return float(ro.raw_scores.mean())
+
+    before = mean_score()
+    for step in range(25):
+        ro = make_rollout(policy, ref, critic, proxy, TOK, prompts, c, 0.0, gen)
+        stats = ppo_update(policy, critic, opt, ro, c, gen, step)
+        assert all(v == v for v in stats.values())  # finite, no NaN
+    after = mean_score()
+    assert after > before + 0.3, (before, after)
+    if advantage == "gae":
+        assert "loss/value_avg" in stats
