@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_default_yaml_equals_builtin_defaults():
     cfg = load_config(ROOT / "configs/default.yaml")
-    assert cfg.pretrain.steps == 1500 and cfg.label.rater.preset == "time-pressed"
+    assert cfg.pretrain.steps == 1000 and cfg.label.rater.preset == "time-pressed"
     assert cfg.arm == "time-pressed-s0"
     assert cfg.stage_dir("sft") == Path("runs/default/sft")
     assert cfg.stage_dir("reward") == Path("runs/default/time-pressed-s0/reward")

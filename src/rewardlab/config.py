@@ -39,7 +39,7 @@ class PretrainConfig(_Strict):
 
     model: ModelConfig = ModelConfig()
     corpus: CorpusConfig = CorpusConfig()
-    steps: int = Field(1500, gt=0)
+    steps: int = Field(1000, gt=0)
     batch_size: int = Field(128, gt=0)
     optim: OptimConfig = OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50)
     eval_every: int = Field(250, gt=0)
@@ -111,13 +111,13 @@ class PPOConfig(_Strict):
     policy_path: str | None = Field(None, description="policy and reference; default: <run_dir>/sft/model")
     reward_path: str | None = Field(None, description="proxy; default: <run_dir>/<arm>/reward/model")
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
-    steps: int = Field(200, gt=0, description="rollout + update iterations")
+    steps: int = Field(120, gt=0, description="rollout + update iterations")
     prompts_per_step: int = Field(32, gt=0)
     samples_per_prompt: int = Field(4, ge=1, description="k completions per prompt (>= 2 for rloo/grpo)")
     ppo_epochs: int = Field(2, gt=0)
     minibatches: int = Field(2, gt=0, description="minibatches per rollout batch")
     optim: OptimConfig = OptimConfig(lr=5e-5, schedule="constant", warmup_steps=0)
-    kl_coef: float = Field(0.02, ge=0, description="initial beta of the per-token KL penalty")
+    kl_coef: float = Field(0.05, ge=0, description="initial beta of the per-token KL penalty")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="estimator in the reward (all are logged)")
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     kl_target: float = Field(6.0, gt=0, description="adaptive controller target KL (Ziegler et al. 2019)")

@@ -33,6 +33,12 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     from rewardlab.pipelines.sft import run_sft
 
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))
+    if not quiet:
+        console.print(
+            f"[bold]rewardlab:[/] a tiny LM learns arithmetic, raters who rarely check reward agreement, and "
+            f"{'/'.join(cfg.methods)} optimize the learned proxy: watch proxy rise while the hidden gold falls "
+            f"(raters: {cfg.label.rater.preset}; control: {', '.join(cfg.controls) or 'none'})."
+        )
     methods = [m for m in cfg.methods if m in wanted]
     for name, fn in (("pretrain", run_pretrain), ("sft", run_sft)):
         if name in wanted and not (reuse and _done(cfg, name)):
