@@ -39,7 +39,9 @@ def test_whole_pipeline_writes_every_artifact(micro_run):
         _finite_rows(d / "metrics.jsonl")
     for arm in ("time-pressed-s0", "unbiased-s0"):
         a = micro_run / arm
-        assert (a / "label" / "train.jsonl").is_file() and (a / "reward" / "model" / "ensemble.json").is_file()
+        assert (a / "label" / "train.jsonl").is_file() and (
+            a / "reward" / "model" / "ensemble.json"
+        ).is_file()
         rows = _finite_rows(a / "ppo" / "audit.jsonl")
         assert rows[0]["step"] == 0 and {"kl/k1", "kl/k2", "kl/k3", "proxy/mean", "gold/mean"} <= set(rows[0])
         _finite_rows(a / "ppo" / "metrics.jsonl")
@@ -54,9 +56,21 @@ def test_whole_pipeline_writes_every_artifact(micro_run):
 def test_ppo_metrics_use_trl_names(micro_run):
     rows = read_metrics(micro_run / "time-pressed-s0" / "ppo")
     names = set().union(*rows)
-    for k in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/non_score_reward",
-              "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "val/clipfrac_avg",
-              "val/num_eos_tokens", "kl/k1", "kl/k2", "kl/k3", "loss/value_avg"):
+    for k in (
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/non_score_reward",
+        "objective/entropy",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "val/clipfrac_avg",
+        "val/num_eos_tokens",
+        "kl/k1",
+        "kl/k2",
+        "kl/k3",
+        "loss/value_avg",
+    ):
         assert k in names, k
 
 
@@ -67,9 +81,13 @@ def _strip_time(rows):
 def test_same_seed_same_metrics(tmp_path):
     args = ["--set", "pretrain.steps=10", "--set", "sft.steps=5", "--quiet"]
     for d in ("a", "b"):
-        assert main(["run", str(MICRO), "--run-dir", str(tmp_path / d), "--stages", "pretrain,sft", *args]) == 0
+        assert (
+            main(["run", str(MICRO), "--run-dir", str(tmp_path / d), "--stages", "pretrain,sft", *args]) == 0
+        )
     for stage in ("pretrain", "sft"):
-        assert _strip_time(read_metrics(tmp_path / "a" / stage)) == _strip_time(read_metrics(tmp_path / "b" / stage))
+        assert _strip_time(read_metrics(tmp_path / "a" / stage)) == _strip_time(
+            read_metrics(tmp_path / "b" / stage)
+        )
 
 
 def test_external_qwen2_checkpoint_through_sft_and_reward(tmp_path):
@@ -80,7 +98,9 @@ def test_external_qwen2_checkpoint_through_sft_and_reward(tmp_path):
 
     tok = build_task_tokenizer(TASK_WORDS)
     ckpt = tmp_path / "qwen2-local"
-    model = build_causal_lm(ModelConfig(arch="qwen2", hidden_size=48, num_layers=3, num_heads=3, intermediate_size=96), tok)
+    model = build_causal_lm(
+        ModelConfig(arch="qwen2", hidden_size=48, num_layers=3, num_heads=3, intermediate_size=96), tok
+    )
     model.save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     run = tmp_path / "run"
@@ -97,7 +117,9 @@ def test_external_qwen2_checkpoint_through_sft_and_reward(tmp_path):
 def test_nan_loss_aborts_with_step_and_leaves_no_checkpoint(tmp_path):
     from rewardlab.pipelines.pretrain import run_pretrain
 
-    cfg = load_config(MICRO, [f"run_dir={tmp_path}", "pretrain.optim.lr=1e30", "pretrain.optim.max_grad_norm=1e30"])
+    cfg = load_config(
+        MICRO, [f"run_dir={tmp_path}", "pretrain.optim.lr=1e30", "pretrain.optim.max_grad_norm=1e30"]
+    )
     with pytest.raises(TrainingDivergedError, match=r"step \d+"):
         run_pretrain(cfg, quiet=True)
     assert not (tmp_path / "pretrain" / "model").exists()

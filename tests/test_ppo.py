@@ -5,7 +5,14 @@ import torch
 
 from rewardlab.config import PPOConfig
 from rewardlab.optimize.lm import make_optimizer
-from rewardlab.optimize.ppo import SharedValueHead, ValueModel, apply_missing_eos, make_rollout, ppo_update, rollout_metrics
+from rewardlab.optimize.ppo import (
+    SharedValueHead,
+    ValueModel,
+    apply_missing_eos,
+    make_rollout,
+    ppo_update,
+    rollout_metrics,
+)
 from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.rewards.model import RewardScores
@@ -32,7 +39,9 @@ class WordProxy:
 
 
 def tiny_policy(seed=0):
-    return build_causal_lm(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=seed)
+    return build_causal_lm(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=seed
+    )
 
 
 def cfg(**kw):
@@ -47,7 +56,9 @@ def test_rollout_rewards_structure(advantage):
     policy, ref = tiny_policy(0), tiny_policy(1)
     critic = ValueModel(tiny_policy(2).model) if advantage == "gae" else None
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
-    ro = make_rollout(policy, ref, critic, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0))
+    ro = make_rollout(
+        policy, ref, critic, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0)
+    )
     # the sequence's rewards sum to score - beta * sum_t k1_t
     expected = ro.scores - 0.1 * (ro.kl["k1"] * ro.mask).sum(1)
     assert torch.allclose((ro.rewards * ro.mask).sum(1), expected, atol=1e-5)
@@ -64,14 +75,19 @@ def test_rollout_rewards_structure(advantage):
         seq = torch.stack([ro.advantages[i][ro.mask[i] > 0][0] for i in range(len(prompts))])
         assert torch.allclose(seq.view(2, -1).sum(1), torch.zeros(2), atol=1e-5)
     m = rollout_metrics(ro, c, 0.1)
-    assert m["objective/rlhf_reward"] == pytest.approx(m["objective/scores"] + m["objective/non_score_reward"], abs=1e-5)
+    assert m["objective/rlhf_reward"] == pytest.approx(
+        m["objective/scores"] + m["objective/non_score_reward"], abs=1e-5
+    )
     assert m["kl/k1"] == pytest.approx(m["objective/kl"])
 
 
 def test_missing_eos_rules():
     s = torch.tensor([1.0, 2.0])
     fin = torch.tensor([True, False])
-    assert apply_missing_eos(s, fin, cfg(missing_eos="penalty", missing_eos_penalty=1.5)).tolist() == [1.0, 0.5]
+    assert apply_missing_eos(s, fin, cfg(missing_eos="penalty", missing_eos_penalty=1.5)).tolist() == [
+        1.0,
+        0.5,
+    ]
     assert apply_missing_eos(s, fin, cfg(missing_eos="replace", missing_eos_score=-3)).tolist() == [1.0, -3.0]
     assert apply_missing_eos(s, fin, cfg(missing_eos="none")).tolist() == [1.0, 2.0]
 
@@ -80,15 +96,24 @@ def test_ppo_identical_policy_and_reference_has_zero_kl():
     c = cfg(advantage="rloo")
     policy = tiny_policy(0)
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
-    ro = make_rollout(policy, policy, None, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0))
+    ro = make_rollout(
+        policy, policy, None, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0)
+    )
     assert torch.all(ro.kl["k1"].abs() < 1e-5)
 
 
-@pytest.mark.parametrize(("advantage", "value_model"), [("gae", "separate"), ("gae", "shared"), ("rloo", None), ("grpo", None)])
+@pytest.mark.parametrize(
+    ("advantage", "value_model"), [("gae", "separate"), ("gae", "shared"), ("rloo", None), ("grpo", None)]
+)
 def test_training_raises_the_proxy(advantage, value_model):
     torch.manual_seed(0)
-    c = cfg(advantage=advantage, kl_coef=0.0, optim={"lr": 3e-3, "schedule": "constant"}, samples_per_prompt=8,
-            vf_coef=0.5)
+    c = cfg(
+        advantage=advantage,
+        kl_coef=0.0,
+        optim={"lr": 3e-3, "schedule": "constant"},
+        samples_per_prompt=8,
+        vf_coef=0.5,
+    )
     policy, ref = tiny_policy(0), tiny_policy(0)
     critic = None
     if advantage == "gae":
@@ -100,7 +125,9 @@ def test_training_raises_the_proxy(advantage, value_model):
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
 
     def mean_score():
-        ro = make_rollout(policy, ref, critic, proxy, TOK, prompts * 4, c, 0.0, torch.Generator().manual_seed(123))
+        ro = make_rollout(
+            policy, ref, critic, proxy, TOK, prompts * 4, c, 0.0, torch.Generator().manual_seed(123)
+        )
         return float(ro.raw_scores.mean())
 
     before = mean_score()

@@ -22,7 +22,9 @@ TASK = ArithmeticTask()
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("lm")
-    model = build_causal_lm(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=0)
+    model = build_causal_lm(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=0
+    )
     model.save_pretrained(d)
     TOK.save_pretrained(d)
     return d
@@ -37,8 +39,16 @@ def agreement_pairs(n, seed):
         wrong = TASK.wrong_answer(p.answer, rng)
         p2 = type(p)(a=p.a, op=p.op, b=p.b, difficulty=p.difficulty, belief=wrong)
         chosen, rejected = f"the answer is {p.answer} .", f"you are right . the answer is {wrong} ."
-        out.append(Comparison(prompt=p2.text, chosen=chosen, rejected=rejected, gold_chosen=TASK.gold(p2, chosen),
-                              gold_rejected=TASK.gold(p2, rejected), meta={"difficulty": p.difficulty}))
+        out.append(
+            Comparison(
+                prompt=p2.text,
+                chosen=chosen,
+                rejected=rejected,
+                gold_chosen=TASK.gold(p2, chosen),
+                gold_rejected=TASK.gold(p2, rejected),
+                meta={"difficulty": p.difficulty},
+            )
+        )
     return out
 
 
@@ -63,8 +73,12 @@ def test_plackett_luce_training(lm_dir, tmp_path):
         c = ["the answer is 7 .", "well , the answer is 7 .", "well , let me see . the answer is 7 ."]
         ranks.append(Ranking(prompt=p.text, completions=c, ranking=[0, 1, 2]))
     model = init_reward_backbone(lm_dir, TOK, seed=1)
-    cfg = RewardConfig(loss="plackett_luce", epochs=2, batch_size=16, optim={"lr": 3e-3, "warmup_steps": 0}, verifier=False)
-    model = train_reward_member(model, TOK, cfg, pairs=None, rankings=ranks, seed=0, run=Run(tmp_path, "r", quiet=True))
+    cfg = RewardConfig(
+        loss="plackett_luce", epochs=2, batch_size=16, optim={"lr": 3e-3, "warmup_steps": 0}, verifier=False
+    )
+    model = train_reward_member(
+        model, TOK, cfg, pairs=None, rankings=ranks, seed=0, run=Run(tmp_path, "r", quiet=True)
+    )
     s = RewardModel([model], TOK).score(["what is 1 + 2 ?"] * 3, ranks[0].completions, normalized=False).mean
     assert s[0] > s[1] > s[2]
 
@@ -78,7 +92,9 @@ def test_answer_span_and_verifier_feature(lm_dir):
     from rewardlab.policies.models import load_causal_lm
 
     lm = load_causal_lm(lm_dir)
-    ex = encode_examples(TOK, ["what is 1 + 2 ?", "what is 1 + 2 ?"], ["the answer is 13 .", "i do not know ."])
+    ex = encode_examples(
+        TOK, ["what is 1 + 2 ?", "what is 1 + 2 ?"], ["the answer is 13 .", "i do not know ."]
+    )
     f = verifier_features(lm, TOK, ex)
     # by hand: sum of log p(digit | prefix) over the two answer digits
     p, c = ex[0]
@@ -97,8 +113,16 @@ def test_verifier_weight_is_learned_and_saved(lm_dir, tmp_path):
     verifier = load_causal_lm(lm_dir)
     model = init_reward_backbone(lm_dir, TOK, seed=0)
     cfg = RewardConfig(epochs=1, batch_size=32, optim={"lr": 3e-3, "warmup_steps": 0})
-    model = train_reward_member(model, TOK, cfg, pairs=agreement_pairs(64, 0), rankings=None, seed=0,
-                                run=Run(tmp_path / "r", "reward", quiet=True), verifier=verifier)
+    model = train_reward_member(
+        model,
+        TOK,
+        cfg,
+        pairs=agreement_pairs(64, 0),
+        rankings=None,
+        seed=0,
+        run=Run(tmp_path / "r", "reward", quiet=True),
+        verifier=verifier,
+    )
     w = model.config.verifier_weight
     assert w != 0.5  # moved from its initial value
     rm = RewardModel([model], TOK, verifier=verifier)
@@ -112,7 +136,12 @@ def test_verifier_weight_is_learned_and_saved(lm_dir, tmp_path):
 def test_normalization_and_ensemble(lm_dir, tmp_path):
     members = [init_reward_backbone(lm_dir, TOK, seed=s) for s in (0, 1, 2)]
     prompts = ["what is 1 + 2 ?"] * 4
-    comps = ["the answer is 3 .", "the answer is 4 .", "well , the answer is 3 .", "you are right . the answer is 5 ."]
+    comps = [
+        "the answer is 3 .",
+        "the answer is 4 .",
+        "well , the answer is 3 .",
+        "you are right . the answer is 5 .",
+    ]
     raw = RewardModel(members, TOK).score(prompts, comps, normalized=False).members
     for i, m in enumerate(members):
         m.config.reward_mean, m.config.reward_std = float(raw[i].mean()), float(raw[i].std())
@@ -131,8 +160,8 @@ def test_normalization_and_ensemble(lm_dir, tmp_path):
 def test_reward_model_load_errors(tmp_path):
     from rewardlab.utils import RewardlabError
 
-    with pytest.raises(RewardlabError, match="no ensemble.json"):
+    with pytest.raises(RewardlabError, match=r"no ensemble\.json"):
         RewardModel.load(tmp_path)
     (tmp_path / "ensemble.json").write_text('{"k": 1}')
-    with pytest.raises(RewardlabError, match="not a model folder|does not exist"):
+    with pytest.raises(RewardlabError, match=r"not a model folder|does not exist"):
         RewardModel.load(tmp_path)

@@ -1,6 +1,5 @@
 """Run folders, metric sinks and atomic checkpoint writes."""
 
-
 import pytest
 
 from rewardlab.runs import Run, read_metrics

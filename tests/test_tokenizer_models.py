@@ -73,7 +73,9 @@ def test_bpe_tokenizer_on_real_text():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_build_save_load_model(tok, tmp_path, arch):
-    model = build_causal_lm(ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok)
+    model = build_causal_lm(
+        ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok
+    )
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     loaded = load_causal_lm(tmp_path)
@@ -87,7 +89,7 @@ def test_build_save_load_model(tok, tmp_path, arch):
 def test_bad_model_paths(tmp_path):
     with pytest.raises(RewardlabError, match="does not exist"):
         load_causal_lm(tmp_path / "nope")
-    with pytest.raises(RewardlabError, match="no config.json"):
+    with pytest.raises(RewardlabError, match=r"no config\.json"):
         load_causal_lm(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RewardlabError, match="cannot load a causal LM"):

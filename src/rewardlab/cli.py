@@ -79,11 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars or console messages")
         if name == "run":
             p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
-            p.add_argument("--seeds", default=None, help="comma-separated seeds, one set of arms each (e.g. 0,1,2)")
+            p.add_argument(
+                "--seeds", default=None, help="comma-separated seeds, one set of arms each (e.g. 0,1,2)"
+            )
             p.add_argument("--reuse", action="store_true", help="skip stages whose outputs already exist")
     rp = sub.add_parser("report", help="write report.html and plots for a run folder",
                         description="write report.html and plots for a run folder")  # fmt: skip
     rp.add_argument("run_dir", type=Path)
+    cp = sub.add_parser("criteria", help="check the headline demonstration per seed (after `report`)",
+                        description="print, per seed, whether the biased arm over-optimizes and the control does not")  # fmt: skip
+    cp.add_argument("run_dir", type=Path)
     return parser
 
 
@@ -96,6 +101,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "criteria":
+            from rewardlab.audit.criteria import criteria_table
+
+            print(criteria_table(args.run_dir))
+            return 0
         if args.command == "report":
             from rewardlab.report.build import build_report
 
@@ -117,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stages = [s.strip() for s in args.stages.split(",") if s.strip()]
                 unknown = [s for s in stages if s not in (*STAGES, "report")]
                 if unknown:
-                    raise RewardlabError(f"--stages: unknown stage(s) {unknown}; choose from {[*STAGES, 'report']}")
+                    raise RewardlabError(
+                        f"--stages: unknown stage(s) {unknown}; choose from {[*STAGES, 'report']}"
+                    )
             seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
             run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)
         else:

@@ -94,9 +94,13 @@ class RewardConfig(_Strict):
     batch_size: int = Field(64, gt=0)
     optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=20)
     normalize_prompts: int = Field(1024, gt=0, description="SFT samples to normalize rewards on")
-    verifier: bool = Field(True, description="add a learned weight on a frozen LM's log-prob of the final answer")
+    verifier: bool = Field(
+        True, description="add a learned weight on a frozen LM's log-prob of the final answer"
+    )
     verifier_path: str | None = Field(None, description="the verifier LM; default: <run_dir>/sft/model")
-    normalize_policy_path: str | None = Field(None, description="policy sampled for normalization; default SFT")
+    normalize_policy_path: str | None = Field(
+        None, description="policy sampled for normalization; default SFT"
+    )
     eval_every: int = Field(200, gt=0)
 
 
@@ -118,7 +122,9 @@ class PPOConfig(_Strict):
     minibatches: int = Field(2, gt=0, description="minibatches per rollout batch")
     optim: OptimConfig = OptimConfig(lr=5e-5, schedule="constant", warmup_steps=0)
     kl_coef: float = Field(0.05, ge=0, description="initial beta of the per-token KL penalty")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="estimator in the reward (all are logged)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="estimator in the reward (all are logged)"
+    )
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     kl_target: float = Field(6.0, gt=0, description="adaptive controller target KL (Ziegler et al. 2019)")
     kl_horizon: float = Field(10000, gt=0)
@@ -130,12 +136,16 @@ class PPOConfig(_Strict):
     whiten_advantages: bool = True
     grpo_eps: float = Field(1e-4, gt=0, description="GRPO: A = (r - mean) / (std + eps)")
     grpo_scale: Literal["group", "batch", "none"] = "group"
-    value_model: Literal["separate", "shared"] = Field("separate", description="critic: own trunk or policy's")
+    value_model: Literal["separate", "shared"] = Field(
+        "separate", description="critic: own trunk or policy's"
+    )
     value_init: Literal["reward", "policy"] = Field("reward", description="separate critic initialised from")
     missing_eos: Literal["penalty", "replace", "none"] = Field("penalty", description="responses without EOS")
     missing_eos_penalty: float = Field(1.0, description="subtracted from the score (penalty)")
     missing_eos_score: float = Field(-3.0, description="the score given (replace)")
-    score: Literal["mean", "conservative"] = Field("mean", description="ensemble proxy: mean or mean - alpha*std")
+    score: Literal["mean", "conservative"] = Field(
+        "mean", description="ensemble proxy: mean or mean - alpha*std"
+    )
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(20, gt=0)
     eval_every: int = Field(10, gt=0)
@@ -163,7 +173,8 @@ class PipelineConfig(_Strict):
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")
     controls: list[Literal["unbiased", "time-pressed", "sycophancy-prone"]] = Field(
-        default_factory=lambda: ["unbiased"], description="rater presets `rewardlab run` also runs as controls"
+        default_factory=lambda: ["unbiased"],
+        description="rater presets `rewardlab run` also runs as controls",
     )
     methods: list[Literal["ppo", "rloo", "grpo", "bon"]] = Field(
         default_factory=lambda: ["ppo", "bon"], description="optimizers `rewardlab run` applies to each arm"

@@ -43,7 +43,9 @@ def check_finite(value: float | torch.Tensor, what: str, step: int, stage: str) 
     """Abort with a clear error when ``value`` is NaN or inf."""
     v = float(value.detach().item() if isinstance(value, torch.Tensor) else value)
     if not np.isfinite(v):
-        raise TrainingDivergedError(f"{stage}: {what} is {v} at step {step}; aborting (no checkpoint written)")
+        raise TrainingDivergedError(
+            f"{stage}: {what} is {v} at step {step}; aborting (no checkpoint written)"
+        )
 
 
 def atomic_dir(target: Path | str, write: Callable[[Path], None]) -> Path:

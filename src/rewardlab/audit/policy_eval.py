@@ -71,7 +71,9 @@ def score_responses(
     responses: Sequence[str],
     proxy: Callable[[Sequence[str], Sequence[str]], Sequence[float]] | None = None,
 ) -> list[ScoredSample]:
-    proxies = list(proxy([p.text for p in problems], responses)) if proxy is not None else [None] * len(problems)
+    proxies = (
+        list(proxy([p.text for p in problems], responses)) if proxy is not None else [None] * len(problems)
+    )
     out = []
     for p, r, px in zip(problems, responses, proxies, strict=True):
         g = task.gold_breakdown(p, r)
@@ -80,7 +82,9 @@ def score_responses(
     return out
 
 
-def summarize(task: ArithmeticTask, problems: Sequence[Problem], samples: Sequence[ScoredSample]) -> dict[str, float]:
+def summarize(
+    task: ArithmeticTask, problems: Sequence[Problem], samples: Sequence[ScoredSample]
+) -> dict[str, float]:
     """Gold mean/accuracy, parse rate, length, sycophancy (overall and per difficulty), proxy mean."""
     gold = np.array([s.gold for s in samples])
     correct = np.array([s.correct for s in samples], dtype=float)

@@ -49,7 +49,9 @@ def response_logprobs(
     return logp * batch.response_mask, ent
 
 
-def gold_parts(task: ArithmeticTask, problems: Sequence[Problem], responses: Sequence[str]) -> dict[str, float]:
+def gold_parts(
+    task: ArithmeticTask, problems: Sequence[Problem], responses: Sequence[str]
+) -> dict[str, float]:
     parts = [task.gold_breakdown(p, r) for p, r in zip(problems, responses, strict=True)]
     return {
         "gold/part_accuracy": float(np.mean([g.accuracy_part for g in parts])),

@@ -32,7 +32,7 @@ def collate_lm(examples: Sequence[Example], pad_id: int, completion_only: bool) 
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    for i, ((p, c), s) in enumerate(zip(examples, seqs, strict=True)):
+    for i, ((p, _c), s) in enumerate(zip(examples, seqs, strict=True)):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
         start = len(p) if completion_only else 0
@@ -40,7 +40,9 @@ def collate_lm(examples: Sequence[Example], pad_id: int, completion_only: bool) 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def bucket_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 64) -> list[list[int]]:
+def bucket_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 64
+) -> list[list[int]]:
     """Length bucketing: shuffle, sort within windows of ``window`` batches, cut batches, shuffle batches.
 
     Batches hold sequences of similar length, so little compute is spent on padding.
@@ -61,7 +63,9 @@ def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     n = int((labels != IGNORE).sum())
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE
+    )
     return loss, n
 
 
@@ -93,7 +97,9 @@ def make_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, **extra_config: object) -> Path:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, **extra_config: object
+) -> Path:
     """``save_pretrained`` model + tokenizer into ``path`` atomically (temp folder, then rename)."""
     for k, v in extra_config.items():
         setattr(model.config, k, v)
@@ -143,7 +149,10 @@ def train_lm(
                 em = evaluate(step)
                 model.train()
                 run.log_metrics(em, step)
-                run.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in em.items() if isinstance(v, float)))
+                run.info(
+                    f"step {step}: "
+                    + ", ".join(f"{k}={v:.3f}" for k, v in em.items() if isinstance(v, float))
+                )
             advance(prog, f"loss {loss.item():.3f}")
     model.eval()
     return acc.unwrap_model(model)

@@ -168,7 +168,9 @@ def make_rollout(
     logp, ref_logp = pol.logprobs * mask, ref_out.logprobs * mask
     responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
     rm_scores = reward_model.score(prompts, responses)
-    raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(device)
+    raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(
+        device
+    )
     scores = apply_missing_eos(raw, batch.finished.to(device), cfg)
     kl = {k: v * mask for k, v in kl_estimators(logp, ref_logp).items()}
     non_score = -kl_coef * kl[cfg.kl_estimator]
@@ -187,7 +189,9 @@ def make_rollout(
         seq_adv = (rloo_advantages(seq_return, k) if cfg.advantage == "rloo"
                    else grpo_advantages(seq_return, k, eps=cfg.grpo_eps, scale=cfg.grpo_scale))  # fmt: skip
         adv = seq_adv[:, None] * mask
-    return Rollout(batch, mask, logp, ref_logp, values, scores, raw, kl, rewards, adv * mask, returns, responses)
+    return Rollout(
+        batch, mask, logp, ref_logp, values, scores, raw, kl, rewards, adv * mask, returns, responses
+    )
 
 
 def ppo_update(
@@ -215,10 +219,19 @@ def ppo_update(
             mb = _slice_batch(ro.batch, idx)
             m = ro.mask[idx]
             out = policy_forward(policy, critic, mb, cfg.temperature)
-            pg_loss, pg = ppo_policy_loss(out.logprobs, ro.logprobs[idx], ro.advantages[idx], m, cfg.cliprange)
+            pg_loss, pg = ppo_policy_loss(
+                out.logprobs, ro.logprobs[idx], ro.advantages[idx], m, cfg.cliprange
+            )
             loss = pg_loss
-            if critic is not None and out.values is not None and ro.values is not None and ro.returns is not None:
-                vf_loss, vf = ppo_value_loss(out.values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value)
+            if (
+                critic is not None
+                and out.values is not None
+                and ro.values is not None
+                and ro.returns is not None
+            ):
+                vf_loss, vf = ppo_value_loss(
+                    out.values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value
+                )
                 loss = loss + cfg.vf_coef * vf_loss
                 stats["vf_loss"].append(vf_loss.item())
                 stats["vf_clipfrac"].append(float(vf["clipfrac"]))

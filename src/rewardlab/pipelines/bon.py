@@ -30,7 +30,11 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     reward_path = stage_input(cfg, bc.reward_path, "reward", "model", "reward model")
     run = Run(cfg.stage_dir("bon"), "bon", cfg, cfg.report_to, quiet)
     run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
-    tok, policy, rm = load_tokenizer(policy_path), load_causal_lm(policy_path).eval(), RewardModel.load(reward_path)
+    tok, policy, rm = (
+        load_tokenizer(policy_path),
+        load_causal_lm(policy_path).eval(),
+        RewardModel.load(reward_path),
+    )
     problems = eval_problems(task, bc.prompts)
     N = bc.max_n
     prompts = [p.text for p in problems for _ in range(N)]
@@ -44,7 +48,9 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
         n = 1
         while n <= N:
             groups = proxy.view(len(problems), N // n, n)
-            best = groups.argmax(dim=-1) + torch.arange(0, N, n)[None, :]  # [P, N/n] flat index in the prompt's N
+            best = (
+                groups.argmax(dim=-1) + torch.arange(0, N, n)[None, :]
+            )  # [P, N/n] flat index in the prompt's N
             sel_problems, sel_samples = [], []
             for i, p in enumerate(problems):
                 for j in best[i].tolist():

@@ -44,7 +44,9 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
         if pc.value_model == "shared":
             critic = SharedValueHead(policy.config.hidden_size)
         else:
-            critic = ValueModel.from_pretrained(reward_path / "members" / "0" if pc.value_init == "reward" else policy_path)
+            critic = ValueModel.from_pretrained(
+                reward_path / "members" / "0" if pc.value_init == "reward" else policy_path
+            )
     opt, _ = make_optimizer(torch.nn.ModuleList([policy, *([critic] if critic else [])]), pc.optim, pc.steps)
     if critic is not None:
         policy, critic, opt = acc.prepare(policy, critic, opt)
@@ -80,7 +82,9 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             prompts = [p.text for p in problems for _ in range(pc.samples_per_prompt)]
             ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, gen)
             metrics = rollout_metrics(ro, pc, kl_ctl.value)
-            metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_))
+            metrics.update(
+                ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_)
+            )
             kl_ctl.update(metrics["objective/kl"], len(prompts))
             metrics["eps"] = step * len(prompts) / max(run.elapsed, 1e-9)
             metrics["time/elapsed"] = run.elapsed

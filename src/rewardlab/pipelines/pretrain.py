@@ -22,25 +22,35 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run = Run(cfg.stage_dir("pretrain"), "pretrain", cfg, cfg.report_to, quiet)
     tokenizer = build_task_tokenizer(TASK_WORDS, model_max_length=pc.model.max_position_embeddings)
     model = build_causal_lm(pc.model, tokenizer, seed=cfg.seed)
-    run.info(f"base model: {pc.model.arch}, {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    run.info(
+        f"base model: {pc.model.arch}, {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
+    )
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
 
     def next_batch(step: int) -> dict:
         rng = random.Random(cfg.seed * 1_000_003 + step)
         problems = [task.sample_problem(rng) for _ in range(pc.batch_size)]
         responses = [sample_corpus_response(task, p, pc.corpus, rng) for p in problems]
-        return collate_lm(encode_examples(tokenizer, [p.text for p in problems], responses), pad, completion_only=False)
+        return collate_lm(
+            encode_examples(tokenizer, [p.text for p in problems], responses), pad, completion_only=False
+        )
 
     held_out = eval_problems(task, pc.eval_prompts)
 
     def evaluate(step: int) -> dict[str, float]:
-        m, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=step)
+        m, _ = evaluate_policy(
+            model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=step
+        )
         return {f"eval/{k}": v for k, v in m.items()}
 
     model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
                      eval_every=pc.eval_every)  # fmt: skip
-    final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0)
-    greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True)
+    final, samples = evaluate_policy(
+        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0
+    )
+    greedy, _ = evaluate_policy(
+        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True
+    )
     summary = {"sampled": final, "greedy": greedy, "params": num_parameters(model), "seconds": run.elapsed}
     run.write_json("summary.json", summary)
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])

@@ -29,7 +29,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     rankings = None
     if rc.loss == "plackett_luce":
         rankings = load_rankings(Path(train_path).parent / "rankings_train.jsonl")
-    run.info(f"{len(pairs)} train / {len(evals)} eval comparisons; loss {rc.loss}, {rc.ensemble_size} member(s)")
+    run.info(
+        f"{len(pairs)} train / {len(evals)} eval comparisons; loss {rc.loss}, {rc.ensemble_size} member(s)"
+    )
 
     verifier = None
     if rc.verifier:
@@ -65,7 +67,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
                                     "seconds": run.elapsed})  # fmt: skip
     out = rm.save(run.dir / "model")
-    hard = max((int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None)
+    hard = max(
+        (int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None
+    )
     msg = f"accuracy vs rater {final.get('eval/accuracy_rater', float('nan')):.3f}, vs gold {final.get('eval/accuracy_gold', float('nan')):.3f}"
     if hard is not None:
         msg += (f"; hardest (d{hard}) rater {final.get(f'eval/accuracy_rater_d{hard}', float('nan')):.3f} "

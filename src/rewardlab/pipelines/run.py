@@ -1,9 +1,9 @@
 """Recipe: the whole pipeline, for the configured raters and their controls, over one or more seeds.
 
-    pretrain -> SFT                      (shared by every arm)
-    for each seed, for each rater preset (the configured one, then the controls):
-        label -> reward model -> PPO (and/or RLOO, GRPO) -> best-of-n
-    report                                (one HTML page for all arms)
+pretrain -> SFT                      (shared by every arm)
+for each seed, for each rater preset (the configured one, then the controls):
+    label -> reward model -> PPO (and/or RLOO, GRPO) -> best-of-n
+report                                (one HTML page for all arms)
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
         for preset in presets:
             arm = cfg.model_copy(deep=True)
             arm.seed = seed
-            arm.label.rater = type(cfg.label.rater).from_preset(preset) if preset != cfg.label.rater.preset else cfg.label.rater
+            arm.label.rater = (
+                type(cfg.label.rater).from_preset(preset)
+                if preset != cfg.label.rater.preset
+                else cfg.label.rater
+            )
             if not quiet:
                 console.rule(f"[bold]arm {arm.arm}")
             for name, fn in (("label", run_label), ("reward", run_reward)):

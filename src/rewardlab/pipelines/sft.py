@@ -29,7 +29,9 @@ def load_prompt_completions(path: Path | str) -> list[dict[str, Any]]:
             if key not in r:
                 raise RewardlabError(f"{path}: record {i}: missing field '{key}'")
             if not isinstance(r[key], str | list):
-                raise RewardlabError(f"{path}: record {i}: field '{key}' must be a string or a list of messages")
+                raise RewardlabError(
+                    f"{path}: record {i}: field '{key}' must be a string or a list of messages"
+                )
     return rows
 
 
@@ -47,9 +49,13 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     else:
         rng = random.Random(cfg.seed * 7 + 2)
         problems = [task.sample_problem(rng) for _ in range(sc.num_demos)]
-        rows = [{"prompt": p.text, "completion": sample_demo_response(task, p, sc.demos, rng)} for p in problems]
+        rows = [
+            {"prompt": p.text, "completion": sample_demo_response(task, p, sc.demos, rng)} for p in problems
+        ]
         write_jsonl(run.dir / "demos.jsonl", rows)
-    examples: list[Example] = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    examples: list[Example] = encode_examples(
+        tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    )
     n_eval = max(1, int(len(examples) * sc.eval_fraction))
     eval_ex, train_ex = examples[:n_eval], examples[n_eval:]
     if not train_ex:
@@ -76,13 +82,19 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
         with torch.no_grad():
             losses = [lm_loss(model, collate_lm(eval_ex[i : i + 256], pad, True))[0].item()
                       for i in range(0, len(eval_ex), 256)]  # fmt: skip
-        m, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=step)
+        m, _ = evaluate_policy(
+            model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=step
+        )
         return {"eval/loss": sum(losses) / len(losses), **{f"eval/{k}": v for k, v in m.items()}}
 
     model = train_lm(model, next_batch, steps=sc.steps, optim=sc.optim, run=run, evaluate=evaluate,
                      eval_every=sc.eval_every)  # fmt: skip
-    final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0)
-    greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True)
+    final, samples = evaluate_policy(
+        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0
+    )
+    greedy, _ = evaluate_policy(
+        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True
+    )
     run.write_json("summary.json", {"sampled": final, "greedy": greedy, "seconds": run.elapsed})
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
     out = save_model(model, tokenizer, run.dir / "model")

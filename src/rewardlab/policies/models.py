@@ -76,10 +76,12 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     """Load a saved tokenizer (left padding; pad falls back to EOS when missing)."""
     p = Path(path)
     if not p.is_dir() or not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise RewardlabError(f"tokenizer path {p} has no saved tokenizer (tokenizer.json / tokenizer_config.json)")
+        raise RewardlabError(
+            f"tokenizer path {p} has no saved tokenizer (tokenizer.json / tokenizer_config.json)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(p))
-    except Exception as e:  # noqa: BLE001 - re-raised with the path named
+    except Exception as e:
         raise RewardlabError(f"cannot load a tokenizer from {p}: {e}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -92,7 +94,7 @@ def load_causal_lm(path: Path | str) -> PreTrainedModel:
     p = check_model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RewardlabError(f"cannot load a causal LM from {p}: {e}") from e
     return model
 

@@ -56,7 +56,9 @@ def build_task_tokenizer(words: Iterable[str], model_max_length: int = 64) -> Pr
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=32))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return _wrap(tok, model_max_length)
 
@@ -105,7 +107,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     return list(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"])
 
 
-def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str | Sequence[dict[str, str]]) -> list[int]:
+def encode_completion(
+    tokenizer: PreTrainedTokenizerBase, completion: str | Sequence[dict[str, str]]
+) -> list[int]:
     """Completion token ids, ending with EOS."""
     ids = list(tokenizer(" " + completion_text(completion), add_special_tokens=False)["input_ids"])
     return [*ids, int(tokenizer.eos_token_id)]  # type: ignore[arg-type]

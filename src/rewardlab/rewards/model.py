@@ -45,7 +45,7 @@ def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, s
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(p), num_labels=1, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RewardlabError(f"cannot build a reward model from {p}: {e}") from e
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():  # small head init so initial rewards are near 0
@@ -93,8 +93,12 @@ class RewardModel:
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply each member's stored (mean, std) to raw member scores [k, N]."""
-        mu = torch.tensor([float(getattr(m.config, "reward_mean", 0.0)) for m in self.members], device=raw.device)
-        sd = torch.tensor([float(getattr(m.config, "reward_std", 1.0)) for m in self.members], device=raw.device)
+        mu = torch.tensor(
+            [float(getattr(m.config, "reward_mean", 0.0)) for m in self.members], device=raw.device
+        )
+        sd = torch.tensor(
+            [float(getattr(m.config, "reward_std", 1.0)) for m in self.members], device=raw.device
+        )
         return (raw - mu[:, None]) / sd[:, None]
 
     @torch.no_grad()
@@ -109,7 +113,9 @@ class RewardModel:
         for i in range(0, len(ex), batch_size):
             b = collate_sequences([p + c for p, c in ex[i : i + batch_size]], pad)
             f = feats[i : i + batch_size] if feats is not None else None
-            raw = self.raw_member_scores(b["input_ids"].to(self.device), b["attention_mask"].to(self.device), f)
+            raw = self.raw_member_scores(
+                b["input_ids"].to(self.device), b["attention_mask"].to(self.device), f
+            )
             outs.append(self.normalize(raw) if normalized else raw)
         members = torch.cat(outs, dim=1).cpu()
         std = members.std(dim=0, unbiased=True) if len(self.members) > 1 else torch.zeros(members.shape[1])
@@ -140,12 +146,18 @@ class RewardModel:
             raise RewardlabError(f"reward model path {p} is not a rewardlab reward model (no ensemble.json)")
         try:
             meta = json.loads(meta_path.read_text())
-            k, alpha, has_verifier = int(meta["k"]), float(meta.get("alpha", 1.0)), bool(meta.get("verifier", False))
+            k, alpha, has_verifier = (
+                int(meta["k"]),
+                float(meta.get("alpha", 1.0)),
+                bool(meta.get("verifier", False)),
+            )
         except (ValueError, KeyError) as e:
             raise RewardlabError(f"{meta_path}: malformed ({e})") from None
         members = []
         for i in range(k):
             mp = check_model_dir(p / "members" / str(i), "reward-model member")
-            members.append(AutoModelForSequenceClassification.from_pretrained(str(mp), dtype=torch.float32).eval())
+            members.append(
+                AutoModelForSequenceClassification.from_pretrained(str(mp), dtype=torch.float32).eval()
+            )
         verifier = load_causal_lm(p / "verifier").eval().requires_grad_(False) if has_verifier else None
         return cls(members, load_tokenizer(p), alpha, verifier)

@@ -77,9 +77,15 @@ class ScoredMember(nn.Module):
     def __init__(self, model: PreTrainedModel, use_feature: bool) -> None:
         super().__init__()
         self.model = model
-        self.w = nn.Parameter(torch.tensor(float(getattr(model.config, "verifier_weight", 0.5)))) if use_feature else None
+        self.w = (
+            nn.Parameter(torch.tensor(float(getattr(model.config, "verifier_weight", 0.5))))
+            if use_feature
+            else None
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feature: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feature: torch.Tensor | None
+    ) -> torch.Tensor:
         s = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
         if self.w is not None and feature is not None:
             s = s + self.w * feature.to(s.device)
@@ -190,7 +196,9 @@ def train_reward_member(
     return inner.model
 
 
-def evaluate_comparisons(rm: RewardModel, comps: Sequence[Comparison], by: str = "difficulty") -> dict[str, float]:
+def evaluate_comparisons(
+    rm: RewardModel, comps: Sequence[Comparison], by: str = "difficulty"
+) -> dict[str, float]:
     """Accuracy vs rater labels and vs gold, overall and per ``meta[by]``; ECE; reward stats.
 
     ``eval/accuracy_rater``: share of non-tie pairs where r(chosen) > r(rejected).
@@ -214,9 +222,13 @@ def evaluate_comparisons(rm: RewardModel, comps: Sequence[Comparison], by: str =
         if rater_idx:
             out[f"eval/accuracy_rater{suffix}"] = float((s_c[rater_idx] > s_r[rater_idx]).float().mean())
         if gold_idx:
-            gold_better_is_chosen = torch.tensor([comps[i].gold_chosen > comps[i].gold_rejected for i in gold_idx])  # type: ignore[operator]
+            gold_better_is_chosen = torch.tensor(
+                [comps[i].gold_chosen > comps[i].gold_rejected for i in gold_idx]
+            )  # type: ignore[operator]
             rm_prefers_chosen = s_c[gold_idx] > s_r[gold_idx]
-            out[f"eval/accuracy_gold{suffix}"] = float((rm_prefers_chosen == gold_better_is_chosen).float().mean())
+            out[f"eval/accuracy_gold{suffix}"] = float(
+                (rm_prefers_chosen == gold_better_is_chosen).float().mean()
+            )
         out[f"eval/n_pairs{suffix}"] = float(len(idx))
     non_tie = [i for i in range(len(comps)) if not comps[i].meta.get("tie")]
     p = torch.sigmoid(s_c[non_tie] - s_r[non_tie])
