@@ -85,12 +85,15 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
-    """Read JSONL; a malformed line raises an error naming the file and line number."""
+def read_jsonl_numbered(path: Path | str) -> list[tuple[int, dict[str, Any]]]:
+    """JSONL objects with their 1-based line numbers (blank lines skipped but counted).
+
+    A missing file, a malformed line or a non-object line raises an error naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise RewardlabError(f"{path}: file not found")
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -98,8 +101,13 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RewardlabError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+                raise RewardlabError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise RewardlabError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((i, row))
     return rows
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """Read JSONL objects; errors name the file and line (see :func:`read_jsonl_numbered`)."""
+    return [row for _, row in read_jsonl_numbered(path)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardlab.utils import RewardlabError, write_jsonl
+from rewardlab.utils import RewardlabError, read_jsonl_numbered, write_jsonl
 
 __all__ = [
     "Comparison",
@@ -300,21 +300,7 @@ class Ranking:
 # ------------------------------------------------------------------------------------ files
 def _read_rows(path: Path | str) -> list[tuple[int, dict[str, Any]]]:
     """JSONL rows with their 1-based line numbers (blank lines are skipped but counted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RewardlabError(f"{path}: file not found")
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RewardlabError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise RewardlabError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append((i, row))
+    rows = read_jsonl_numbered(path)
     if not rows:
         raise RewardlabError(f"{path}: no records")
     return rows
