@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from rewardlab.config import PipelineConfig
+from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import ArithmeticTask, Problem
 from rewardlab.utils import RewardlabError, seed_everything, set_threads
 
@@ -28,3 +31,23 @@ def stage_input(cfg: PipelineConfig, explicit: str | None, stage: str, name: str
         hint = "" if explicit else f" (run `rewardlab {stage}` first or set it explicitly)"
         raise RewardlabError(f"{what} {p} not found{hint}")
     return p
+
+
+def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask,
+                    held_out: list[Problem], max_new_tokens: int, **extra: object) -> tuple[Path, dict]:  # fmt: skip
+    """Final sampled and greedy evaluation, summary.json, samples.jsonl and the atomic checkpoint."""
+    from rewardlab.audit.policy_eval import evaluate_policy
+    from rewardlab.optimize.lm import save_model
+    from rewardlab.utils import write_jsonl
+
+    final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, seed=0)
+    greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, greedy=True)
+    run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})
+    write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
+    out = save_model(model, tokenizer, run.dir / "model")
+    run.info(
+        f"parse rate {final['behavior/parse_rate']:.3f}, gold accuracy {final['gold/accuracy']:.3f} "
+        f"(1-digit {final.get('gold/accuracy_d1', float('nan')):.3f}; greedy {greedy['gold/accuracy']:.3f}), "
+        f"sycophancy {final['behavior/sycophancy_rate']:.3f}; saved {out} in {run.elapsed:.0f}s"
+    )
+    return out, final

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from rewardlab.audit.policy_eval import evaluate_policy
 from rewardlab.config import PipelineConfig
-from rewardlab.optimize.lm import collate_lm, save_model, train_lm
-from rewardlab.pipelines.common import eval_problems, setup_stage
+from rewardlab.optimize.lm import collate_lm, train_lm
+from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage
 from rewardlab.policies.models import build_causal_lm, num_parameters
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
 from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import TASK_WORDS, sample_corpus_response
-from rewardlab.utils import write_jsonl
 
 
 def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -45,17 +44,8 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
     model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
                      eval_every=pc.eval_every)  # fmt: skip
-    final, samples = evaluate_policy(
-        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0
+    out, _ = finish_lm_stage(
+        run, model, tokenizer, task, held_out, cfg.label.max_new_tokens, params=num_parameters(model)
     )
-    greedy, _ = evaluate_policy(
-        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True
-    )
-    summary = {"sampled": final, "greedy": greedy, "params": num_parameters(model), "seconds": run.elapsed}
-    run.write_json("summary.json", summary)
-    write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
-    out = save_model(model, tokenizer, run.dir / "model")
-    run.info(f"parse rate {final['behavior/parse_rate']:.3f}, gold accuracy {final['gold/accuracy']:.3f} "
-             f"(greedy {greedy['gold/accuracy']:.3f}); saved {out} in {run.elapsed:.0f}s")  # fmt: skip
     run.close()
     return out

@@ -10,8 +10,8 @@ import torch
 
 from rewardlab.audit.policy_eval import evaluate_policy
 from rewardlab.config import PipelineConfig
-from rewardlab.optimize.lm import Example, bucket_batches, collate_lm, lm_loss, save_model, train_lm
-from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.optimize.lm import Example, bucket_batches, collate_lm, lm_loss, train_lm
+from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.runs import Run
@@ -89,16 +89,6 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
     model = train_lm(model, next_batch, steps=sc.steps, optim=sc.optim, run=run, evaluate=evaluate,
                      eval_every=sc.eval_every)  # fmt: skip
-    final, samples = evaluate_policy(
-        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, seed=0
-    )
-    greedy, _ = evaluate_policy(
-        model, tokenizer, task, held_out, max_new_tokens=cfg.label.max_new_tokens, greedy=True
-    )
-    run.write_json("summary.json", {"sampled": final, "greedy": greedy, "seconds": run.elapsed})
-    write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
-    out = save_model(model, tokenizer, run.dir / "model")
-    run.info(f"gold accuracy {final['gold/accuracy']:.3f} (1-digit {final.get('gold/accuracy_d1', float('nan')):.3f}), "
-             f"sycophancy {final['behavior/sycophancy_rate']:.3f}; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    out, _ = finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
     run.close()
     return out
