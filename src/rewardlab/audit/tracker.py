@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.audit.policy_eval import ScoredSample, summarize
+from rewardlab.audit.policy_eval import ScoredSample, score_responses, summarize
 from rewardlab.losses import kl_estimators, masked_sum, selective_log_softmax
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
@@ -94,12 +94,7 @@ def audit_policy(
         for name, kl in kl_estimators(logp, ref_logp).items():
             kl_sums[name].extend(masked_sum(kl, b.response_mask, dim=1).tolist())
         responses.extend(decode_completion(tokenizer, r.tolist()) for r in b.response_ids.cpu())
-    prompts = [p.text for p in problems]
-    proxy = reward_model(prompts, responses)
-    samples = [
-        ScoredSample(p.text, r, p.difficulty, p.belief_wrong, g.gold, g.correct, g.parseable, float(px))
-        for p, r, px, g in zip(problems, responses, proxy, (task.gold_breakdown(p, r) for p, r in zip(problems, responses)))
-    ]  # fmt: skip
+    samples = score_responses(task, problems, responses, reward_model)
     row: dict[str, Any] = summarize(task, problems, samples)
     row.update(gold_parts(task, problems, responses))
     for name, vals in kl_sums.items():

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rewardlab.utils import RewardlabError, read_jsonl_numbered, write_jsonl
 
@@ -48,6 +48,7 @@ _COMPARISON_REQUIRED = ("prompt", "chosen", "rejected")
 _COMPARISON_OPTIONAL = ("rater", "margin", "gold_chosen", "gold_rejected", "meta")
 _RANKING_REQUIRED = ("prompt", "completions", "ranking")
 _RANKING_OPTIONAL = ("rater", "golds", "meta")
+_R = TypeVar("_R")
 
 
 # ---------------------------------------------------------------------------- field checks
@@ -136,6 +137,28 @@ def _check_keys(row: Mapping[str, Any], required: Sequence[str], optional: Seque
             raise RewardlabError(f"{where}: missing required field '{k}'")
 
 
+def _to_row(obj: Any, required: Sequence[str], optional: Sequence[str]) -> dict[str, Any]:
+    """A JSONL row: the required fields, then the optional ones that are set (an empty ``meta`` is left out)."""
+    d: dict[str, Any] = {n: getattr(obj, n) for n in required}
+    for n in optional:
+        v = getattr(obj, n)
+        if v is not None and not (n == "meta" and not v):
+            d[n] = v
+    return copy.deepcopy(d)
+
+
+def _from_row(cls: type[_R], row: Any, required: Sequence[str], optional: Sequence[str], where: str) -> _R:
+    """Build a frozen record from a row, validated with errors prefixed by ``where``."""
+    if not isinstance(row, Mapping):
+        raise RewardlabError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    _check_keys(row, required, optional, where)
+    obj = object.__new__(cls)
+    for n in (*required, *optional):
+        object.__setattr__(obj, n, copy.deepcopy(row.get(n)))
+    obj._validate(where)  # type: ignore[attr-defined]
+    return obj
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -179,25 +202,12 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """A TRL-style row; ``None`` fields (and an empty ``meta``) are left out."""
-        d: dict[str, Any] = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-        for n in _COMPARISON_OPTIONAL:
-            v = getattr(self, n)
-            if v is None or (n == "meta" and not v):
-                continue
-            d[n] = v
-        return copy.deepcopy(d)
+        return _to_row(self, _COMPARISON_REQUIRED, _COMPARISON_OPTIONAL)
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], where: str = "comparison") -> Comparison:
         """Build from a row, with errors prefixed by ``where`` (e.g. ``"file.jsonl:3"``)."""
-        if not isinstance(row, Mapping):
-            raise RewardlabError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        _check_keys(row, _COMPARISON_REQUIRED, _COMPARISON_OPTIONAL, where)
-        obj = object.__new__(cls)
-        for n in _COMPARISON_REQUIRED + _COMPARISON_OPTIONAL:
-            object.__setattr__(obj, n, copy.deepcopy(row.get(n)))
-        obj._validate(where)
-        return obj
+        return _from_row(cls, row, _COMPARISON_REQUIRED, _COMPARISON_OPTIONAL, where)
 
 
 @dataclass(frozen=True)
@@ -277,24 +287,11 @@ class Ranking:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"prompt": self.prompt, "completions": self.completions, "ranking": self.ranking}
-        for n in _RANKING_OPTIONAL:
-            v = getattr(self, n)
-            if v is None or (n == "meta" and not v):
-                continue
-            d[n] = v
-        return copy.deepcopy(d)
+        return _to_row(self, _RANKING_REQUIRED, _RANKING_OPTIONAL)
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], where: str = "ranking") -> Ranking:
-        if not isinstance(row, Mapping):
-            raise RewardlabError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        _check_keys(row, _RANKING_REQUIRED, _RANKING_OPTIONAL, where)
-        obj = object.__new__(cls)
-        for n in _RANKING_REQUIRED + _RANKING_OPTIONAL:
-            object.__setattr__(obj, n, copy.deepcopy(row.get(n)))
-        obj._validate(where)
-        return obj
+        return _from_row(cls, row, _RANKING_REQUIRED, _RANKING_OPTIONAL, where)
 
 
 # ------------------------------------------------------------------------------------ files
