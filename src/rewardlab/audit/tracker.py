@@ -9,6 +9,7 @@ gold (accuracy, length, sycophancy, confidence) so a loss of gold can be attribu
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,3 +109,36 @@ def audit_policy(
 
 def save_samples(path: Path, samples: Sequence[ScoredSample], limit: int | None = None) -> None:
     write_jsonl(path, [s.to_dict() for s in (samples[:limit] if limit else samples)])
+
+
+class AuditLog:
+    """The audit of one optimizer run: ``audit.jsonl`` (one row per audit), ``samples/step_<N>.jsonl``.
+
+    Every step-based optimizer (PPO, RLOO, GRPO, DPO, offline methods) writes through this, so the report
+    reads them all the same way. ``extra`` fields (e.g. ``kl_coef``, ``round``) are added to the row.
+    """
+
+    def __init__(self, run: Any, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 reward_model: RewardModel, task: ArithmeticTask, problems: Sequence[Problem], *,
+                 max_new_tokens: int, seed: int, kl_estimator: str = "k1", temperature: float = 1.0,
+                 samples_to_save: int = 128) -> None:  # fmt: skip
+        self.run, self.ref, self.tok, self.rm, self.task = run, reference, tokenizer, reward_model, task
+        self.problems, self.max_new_tokens, self.seed = list(problems), max_new_tokens, seed
+        self.kl_estimator, self.temperature, self.samples_to_save = kl_estimator, temperature, samples_to_save
+        self.rows: list[dict[str, Any]] = []
+        (run.dir / "samples").mkdir(exist_ok=True)
+        (run.dir / "audit.jsonl").write_text("")
+
+    def __call__(self, policy: PreTrainedModel, step: int, **extra: Any) -> dict[str, Any]:
+        row, samples = audit_policy(policy, self.ref, self.tok, self.rm, self.task, self.problems,
+                                    max_new_tokens=self.max_new_tokens, seed=self.seed * 7 + step,
+                                    kl_estimator=self.kl_estimator, temperature=self.temperature)  # fmt: skip
+        row = {"step": step, **extra, **row}
+        self.rows.append(row)
+        self.run.write_json("audit.json", self.rows)
+        with (self.run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        save_samples(self.run.dir / "samples" / f"step_{step}.jsonl", samples, self.samples_to_save)
+        self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} gold {row['gold/mean']:+.3f} "
+                      f"KL {row['kl/' + self.kl_estimator]:.2f} sycophancy {row['behavior/sycophancy_rate']:.3f}")  # fmt: skip
+        return row

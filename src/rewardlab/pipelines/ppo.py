@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from rewardlab.audit.tracker import audit_policy, save_samples
+from rewardlab.audit.tracker import AuditLog
 from rewardlab.config import PipelineConfig
 from rewardlab.losses import AdaptiveKLController, FixedKLController
 from rewardlab.optimize.lm import make_optimizer, save_model
@@ -57,24 +56,9 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     gen = torch.Generator().manual_seed(cfg.seed * 1_000 + 5)
     rng = random.Random(RL_PROMPT_SEED + cfg.seed)
     held_out = eval_problems(task, pc.eval_prompts)
-    (run.dir / "samples").mkdir(exist_ok=True)
-    audit_rows = []
-
-    def audit(step: int) -> None:
-        row, samples = audit_policy(acc.unwrap_model(policy), ref, tok, rm, task, held_out,
-                                    max_new_tokens=pc.max_new_tokens, seed=cfg.seed * 7 + step,
-                                    kl_estimator=pc.kl_estimator, temperature=pc.temperature)  # fmt: skip
-        row = {"step": step, "kl_coef": kl_ctl.value, **row}
-        audit_rows.append(row)
-        run.write_json("audit.json", audit_rows)
-        with (run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        save_samples(run.dir / "samples" / f"step_{step}.jsonl", samples, pc.samples_to_save)
-        run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} gold {row['gold/mean']:+.3f} "
-                 f"KL {row['kl/' + pc.kl_estimator]:.2f} sycophancy {row['behavior/sycophancy_rate']:.3f}")  # fmt: skip
-
-    (run.dir / "audit.jsonl").write_text("")
-    audit(0)
+    audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=pc.max_new_tokens, seed=cfg.seed,
+                     kl_estimator=pc.kl_estimator, temperature=pc.temperature, samples_to_save=pc.samples_to_save)  # fmt: skip
+    audit(acc.unwrap_model(policy), 0, kl_coef=kl_ctl.value)
     policy.train()
     with run.progress(pc.steps, f"{stage} steps") as prog:
         for step in range(1, pc.steps + 1):
@@ -90,10 +74,10 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             metrics["time/elapsed"] = run.elapsed
             run.log_metrics(metrics, step)
             if step % pc.eval_every == 0 or step == pc.steps:
-                audit(step)
+                audit(acc.unwrap_model(policy), step, kl_coef=kl_ctl.value)
             advance(prog, f"score {metrics['objective/scores']:+.2f} kl {metrics['objective/kl']:.2f}")
     out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
-    run.write_json("summary.json", {"start": audit_rows[0], "end": audit_rows[-1], "seconds": run.elapsed})
+    run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "seconds": run.elapsed})
     run.info(f"saved {out} in {run.elapsed:.0f}s")
     run.close()
     return out
