@@ -209,6 +209,27 @@ def evaluate_comparisons(
     prompts = [c.prompt for c in comps]
     s_c = rm.score(prompts, [c.chosen for c in comps]).mean
     s_r = rm.score(prompts, [c.rejected for c in comps]).mean
+    out = comparison_accuracies(s_c, s_r, comps, by)
+    non_tie = [i for i in range(len(comps)) if not comps[i].meta.get("tie")]
+    p = torch.sigmoid(s_c[non_tie] - s_r[non_tie])
+    out["eval/ece"] = expected_calibration_error(p, torch.ones_like(p))
+    allr = torch.cat([s_c, s_r])
+    out["eval/mean_reward"] = float(allr.mean())
+    out["eval/min_reward"] = float(allr.min())
+    out["eval/max_reward"] = float(allr.max())
+    out["eval/margin"] = float((s_c - s_r)[non_tie].mean())
+    return out
+
+
+def comparison_accuracies(
+    s_c: torch.Tensor, s_r: torch.Tensor, comps: Sequence[Comparison], by: str = "difficulty"
+) -> dict[str, float]:
+    """Accuracy of any scores ``s_c``/``s_r`` [N] of the pairs' two sides vs rater labels and vs gold.
+
+    ``eval/accuracy_rater``: share of non-tie pairs where s(chosen) > s(rejected).
+    ``eval/accuracy_gold``: on pairs whose golds differ, share where s ranks the gold-better side higher.
+    Also per ``meta[by]`` (suffix ``_d<difficulty>``) and the number of pairs (``eval/n_pairs``).
+    """
     groups: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(comps):
         groups[""].append(i)
@@ -230,14 +251,6 @@ def evaluate_comparisons(
                 (rm_prefers_chosen == gold_better_is_chosen).float().mean()
             )
         out[f"eval/n_pairs{suffix}"] = float(len(idx))
-    non_tie = [i for i in range(len(comps)) if not comps[i].meta.get("tie")]
-    p = torch.sigmoid(s_c[non_tie] - s_r[non_tie])
-    out["eval/ece"] = expected_calibration_error(p, torch.ones_like(p))
-    allr = torch.cat([s_c, s_r])
-    out["eval/mean_reward"] = float(allr.mean())
-    out["eval/min_reward"] = float(allr.min())
-    out["eval/max_reward"] = float(allr.max())
-    out["eval/margin"] = float((s_c - s_r)[non_tie].mean())
     return out
 
 
