@@ -96,13 +96,14 @@ def test_answer_span_and_verifier_feature(lm_dir):
         TOK, ["what is 1 + 2 ?", "what is 1 + 2 ?"], ["the answer is 13 .", "i do not know ."]
     )
     f = verifier_features(lm, TOK, ex)
-    # by hand: sum of log p(digit | prefix) over the two answer digits
+    # by hand: sum of log p(token | prefix) over the two answer digits and the " ." that ends the number
     p, c = ex[0]
     seq = torch.tensor([p + c])
     with torch.no_grad():
         logp = lm(seq).logits.log_softmax(-1)[0]
     s = len(p) + answer_span(c, digits)[0]
-    expected = float(logp[s - 1, seq[0, s]] + logp[s, seq[0, s + 1]])
+    assert TOK.convert_ids_to_tokens([int(seq[0, s + 2])]) == ["."]
+    expected = float(sum(logp[t - 1, seq[0, t]] for t in (s, s + 1, s + 2)))
     assert f[0].item() == pytest.approx(max(expected, -FEATURE_CAP), abs=1e-4)
     assert f[1].item() == -FEATURE_CAP
 

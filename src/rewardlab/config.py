@@ -165,6 +165,193 @@ class BoNConfig(_Strict):
     samples_to_save: int = Field(128, ge=0)
 
 
+class DPOConfig(_Strict):
+    """Direct preference optimization of the SFT policy on the arm's rater labels: one trainer, a loss per
+    variant (``rewardlab.losses``): ``sigmoid`` (DPO; with ``label_smoothing`` > 0 conservative DPO),
+    ``ipo``, ``robust`` (rDPO), ``hinge`` (SLiC) and ``simpo`` (reference-free), plus an optional NLL term.
+    """
+
+    policy_path: str | None = Field(None, description="policy to train; default: <run_dir>/sft/model")
+    reference_path: str | None = Field(None, description="frozen reference; default: the policy's start")
+    reward_path: str | None = Field(
+        None, description="RM the audit scores with; default: <run_dir>/<arm>/reward/model"
+    )
+    data_path: str | None = Field(
+        None, description="comparisons JSONL; default: <run_dir>/<arm>/label/train.jsonl"
+    )
+    eval_path: str | None = Field(
+        None, description="held-out comparisons; default: <run_dir>/<arm>/label/eval.jsonl"
+    )
+    loss: Literal["sigmoid", "ipo", "robust", "hinge", "simpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0, description="KL strength (IPO: tau; SimPO: reward scale, ~2)")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="cDPO epsilon (sigmoid), assumed flip rate (robust), smoothing (simpo)"
+    )
+    ipo_length_normalize: bool = Field(
+        True, description="IPO on per-token log-ratios (TRL); false: the paper's"
+    )
+    simpo_gamma: float = Field(1.0, ge=0, description="SimPO target reward margin gamma")
+    sft_weight: float = Field(
+        0.0, ge=0, description="weight of the chosen per-token NLL (RPO alpha); 0 = off"
+    )
+    beta_sweep: list[float] = Field(
+        default_factory=list,
+        description="`rewardlab dpo` trains each beta into <name>-b<beta> (empty: one run)",
+    )
+    name: str = Field("dpo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="stage folder name")
+    steps: int = Field(
+        300, gt=0, description="optimizer steps (the data is cycled in length-bucketed epochs)"
+    )
+    batch_size: int = Field(64, gt=0, description="pairs per step")
+    optim: OptimConfig = OptimConfig(lr=2e-4, schedule="linear", warmup_steps=10)
+    reference: Literal["precomputed", "live"] = Field(
+        "precomputed",
+        description="reference log-probs cached once per (reference, data), or a forward per step",
+    )
+    packing: Literal["shared_prompt", "none"] = Field(
+        "shared_prompt", description="one row per pair, prompt encoded once (4D mask); none: 2 rows per pair"
+    )
+    drop_ties: bool = Field(True, description="train on pairs the rater did not call a tie only")
+    cache_dir: str | None = Field(
+        None, description="reference log-prob cache; default: <run_dir>/<arm>/cache"
+    )
+    eval_every: int = Field(50, gt=0, description="audit and implicit-reward evaluation cadence (steps)")
+    eval_prompts: int = Field(1024, gt=0)
+    eval_pairs: int = Field(
+        2048, gt=0, description="held-out comparisons the implicit reward is scored on (at most)"
+    )
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(20, gt=0)
+    samples_to_save: int = Field(128, ge=0)
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> DPOConfig:
+        if any(b <= 0 for b in self.beta_sweep):
+            raise ValueError("dpo.beta_sweep values must be > 0")
+        return self
+
+
+class IterativeDPOConfig(_Strict):
+    """Iterated (online) DPO: k rounds of sampling pairs from the current policy on fresh prompts,
+    labelling them with the arm's simulated rater and DPO (loss, beta, batch size, optimizer from ``dpo``)."""
+
+    rounds: int = Field(3, gt=0)
+    prompts_per_round: int = Field(1024, gt=0, description="fresh prompts per round, one pair each")
+    steps_per_round: int = Field(60, gt=0)
+    reference: Literal["initial", "previous"] = Field(
+        "initial", description="DPO reference: the starting policy, or the previous round's policy"
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the pairs")
+    max_new_tokens: int = Field(20, gt=0)
+    name: str = Field("dpo-iter", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="stage folder name")
+
+
+class MODPOConfig(_Strict):
+    """MODPO (Zhou et al. 2023): DPO on the rater labels with a second, fixed reward, for several weightings."""
+
+    weights: list[float] = Field(
+        default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2],
+        description="w on the rater preference; 1 - w on the second reward (w = 1 is DPO)",
+    )
+    second_reward: Literal["brevity", "reward_model"] = Field(
+        "brevity",
+        description="brevity: -brevity_scale * words; reward_model: a trained RM's normalized score",
+    )
+    brevity_scale: float = Field(0.2, gt=0, description="reward per word removed")
+    second_reward_path: str | None = Field(None, description="RM folder for second_reward=reward_model")
+    steps: int | None = Field(None, gt=0, description="steps per weighting; default dpo.steps")
+    name: str = Field("modpo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="stage folder name")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> MODPOConfig:
+        if not self.weights or any(not 0 < w <= 1 for w in self.weights):
+            raise ValueError("modpo.weights must be a non-empty list of values in (0, 1]")
+        if self.second_reward == "reward_model" and not self.second_reward_path:
+            raise ValueError("modpo.second_reward_path is required when second_reward is reward_model")
+        return self
+
+
+class FilteredMLEConfig(_Strict):
+    """Filtered MLE (Hu et al. 2023): SFT on the offline samples the proxy ranks in its top ``fraction``."""
+
+    fraction: float = Field(0.25, gt=0, le=1, description="share of the samples kept (the proxy's top)")
+    scope: Literal["global", "prompt"] = Field(
+        "global", description="quantile over the whole dataset, or within each prompt's samples (best-of-k)"
+    )
+
+
+class RWRConfig(_Strict):
+    """Reward-weighted regression: SFT on every sample weighted by exp(proxy / temperature)."""
+
+    temperature: float = Field(0.5, gt=0, description="T in exp(proxy / T); the proxy has std 1 on SFT")
+    max_weight: float = Field(20.0, gt=0, description="clip of the weights (normalised to mean 1 first)")
+
+
+class RewardConditionedConfig(_Strict):
+    """Decision-transformer-style training: a reward-quantile token in the prompt; generate with the top one."""
+
+    num_tokens: int = Field(4, ge=2, le=16, description="quantile bins, a prompt token each: <r0> .. <rK-1>")
+
+
+class ALoLConfig(_Strict):
+    """A-LoL (Baheti et al. 2024): advantage-weighted offline policy gradient, negative advantages dropped."""
+
+    variant: Literal["alol", "alol_seq", "ref_free"] = Field(
+        "alol", description="importance weight per sequence (alol), per token (alol_seq) or none (ref_free)"
+    )
+    clip: float = Field(0.9, gt=0, description="importance weights are clipped to [1 - clip, 1 + clip]")
+
+
+class PHFConfig(_Strict):
+    """Pretraining with human feedback, conditional training (Korbak et al. 2023) on the pretraining corpus.
+
+    Each corpus document is scored by the arm's proxy and tagged ``<good>`` (top ``good_fraction``) or
+    ``<bad>``; the LM is pretrained on the tagged documents and generates conditioned on ``<good>``.
+    """
+
+    init_path: str | None = Field(None, description="start from this causal LM; default: from scratch")
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(128, gt=0)
+    optim: OptimConfig = OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50)
+    good_fraction: float = Field(0.5, gt=0, lt=1, description="share of documents tagged <good>")
+    calibration_docs: int = Field(4096, ge=16, description="documents scored to fix the <good> threshold")
+    eval_every: int = Field(250, gt=0)
+    eval_prompts: int = Field(512, gt=0)
+
+
+class OfflineConfig(_Strict):
+    """Offline RLHF from a fixed dataset scored once by the proxy (never by gold).
+
+    Responses are sampled from the SFT policy on training prompts (and/or taken from the arm's labelled
+    pairs), scored by the arm's reward model and cached in ``<run_dir>/<arm>/offline-data``; filtered
+    MLE, RWR, reward-conditioned training and A-LoL then train on that one dataset.
+    """
+
+    policy_path: str | None = Field(None, description="policy, reference and sampler; default: SFT")
+    reward_path: str | None = Field(None, description="proxy; default: <run_dir>/<arm>/reward/model")
+    data: Literal["policy", "labels", "both"] = Field(
+        "policy", description="policy samples, the arm's label/train.jsonl pairs, or both"
+    )
+    prompts: int = Field(2048, gt=0, description="training prompts the policy is sampled on")
+    samples_per_prompt: int = Field(4, ge=1)
+    value_samples: int = Field(4, ge=1, description="reference samples per prompt for V_ref(x) (A-LoL)")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(20, gt=0)
+    eval_fraction: float = Field(0.05, gt=0, lt=1, description="prompts held out for eval/loss")
+    steps: int = Field(200, gt=0, description="optimizer steps")
+    batch_size: int = Field(64, gt=0)
+    optim: OptimConfig = OptimConfig(lr=1e-4, schedule="constant", warmup_steps=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="the audit's KL estimator")
+    eval_every: int = Field(20, gt=0)
+    eval_prompts: int = Field(1024, gt=0)
+    samples_to_save: int = Field(128, ge=0)
+    filtered_mle: FilteredMLEConfig = FilteredMLEConfig()
+    rwr: RWRConfig = RWRConfig()
+    reward_conditioned: RewardConditionedConfig = RewardConditionedConfig()
+    alol: ALoLConfig = ALoLConfig()
+    phf: PHFConfig = PHFConfig()
+
+
 class PipelineConfig(_Strict):
     """A whole experiment: shared settings plus one section per stage."""
 
@@ -186,6 +373,10 @@ class PipelineConfig(_Strict):
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     bon: BoNConfig = BoNConfig()
+    offline: OfflineConfig = OfflineConfig()
+    dpo: DPOConfig = DPOConfig()
+    iterative_dpo: IterativeDPOConfig = IterativeDPOConfig()
+    modpo: MODPOConfig = MODPOConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

@@ -13,13 +13,16 @@ stateful objects). Conventions follow Hugging Face TRL and OpenRLHF where they d
 
 Sections: reward modelling (Bradley-Terry, Plackett-Luce, accuracy, calibration), token-level
 helpers (log-probs, entropy, masked moments, whitening), KL (estimators, penalties, controllers,
-best-of-n), and advantages / PPO (GAE, clipped policy and value losses, RLOO, GRPO).
+best-of-n), advantages / PPO (GAE, clipped policy and value losses, RLOO, GRPO), and direct
+preference optimization (DPO, cDPO, IPO, rDPO, hinge, SimPO, an NLL term, MODPO). Last, offline RL
+from a fixed dataset: weighted likelihood, filtered-MLE selection, RWR weights, reward-quantile
+tokens, A-LoL.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,24 +31,38 @@ from torch import Tensor
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "PreferenceLoss",
+    "alol_importance_weights",
+    "alol_loss",
     "best_of_n_kl",
     "bradley_terry_loss",
+    "chosen_nll_loss",
+    "dpo_sigmoid_loss",
     "entropy_from_logits",
     "expected_calibration_error",
     "gae",
     "grpo_advantages",
+    "hinge_dpo_loss",
+    "ipo_loss",
     "kl_estimators",
     "kl_penalty",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "modpo_loss",
     "plackett_luce_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
     "preference_accuracy",
+    "reward_quantile_bins",
     "rloo_advantages",
+    "robust_dpo_loss",
+    "rwr_weights",
     "selective_log_softmax",
+    "simpo_loss",
+    "top_quantile_mask",
+    "weighted_nll",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -633,3 +650,432 @@ def grpo_advantages(
     else:
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     return (centered / (std + eps)).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Direct preference optimization
+# --------------------------------------------------------------------------------------------
+#
+# Every loss below is a function of per-sequence log-probabilities, log π(y|x) summed over the
+# completion tokens (prompt masked), of the chosen (y_w) and rejected (y_l) completion under the
+# policy π_θ and, except SimPO, the frozen reference π_ref. Notation (TRL's):
+#
+#     ρ_w = log π_θ(y_w|x) - log π_ref(y_w|x),   ρ_l likewise,   Δ = ρ_w - ρ_l.
+#
+# Each returns a :class:`PreferenceLoss`: per-pair losses ``[B]`` (reduce with ``.mean()``) and the
+# detached implicit rewards of both sides, from which TRL's ``rewards/chosen``, ``rewards/rejected``,
+# ``rewards/margins`` and ``rewards/accuracies`` are the batch means.
+
+
+class PreferenceLoss(NamedTuple):
+    """Per-pair losses ``[B]`` and the (detached) implicit rewards of the chosen and rejected sides."""
+
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+
+
+def _dpo_logratios(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+) -> tuple[Tensor, Tensor]:
+    _check_same_shape(
+        policy_chosen_logps, policy_rejected_logps, "policy_chosen_logps and policy_rejected_logps"
+    )
+    _check_same_shape(policy_chosen_logps, ref_chosen_logps, "policy_chosen_logps and ref_chosen_logps")
+    _check_same_shape(
+        policy_rejected_logps, ref_rejected_logps, "policy_rejected_logps and ref_rejected_logps"
+    )
+    return policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+
+
+def dpo_sigmoid_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> PreferenceLoss:
+    r"""DPO (Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
+    Reward Model", eq. 7), with label smoothing ε = conservative DPO (cDPO, Mitchell 2023, "A note on
+    DPO with noisy preferences and relationship to IPO")::
+
+        loss = -(1 - ε)·logσ(β·Δ) - ε·logσ(-β·Δ)
+
+    ε = 0 is plain DPO (TRL's ``loss_type="sigmoid"``); ε > 0 assumes each label is flipped with
+    probability ε, so the loss is the cross-entropy against the soft target 1 - ε and, unlike plain
+    DPO, has a finite minimiser Δ* = log((1-ε)/ε)/β. (TRL ≤ 0.28 had cDPO as ``sigmoid`` with
+    ``label_smoothing``; TRL ≥ 0.29 dropped it.) Implicit rewards: β·ρ_w and β·ρ_l.
+    """
+    _check_beta(beta)
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    rho_w, rho_l = _dpo_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    z = beta * (rho_w - rho_l)
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return PreferenceLoss(losses, beta * rho_w.detach(), beta * rho_l.detach())
+
+
+def ipo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float = 0.1,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+) -> PreferenceLoss:
+    r"""IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", eq. 17), with τ = ``beta``::
+
+        loss = (h - 1/(2τ))²,   h = Δ                              (the paper, no lengths given)
+                                h = ρ_w/|y_w| - ρ_l/|y_l|          (lengths given: TRL's form)
+
+    IPO regresses the log-ratio margin onto the constant 1/(2τ) instead of pushing it to infinity,
+    so it does not overfit deterministic preferences. TRL's ``loss_type="ipo"`` divides each
+    log-ratio by its completion's token count (per-token average; TRL notes the IPO authors
+    confirmed the paper's results used this form); pass ``chosen_lengths``/``rejected_lengths`` (the
+    completion token counts, clamped to ≥ 1) for it. Implicit rewards: β·ρ_w and β·ρ_l (unnormalised,
+    as TRL logs them).
+    """
+    _check_beta(beta)
+    rho_w, rho_l = _dpo_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("ipo_loss: give both chosen_lengths and rejected_lengths, or neither")
+    if chosen_lengths is not None and rejected_lengths is not None:
+        h = rho_w / chosen_lengths.clamp(min=1) - rho_l / rejected_lengths.clamp(min=1)
+    else:
+        h = rho_w - rho_l
+    losses = (h - 1.0 / (2.0 * beta)) ** 2
+    return PreferenceLoss(losses, beta * rho_w.detach(), beta * rho_l.detach())
+
+
+def robust_dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.1,
+) -> PreferenceLoss:
+    r"""Robust DPO (rDPO; Chowdhury et al. 2024, "Provably Robust DPO: Aligning Language Models with
+    Noisy Feedback", eq. 8), for labels flipped with a known rate ε = ``label_smoothing`` < 1/2::
+
+        loss = [ (1 - ε)·ℓ(Δ) - ε·ℓ(-Δ) ] / (1 - 2ε),     ℓ(Δ) = -logσ(β·Δ)
+             = [ -(1 - ε)·logσ(β·Δ) + ε·logσ(-β·Δ) ] / (1 - 2ε)
+
+    An unbiased estimate of the clean-label DPO loss under label noise (it can be negative). Unlike
+    cDPO, the noisy-label term is *subtracted*. TRL's ``loss_type="robust"`` is this formula.
+    Implicit rewards: β·ρ_w and β·ρ_l.
+    """
+    _check_beta(beta)
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing (the flip rate) must be in [0, 0.5), got {label_smoothing}")
+    rho_w, rho_l = _dpo_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    z = beta * (rho_w - rho_l)
+    eps = label_smoothing
+    losses = (-(1.0 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1.0 - 2.0 * eps)
+    return PreferenceLoss(losses, beta * rho_w.detach(), beta * rho_l.detach())
+
+
+def hinge_dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float = 0.1,
+) -> PreferenceLoss:
+    r"""Hinge loss on the DPO margin, after SLiC (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood
+    Calibration with Human Feedback", eq. 1; as in TRL's ``loss_type="hinge"`` and RSO, Liu et al. 2023)::
+
+        loss = max(0, 1 - β·Δ)
+
+    SLiC's calibration loss is max(0, δ - log π(y_w) + log π(y_l)); here the log-likelihoods are
+    reference-normalised log-ratios and the margin is δ = 1/β. Pairs with β·Δ ≥ 1 get no gradient.
+    Implicit rewards: β·ρ_w and β·ρ_l.
+    """
+    _check_beta(beta)
+    rho_w, rho_l = _dpo_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    losses = torch.relu(1.0 - beta * (rho_w - rho_l))
+    return PreferenceLoss(losses, beta * rho_w.detach(), beta * rho_l.detach())
+
+
+def simpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    *,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> PreferenceLoss:
+    r"""SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", eq. 6): reference-free, the reward is the length-normalised log-likelihood::
+
+        r(x, y) = (β/|y|)·log π_θ(y|x)
+        loss = -(1 - ε)·logσ(r_w - r_l - γ) - ε·logσ(-(r_w - r_l - γ))
+
+    γ > 0 is the target reward margin; ε (default 0) is label smoothing as in TRL's CPO trainer
+    (``loss_type="simpo"``, where ``simpo_gamma`` is γ/β). The paper uses β ≈ 2-2.5 and γ/β ≈ 0.5.
+    ``chosen_lengths``/``rejected_lengths`` are completion token counts (clamped to ≥ 1). Implicit
+    rewards: r_w and r_l.
+    """
+    _check_beta(beta)
+    _check_same_shape(
+        policy_chosen_logps, policy_rejected_logps, "policy_chosen_logps and policy_rejected_logps"
+    )
+    _check_same_shape(policy_chosen_logps, chosen_lengths, "policy_chosen_logps and chosen_lengths")
+    _check_same_shape(policy_rejected_logps, rejected_lengths, "policy_rejected_logps and rejected_lengths")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    r_w = beta * policy_chosen_logps / chosen_lengths.clamp(min=1)
+    r_l = beta * policy_rejected_logps / rejected_lengths.clamp(min=1)
+    z = r_w - r_l - gamma
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return PreferenceLoss(losses, r_w.detach(), r_l.detach())
+
+
+def chosen_nll_loss(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    r"""Per-pair negative log-likelihood of the chosen completion per token, ``-log π_θ(y_w|x)/|y_w|``.
+
+    Added with a weight α to a preference loss (``loss + α·nll``) it keeps the chosen completions
+    likely: RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1, which
+    normalises by length; TRL's former ``rpo_alpha``). Returns ``[B]`` (mean it for the batch term).
+    """
+    _check_same_shape(policy_chosen_logps, chosen_lengths, "policy_chosen_logps and chosen_lengths")
+    return -policy_chosen_logps / chosen_lengths.clamp(min=1)
+
+
+def modpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    margin_chosen: Tensor,
+    margin_rejected: Tensor,
+    *,
+    beta: float = 0.1,
+    weight: float = 0.5,
+) -> PreferenceLoss:
+    r"""MODPO (Zhou et al. 2023, "Beyond One-Preference-Fits-All Alignment: Multi-Objective Direct
+    Preference Optimization", eq. 8) for two objectives: the preference r₁ behind the labels and a
+    second, *fixed* reward r₂ (e.g. brevity or another reward model), weighted w and 1 - w::
+
+        loss = -logσ( (1/w)·[ β·Δ - (1 - w)·(r₂(x, y_w) - r₂(x, y_l)) ] )
+
+    The policy optimal for the combined reward w·r₁ + (1-w)·r₂ under a KL(π‖π_ref) constraint
+    satisfies β·log(π/π_ref) = w·r₁ + (1-w)·r₂ + const, so r₁ = (β·ρ - (1-w)·r₂)/w; the loss is the
+    Bradley-Terry likelihood of the labels under that r₁. ``w = 1`` is DPO exactly. ``weight`` is w in
+    (0, 1]; ``margin_chosen``/``margin_rejected`` are r₂ of each side (no gradient flows into them).
+    Implicit rewards: r₁ of each side up to a shared constant, (β·ρ - (1-w)·r₂)/w.
+    """
+    _check_beta(beta)
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"weight must be in (0, 1], got {weight}")
+    rho_w, rho_l = _dpo_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    _check_same_shape(margin_chosen, rho_w, "margin_chosen and policy_chosen_logps")
+    _check_same_shape(margin_rejected, rho_l, "margin_rejected and policy_rejected_logps")
+    r1_w = (beta * rho_w - (1.0 - weight) * margin_chosen.detach()) / weight
+    r1_l = (beta * rho_l - (1.0 - weight) * margin_rejected.detach()) / weight
+    losses = -F.logsigmoid(r1_w - r1_l)
+    return PreferenceLoss(losses, r1_w.detach(), r1_l.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# Offline RL from a fixed dataset
+# --------------------------------------------------------------------------------------------
+# Filtered MLE, reward-weighted regression and reward-conditioned training (Hu et al. 2023,
+# "Aligning Language Models with Offline Learning from Human Feedback") and A-LoL (Baheti et al.
+# 2024, "Leftover Lunch: Advantage-based Offline Reinforcement Learning for Language Models",
+# arXiv 2305.14718, the seed "Improving Language Models with Advantage-based Offline Policy
+# Gradients") all train on responses that were sampled and scored *once*, before training. Each is a
+# completion-only likelihood loss with a weight per sequence (:func:`weighted_nll`); the functions
+# below compute those weights from the proxy scores.
+
+
+def weighted_nll(
+    logp: Tensor, mask: Tensor, seq_weights: Tensor, token_weights: Tensor | None = None
+) -> Tensor:
+    r"""Weighted completion-only negative log-likelihood, normalised by the number of completion tokens.
+
+    ``logp [B, T]`` are the policy's log-probs of the completion tokens, ``mask [B, T]`` marks them,
+    ``seq_weights [B]`` weighs each sequence and the optional ``token_weights [B, T]`` each token::
+
+        L = Σ_i w_i Σ_t c_it m_it (−log π(y_it | x_i, y_i,<t)) / Σ_i Σ_t m_it
+
+    With every weight 1 this is exactly the SFT loss (mean token cross-entropy over completions), so a
+    weighting keeps SFT's learning-rate scale. The weights are constants: they are detached here.
+    """
+    m = _as_bool_mask(mask, logp)
+    if seq_weights.shape != logp.shape[:1]:
+        raise ValueError(f"seq_weights has shape {tuple(seq_weights.shape)}, expected ({logp.shape[0]},)")
+    w = seq_weights.detach().to(logp.dtype)[:, None].expand_as(logp)
+    if token_weights is not None:
+        _check_same_shape(token_weights, logp, "token_weights and logp")
+        w = w * token_weights.detach().to(logp.dtype)
+    per_token = torch.where(m, -logp * w, torch.zeros_like(logp))
+    return per_token.sum() / m.sum().clamp(min=1).to(logp.dtype)
+
+
+def top_quantile_mask(rewards: Tensor, fraction: float, groups: Tensor | None = None) -> Tensor:
+    r"""Filtered MLE's selection: ``True`` for the samples in the top ``fraction`` by reward.
+
+    A sample is kept when ``r_i ≥ q_{1 − fraction}``, the ``(1 − fraction)`` quantile of the rewards
+    (``torch.quantile``, linear interpolation; ties at the threshold are all kept). With ``groups``
+    (``[N]`` integer ids, e.g. the prompt index) the quantile is taken within each group, so every
+    prompt keeps its own best samples: with k samples per prompt and ``fraction = 1/k`` that is
+    best-of-k selection. Filtered MLE (Hu et al. 2023) then fine-tunes on the kept samples only.
+    """
+    if rewards.ndim != 1 or rewards.numel() == 0:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    r = rewards.double()
+    if groups is None:
+        return r >= torch.quantile(r, 1.0 - fraction)
+    _check_same_shape(groups, rewards, "groups and rewards")
+    keep = torch.zeros_like(rewards, dtype=torch.bool)
+    for g in torch.unique(groups):
+        idx = groups == g
+        keep[idx] = r[idx] >= torch.quantile(r[idx], 1.0 - fraction)
+    return keep
+
+
+def rwr_weights(rewards: Tensor, temperature: float, max_weight: float | None = None) -> Tensor:
+    r"""Reward-weighted regression weights (Peters & Schaal 2007; Hu et al. 2023's RWR for LMs).
+
+    RWR maximises ``E_(x,y)~D [exp(r(x, y) / T) · log π(y | x)]``. The exponentiated rewards are
+    self-normalised over the dataset (mean weight 1, so the loss keeps SFT's scale) and then clipped
+    at ``max_weight`` to bound the variance a few outliers would bring::
+
+        w_i = min( exp(r_i / T) / ((1/N) Σ_j exp(r_j / T)),  w_max )
+
+    computed in log space (``logsumexp``), so large ``r / T`` does not overflow. Smaller ``T``
+    concentrates the weight on the best samples (``T → 0`` approaches filtering to the maximum,
+    ``T → ∞`` plain SFT on the whole dataset).
+    """
+    if rewards.ndim != 1 or rewards.numel() == 0:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    z = rewards.double() / temperature
+    w = torch.exp(z - (torch.logsumexp(z, dim=0) - math.log(z.numel())))
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    return w.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def reward_quantile_bins(rewards: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
+    r"""Reward-conditioned training's tokens: the reward quantile bin ``0..K-1`` of each sample.
+
+    The bin edges are the dataset's reward quantiles at ``k/K`` for ``k = 1..K-1``, so the bins hold
+    about equal numbers of samples; sample i gets bin ``b_i = #{k : r_i ≥ e_k}`` (the best samples get
+    ``K − 1``). Decision-transformer-style training (Chen et al. 2021; the "DT" of Hu et al. 2023)
+    prefixes the prompt with the token of ``b_i`` and generates conditioned on the top token.
+    Returns ``(bins [N] long, edges [K-1])``.
+    """
+    if rewards.ndim != 1 or rewards.numel() == 0:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
+    if isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 2:
+        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
+    r = rewards.double()
+    qs = torch.arange(1, num_bins, dtype=torch.float64) / num_bins
+    edges = torch.quantile(r, qs)
+    bins = (r[:, None] >= edges[None, :]).sum(dim=1)
+    return bins.long(), edges.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+ALoLVariant = Literal["alol", "alol_seq", "ref_free"]
+
+
+def alol_importance_weights(
+    logp: Tensor, ref_logp: Tensor, mask: Tensor, clip: float, per_token: bool = False
+) -> Tensor:
+    r"""A-LoL's clipped importance weight of the learner over the reference (Baheti et al. 2024).
+
+    Sequence level (A-LoL): ``ρ_i = π_θ(y_i|x_i) / π_ref(y_i|x_i) = exp(Σ_t (log π_θ − log π_ref))``;
+    per token (A-LoL seq.): ``ρ_it = π_θ(y_it|…) / π_ref(y_it|…)``. Either is clipped, PPO-style, to
+    ``[1 − ε, 1 + ε]`` (``clip = ε``; the paper uses ε = 0.9). Returns ``[B]`` (sequence) or
+    ``[B, T]`` (per token, 0 at masked positions), detached: the weight scales the gradient of
+    ``log π_θ`` and is not differentiated itself.
+    """
+    _check_same_shape(logp, ref_logp, "logp and ref_logp")
+    m = _as_bool_mask(mask, logp)
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip!r}")
+    lo, hi = max(0.0, 1.0 - clip), 1.0 + clip
+    diff = torch.where(m, logp.detach() - ref_logp.detach(), torch.zeros_like(logp))
+    if per_token:
+        return torch.where(m, diff.exp().clamp(lo, hi), torch.zeros_like(logp))
+    return diff.sum(dim=1).exp().clamp(lo, hi)
+
+
+def alol_loss(
+    logp: Tensor,
+    ref_logp: Tensor | None,
+    mask: Tensor,
+    advantages: Tensor,
+    clip: float = 0.9,
+    variant: ALoLVariant = "alol",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""Advantage-Leftover-Lunch offline policy gradient (Baheti et al. 2024, the seed's A-LoL).
+
+    The whole response is one action; with ``A = R(x, y) − V_πref(x)`` (the reference policy's value,
+    see the recipe) the gradient is ``E_D[A⁺ · ρ · ∇ log π_θ(y|x)]``: data points with negative
+    advantage are dropped (``A⁺ = max(A, 0)``), and ``ρ`` is the clipped importance weight of
+    :func:`alol_importance_weights`. As a loss (normalised like :func:`weighted_nll`)::
+
+        alol:     L = Σ_i A⁺_i · clip(ρ_i) · Σ_t −log π_θ(y_it)        / Σ_i |y_i|
+        alol_seq: L = Σ_i A⁺_i · Σ_t clip(ρ_it) · −log π_θ(y_it)       / Σ_i |y_i|
+        ref_free: L = Σ_i A⁺_i · Σ_t −log π_θ(y_it)                    / Σ_i |y_i|
+
+    ``ref_logp [B, T]`` is needed except for ``ref_free`` (which ignores it). Stats: the mean advantage of
+    the batch, the share of positive advantages, and the mean importance weight and the share
+    clipped (per sequence, or per token for ``alol_seq``).
+    """
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({logp.shape[0]},)")
+    m = _as_bool_mask(mask, logp)
+    adv = advantages.detach().to(logp.dtype).clamp(min=0.0)
+    stats = {"alol/advantage": adv.mean(), "alol/positive_fraction": (advantages > 0).to(logp.dtype).mean()}
+    if variant == "ref_free":
+        return weighted_nll(logp, m, adv), stats
+    if variant not in ("alol", "alol_seq"):
+        raise ValueError(f"variant must be 'alol', 'alol_seq' or 'ref_free', got {variant!r}")
+    if ref_logp is None:
+        raise ValueError(f"alol_loss: variant {variant!r} needs ref_logp")
+    per_token = variant == "alol_seq"
+    rho = alol_importance_weights(logp, ref_logp, m, clip, per_token=per_token)
+    raw = torch.where(m, (logp - ref_logp).detach(), torch.zeros_like(logp))
+    raw = raw.exp() if per_token else raw.sum(dim=1).exp()
+    clipped = (raw < max(0.0, 1.0 - clip)) | (raw > 1.0 + clip)
+    if per_token:
+        stats["alol/importance_weight"] = masked_mean(rho, m)
+        stats["alol/clipfrac"] = masked_mean(clipped.to(logp.dtype), m)
+        return weighted_nll(logp, m, adv, token_weights=rho), stats
+    stats["alol/importance_weight"] = rho.mean()
+    stats["alol/clipfrac"] = clipped.to(logp.dtype).mean()
+    return weighted_nll(logp, m, adv * rho), stats

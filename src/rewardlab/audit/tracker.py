@@ -9,9 +9,10 @@ gold (accuracy, length, sycophancy, confidence) so a loss of gold can be attribu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,14 @@ def audit_policy(
     kl_estimator: str = "k1",
     batch_size: int = 512,
     temperature: float = 1.0,
+    prompt_transform: Callable[[str], str] | None = None,
 ) -> tuple[dict[str, Any], list[ScoredSample]]:
-    """One audit row (proxy, gold, KL k1/k2/k3, behavior, gold parts) and the scored samples."""
+    """One audit row (proxy, gold, KL k1/k2/k3, behavior, gold parts) and the scored samples.
+
+    ``prompt_transform`` (e.g. prefixing a reward token, for reward-conditioned policies) changes only
+    what the *policy* is prompted with: the reference's log-probs are taken on the plain prompt, so the
+    KL is ``KL(π(·|transform(x)) || π_ref(·|x))``, and the proxy and gold score the plain prompt.
+    """
     was_training = policy.training
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -86,12 +93,17 @@ def audit_policy(
     responses: list[str] = []
     kl_sums: dict[str, list[float]] = {"k1": [], "k2": [], "k3": []}
     for i in range(0, len(problems), batch_size):
-        ids, mask = encode_prompts(tokenizer, [p.text for p in problems[i : i + batch_size]])
+        texts = [p.text for p in problems[i : i + batch_size]]
+        ids, mask = encode_prompts(tokenizer, [prompt_transform(t) for t in texts] if prompt_transform else texts)  # fmt: skip
         b = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
                    temperature=temperature, generator=gen)  # fmt: skip
         logp, _ = response_logprobs(policy, b, temperature)
-        ref_logp, _ = response_logprobs(ref, b, temperature)
+        ref_b = b
+        if prompt_transform is not None:
+            ref_ids, ref_mask = encode_prompts(tokenizer, texts)
+            ref_b = dataclasses.replace(b, prompt_ids=ref_ids.to(device), prompt_mask=ref_mask.to(device))
+        ref_logp, _ = response_logprobs(ref, ref_b, temperature)
         for name, kl in kl_estimators(logp, ref_logp).items():
             kl_sums[name].extend(masked_sum(kl, b.response_mask, dim=1).tolist())
         responses.extend(decode_completion(tokenizer, r.tolist()) for r in b.response_ids.cpu())
@@ -121,8 +133,9 @@ class AuditLog:
     def __init__(self, run: Any, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  reward_model: RewardModel, task: ArithmeticTask, problems: Sequence[Problem], *,
                  max_new_tokens: int, seed: int, kl_estimator: str = "k1", temperature: float = 1.0,
-                 samples_to_save: int = 128) -> None:  # fmt: skip
+                 samples_to_save: int = 128, prompt_transform: Callable[[str], str] | None = None) -> None:  # fmt: skip
         self.run, self.ref, self.tok, self.rm, self.task = run, reference, tokenizer, reward_model, task
+        self.prompt_transform = prompt_transform
         self.problems, self.max_new_tokens, self.seed = list(problems), max_new_tokens, seed
         self.kl_estimator, self.temperature, self.samples_to_save = kl_estimator, temperature, samples_to_save
         self.rows: list[dict[str, Any]] = []
@@ -132,7 +145,8 @@ class AuditLog:
     def __call__(self, policy: PreTrainedModel, step: int, **extra: Any) -> dict[str, Any]:
         row, samples = audit_policy(policy, self.ref, self.tok, self.rm, self.task, self.problems,
                                     max_new_tokens=self.max_new_tokens, seed=self.seed * 7 + step,
-                                    kl_estimator=self.kl_estimator, temperature=self.temperature)  # fmt: skip
+                                    kl_estimator=self.kl_estimator, temperature=self.temperature,
+                                    prompt_transform=self.prompt_transform)  # fmt: skip
         row = {"step": step, **extra, **row}
         self.rows.append(row)
         self.run.write_json("audit.json", self.rows)

@@ -10,8 +10,15 @@ reward model gets one extra learned input::
     r(x, y) = head(h_last(x, y)) + w * f(x, y),    f(x, y) = clip(sum_{t in answer span} log p_V(y_t | x, y_<t), -cap, 0)
 
 where V is the frozen verifier LM and the answer span is the last run of digit tokens in the
-completion (a completion without a number gets f = -cap). ``w`` is trained with the head by the same
-preference loss, so the data decide how much the proxy trusts the verifier.
+completion **plus the token that ends it** (a completion without a number gets f = -cap). ``w`` is
+trained with the head by the same preference loss, so the data decide how much the proxy trusts the
+verifier.
+
+Why the end token: scoring the digits alone rewards *truncated* numbers. ``"the answer is 4 ."`` for
+``507 - 142`` pays only log p("4"), the likely first digit of a three-digit answer, while the correct
+``3 ##6 ##5`` pays three terms. PPO against that feature learned to answer hard sums with one digit
+(3-digit accuracy 0.02 -> 0.00, 2-digit 0.25 -> 0.04 while the proxy rose). With the end token, the
+verifier also prices "the number stops here", which is unlikely after "4" when three digits are due.
 """
 
 from __future__ import annotations
@@ -37,7 +44,11 @@ def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
 
 
 def answer_span(completion: Sequence[int], digits: set[int]) -> tuple[int, int] | None:
-    """[start, end) of the last contiguous run of digit tokens in ``completion``, or None."""
+    """[start, end) of the last contiguous run of digit tokens in ``completion``, or None.
+
+    ``end`` is one past the last digit (the number alone); :func:`verifier_features` also scores the
+    token at ``end``, the one that terminates the number, when the completion has one.
+    """
     end = None
     for j in range(len(completion) - 1, -1, -1):
         if completion[j] in digits:
@@ -55,7 +66,7 @@ def verifier_features(
     examples: Sequence[tuple[list[int], list[int]]],
     batch_size: int = 512,
 ) -> torch.Tensor:
-    """f(x, y) for (prompt_ids, completion_ids) pairs: summed verifier log-prob of the answer span."""
+    """f(x, y) for (prompt_ids, completion_ids) pairs: summed verifier log-prob of the answer and its end."""
     digits = digit_token_ids(tokenizer)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     device = next(verifier.parameters()).device
@@ -75,7 +86,8 @@ def verifier_features(
             sp = answer_span(c, digits)
             has.append(sp is not None)
             if sp is not None:
-                span[i, len(p) + sp[0] : len(p) + sp[1]] = 1.0
+                stop = min(sp[1] + 1, len(c))  # the digits and the token that ends the number
+                span[i, len(p) + sp[0] : len(p) + stop] = 1.0
         logits = verifier(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
         logp = selective_log_softmax(logits, ids[:, 1:].to(device)).cpu()
         total = (logp * span[:, 1:]).sum(1).clamp(min=-FEATURE_CAP, max=0.0)
