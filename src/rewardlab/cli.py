@@ -14,6 +14,8 @@ from pathlib import Path
 from rewardlab.utils import RewardlabError
 
 STAGES = ("pretrain", "sft", "label", "reward", "ppo", "rloo", "grpo", "bon")
+#: Direct-alignment stages (run on their own; not part of `rewardlab run --stages` yet).
+DIRECT_STAGES = ("dpo", "dpo-iter", "modpo")
 STAGE_HELP = {
     "pretrain": "pretrain the base model from scratch on the task's mixed-quality corpus",
     "sft": "supervised fine-tuning on expert demonstrations (completion-only loss)",
@@ -23,6 +25,11 @@ STAGE_HELP = {
     "rloo": "RLOO (leave-one-out baseline) against the proxy, same trainer as ppo",
     "grpo": "GRPO (group-normalized advantages) against the proxy, same trainer as ppo",
     "bon": "best-of-n against the proxy for n = 1, 2, 4, ... max_n",
+    "dpo": "DPO (or IPO, cDPO, rDPO, hinge, SimPO) on the arm's rater labels; dpo.beta_sweep trains one "
+    "run per beta; audited against the proxy and the hidden gold",
+    "dpo-iter": "iterated (online) DPO: rounds of sampling pairs from the policy, rater labels, DPO",
+    "modpo": "MODPO (rater preference + a second reward, e.g. brevity) for several weightings, with the "
+    "Pareto front of gold vs length",
     "run": "run the whole pipeline (pretrain -> sft -> label -> reward -> ppo, bon) for the raters and "
     "their unbiased control, then write the report",
 }
@@ -58,6 +65,18 @@ def _stage_fn(name: str) -> Callable:
         from rewardlab.pipelines.bon import run_bon
 
         return run_bon
+    if name == "dpo":
+        from rewardlab.pipelines.dpo import run_dpo_sweep
+
+        return run_dpo_sweep
+    if name == "dpo-iter":
+        from rewardlab.pipelines.dpo import run_iterative_dpo
+
+        return run_iterative_dpo
+    if name == "modpo":
+        from rewardlab.pipelines.dpo import run_modpo
+
+        return run_modpo
     raise KeyError(name)
 
 
@@ -69,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in (*STAGES, "run"):
+    for name in (*STAGES, *DIRECT_STAGES, "run"):
         p = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name])
         p.add_argument("config", nargs="?", type=Path, help="YAML config (default: built-in defaults)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,324 @@
+"""Recipes: DPO and its variants on the arm's rater labels, iterated (online) DPO, and MODPO.
+
+Every recipe trains the SFT policy against a frozen reference, audits it like PPO (proxy = the arm's
+separately trained reward model, gold, KL, sycophancy; :class:`~rewardlab.audit.tracker.AuditLog`)
+at step 0 and every ``dpo.eval_every`` steps, and evaluates the implicit reward β·log(π/π_ref) as a
+reward model on the held-out rater labels (``implicit/accuracy_rater``, ``implicit/accuracy_gold``).
+
+* :func:`run_dpo` - one run into ``<run_dir>/<arm>/<dpo.name>`` (default ``dpo``).
+* :func:`run_dpo_sweep` - one run per ``dpo.beta_sweep`` value into ``<name>-b<beta>``.
+* :func:`run_iterative_dpo` - rounds of sample pairs -> rater labels -> DPO (``<arm>/dpo-iter``).
+* :func:`run_modpo` - MODPO for each weighting into ``<arm>/modpo/w<w>``; ``pareto.json``/``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from rewardlab.audit.policy_eval import generate_responses
+from rewardlab.audit.tracker import AuditLog
+from rewardlab.config import PipelineConfig
+from rewardlab.feedback.raters import SimulatedRater, rater_error_rate
+from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
+from rewardlab.optimize.dpo import (
+    PreferenceData,
+    cached_reference_logps,
+    implicit_reward_metrics,
+    needs_reference,
+    tokenize_comparisons,
+    train_dpo,
+    write_summary,
+)
+from rewardlab.optimize.lm import make_optimizer, save_model
+from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.policies.tokenizer import completion_text
+from rewardlab.rewards.model import RewardModel
+from rewardlab.runs import Run
+from rewardlab.utils import RewardlabError, atomic_write_text
+
+#: Seed of the fresh prompts of iterated DPO (distinct from the label stage's and the audit's).
+ONLINE_PROMPT_SEED = 888_888
+
+
+def _write_arm(cfg: PipelineConfig) -> None:
+    atomic_write_text(Path(cfg.run_dir) / cfg.arm / "arm.json",
+                      json.dumps({"preset": cfg.label.rater.preset, "seed": cfg.seed}, indent=2) + "\n")  # fmt: skip
+
+
+def _pairs(comps: Sequence[Comparison], drop_ties: bool) -> list[Comparison]:
+    return [c for c in comps if not (drop_ties and c.tie)]
+
+
+def second_reward(cfg: PipelineConfig, comps: Sequence[Comparison]) -> tuple[torch.Tensor, torch.Tensor]:
+    """MODPO's second, fixed reward r₂ of each pair's chosen and rejected completion."""
+    mc = cfg.modpo
+    if mc.second_reward == "brevity":
+        words = [[len(completion_text(x).split()) for x in (c.chosen, c.rejected)] for c in comps]
+        w = torch.tensor(words, dtype=torch.float32)
+        return -mc.brevity_scale * w[:, 0], -mc.brevity_scale * w[:, 1]
+    rm = RewardModel.load(stage_input(cfg, mc.second_reward_path, "reward", "model", "second reward model"))
+    prompts = [c.prompt for c in comps]
+    return rm.score(prompts, [c.chosen for c in comps]).mean, rm.score(
+        prompts, [c.rejected for c in comps]
+    ).mean
+
+
+def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, *,
+            out_dir: Path | None = None, modpo_weight: float | None = None) -> Path:  # fmt: skip
+    """Train one DPO-family policy on the arm's rater labels; audited every ``dpo.eval_every`` steps.
+
+    ``modpo_weight`` turns it into MODPO with ``cfg.modpo``'s second reward (see :func:`run_modpo`).
+    """
+    task = setup_stage(cfg, 6)
+    dc = cfg.dpo
+    stage = stage or dc.name
+    policy_path = stage_input(cfg, dc.policy_path, "sft", "model", "policy")
+    ref_path = Path(dc.reference_path) if dc.reference_path else policy_path
+    reward_path = stage_input(cfg, dc.reward_path, "reward", "model", "reward model")
+    train_path = stage_input(cfg, dc.data_path, "label", "train.jsonl", "comparisons")
+    eval_path = stage_input(cfg, dc.eval_path, "label", "eval.jsonl", "eval comparisons")
+    cache_dir = Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run_dir) / cfg.arm / "cache"
+    run = Run(out_dir or cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    _write_arm(cfg)
+    acc = Accelerator()
+    tok = load_tokenizer(policy_path)
+    pad = int(tok.pad_token_id)  # type: ignore[arg-type]
+    policy = load_causal_lm(policy_path)
+    ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
+    rm = RewardModel.load(reward_path)
+    for m in rm.members:
+        m.requires_grad_(False).to(acc.device)
+
+    all_train = load_comparisons(train_path)
+    train_comps = _pairs(all_train, dc.drop_ties)
+    eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
+    train = PreferenceData(tokenize_comparisons(tok, train_comps))
+    held = PreferenceData(tokenize_comparisons(tok, eval_comps))
+    cache: dict[str, Any] = {}
+    if needs_reference(dc, modpo_weight):
+        for name, data in (("train", train), ("eval", held)):
+            if name == "train" and dc.reference == "live":
+                continue
+            data.ref_chosen, data.ref_rejected, key, hit = cached_reference_logps(
+                ref, data.examples, pad, cache_dir, packing=dc.packing, device=acc.device
+            )
+            cache[name] = {"key": key, "hit": hit}
+            run.info(
+                f"reference log-probs ({name}, {len(data)} pairs): {'cache hit' if hit else 'computed'} {key}"
+            )
+    if modpo_weight is not None:
+        train.second_chosen, train.second_rejected = second_reward(cfg, train_comps)
+        held.second_chosen, held.second_rejected = second_reward(cfg, eval_comps)
+    what = f"MODPO w={modpo_weight:g}" if modpo_weight is not None else f"{dc.loss} beta={dc.beta:g}"
+    run.info(f"{what}: {len(train)} train pairs ({len(all_train) - len(train_comps)} ties dropped), "
+             f"{len(held)} held-out pairs; {dc.steps} steps of {dc.batch_size}")  # fmt: skip
+
+    opt, sched = make_optimizer(policy, dc.optim, dc.steps)
+    policy, opt = acc.prepare(policy, opt)
+    held_out = eval_problems(task, dc.eval_prompts)
+    audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=dc.max_new_tokens, seed=cfg.seed,
+                     temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+    # On the audit's samples the mean implicit reward is beta * KL_k1 exactly (same reference, T = 1).
+    implicit_on_samples = dc.loss != "simpo" and modpo_weight is None and dc.temperature == 1.0
+
+    def evaluate(step: int) -> None:
+        model = acc.unwrap_model(policy)
+        imp = implicit_reward_metrics(
+            model, held, eval_comps, dc, pad, modpo_weight=modpo_weight, device=acc.device
+        )
+        row = audit(
+            model, step, beta=dc.beta, **({"modpo/weight": modpo_weight} if modpo_weight else {}), **imp
+        )
+        extra = {"implicit/audit_mean": dc.beta * row["kl/k1"]} if implicit_on_samples else {}
+        run.log_metrics({**imp, **extra}, step)
+
+    evaluate(0)
+    stats = train_dpo(policy, opt, sched, train, dc, steps=dc.steps, run=run, acc=acc, pad_id=pad,
+                      seed=cfg.seed * 1000 + 6, reference=ref, modpo_weight=modpo_weight,
+                      evaluate=evaluate, eval_every=dc.eval_every)  # fmt: skip
+    out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
+    write_summary(run, method=what, start=audit.rows[0], end=audit.rows[-1], train=stats, reference_cache=cache,
+                  pairs_train=len(train), pairs_eval=len(held), ties_dropped=len(all_train) - len(train_comps))  # fmt: skip
+    end = audit.rows[-1]
+    run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs rater "
+             f"{end.get('implicit/accuracy_rater', float('nan')):.3f}, vs gold {end.get('implicit/accuracy_gold', float('nan')):.3f}; "
+             f"saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    run.close()
+    return out
+
+
+def run_dpo_sweep(cfg: PipelineConfig, quiet: bool = False) -> list[Path]:
+    """``rewardlab dpo``: one run per ``dpo.beta_sweep`` value (folders ``<name>-b<beta>``), else one run."""
+    if not cfg.dpo.beta_sweep:
+        return [run_dpo(cfg, quiet)]
+    outs = []
+    for beta in cfg.dpo.beta_sweep:
+        c = cfg.model_copy(deep=True)
+        c.dpo.beta = beta
+        outs.append(run_dpo(c, quiet, stage=f"{cfg.dpo.name}-b{beta:g}"))
+    return outs
+
+
+def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) -> Path:
+    """Iterated (online) DPO: per round, sample a pair per fresh prompt from the current policy, have the
+    arm's simulated rater label them, and train ``iterative_dpo.steps_per_round`` DPO steps on them.
+
+    Audit rows carry the cumulative ``step`` and the ``round`` (0 = the starting policy).
+    """
+    task = setup_stage(cfg, 7)
+    dc, ic = cfg.dpo, cfg.iterative_dpo
+    stage = stage or ic.name
+    policy_path = stage_input(cfg, dc.policy_path, "sft", "model", "policy")
+    ref_path = Path(dc.reference_path) if dc.reference_path else policy_path
+    reward_path = stage_input(cfg, dc.reward_path, "reward", "model", "reward model")
+    eval_path = stage_input(cfg, dc.eval_path, "label", "eval.jsonl", "eval comparisons")
+    run = Run(cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    _write_arm(cfg)
+    acc = Accelerator()
+    tok = load_tokenizer(policy_path)
+    pad = int(tok.pad_token_id)  # type: ignore[arg-type]
+    policy = load_causal_lm(policy_path)
+    ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
+    rm = RewardModel.load(reward_path)
+    for m in rm.members:
+        m.requires_grad_(False).to(acc.device)
+    eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
+    held = PreferenceData(tokenize_comparisons(tok, eval_comps))
+    rater = SimulatedRater(task, cfg.label.rater, seed=cfg.seed * 101 + 7)
+    gen = torch.Generator().manual_seed(cfg.seed * 17 + 7)
+    total = ic.rounds * ic.steps_per_round
+    opt, sched = make_optimizer(policy, dc.optim, total)
+    policy, opt = acc.prepare(policy, opt)
+    audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
+                     seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+    run.info(f"{ic.rounds} rounds x ({ic.prompts_per_round} fresh prompts -> rater {rater.name} -> "
+             f"{ic.steps_per_round} {dc.loss} steps, beta {dc.beta:g}); reference: {ic.reference}")  # fmt: skip
+
+    def audit_round(step: int, rnd: int, round_ref: torch.nn.Module) -> dict[str, Any]:
+        model = acc.unwrap_model(policy)
+        if needs_reference(dc):
+            held.ref_chosen, held.ref_rejected, _, _ = cached_reference_logps(
+                round_ref, held.examples, pad, None, packing=dc.packing, device=acc.device
+            )
+        imp = implicit_reward_metrics(model, held, eval_comps, dc, pad, device=acc.device)
+        return audit(model, step, round=rnd, beta=dc.beta, **imp)
+
+    audit_round(0, 0, ref)
+    rounds: list[dict[str, Any]] = []
+    throughput: list[float] = []
+    for rnd in range(1, ic.rounds + 1):
+        model = acc.unwrap_model(policy)
+        problems = task.sample_problems(ic.prompts_per_round, seed=ONLINE_PROMPT_SEED + 1000 * cfg.seed + rnd)
+        responses = generate_responses(model, tok, [p.text for p in problems for _ in range(2)],
+                                       max_new_tokens=ic.max_new_tokens, temperature=ic.temperature, generator=gen)  # fmt: skip
+        keep = [i for i in range(len(problems)) if responses[2 * i] != responses[2 * i + 1]]
+        labelled = rater.label_pairs(
+            [problems[i] for i in keep], [(responses[2 * i], responses[2 * i + 1]) for i in keep]
+        )
+        comps = _pairs(labelled, dc.drop_ties)
+        save_comparisons(run.dir / "rounds" / f"round_{rnd}.jsonl", labelled)
+        err = rater_error_rate(labelled, by=None)
+        info = {"round": rnd, "round/pairs": len(comps), "round/identical_rate": 1 - len(keep) / len(problems),
+                "round/ties": len(labelled) - len(comps), "round/rater_error_rate": err.get("error_rate")}  # fmt: skip
+        if not comps:
+            raise RewardlabError(
+                f"{stage}: round {rnd}: every sampled pair was identical or a tie; nothing to train on"
+            )
+        round_ref = ref if ic.reference == "initial" else copy.deepcopy(model).eval().requires_grad_(False)
+        data = PreferenceData(tokenize_comparisons(tok, comps))
+        if needs_reference(dc) and dc.reference == "precomputed":
+            data.ref_chosen, data.ref_rejected, _, _ = cached_reference_logps(
+                round_ref, data.examples, pad, None, packing=dc.packing, device=acc.device
+            )
+        run.log_metrics(info, (rnd - 1) * ic.steps_per_round)
+        stats = train_dpo(policy, opt, sched, data, dc, steps=ic.steps_per_round, run=run, acc=acc, pad_id=pad,
+                          seed=cfg.seed * 1000 + 7 + rnd, reference=round_ref, step_offset=(rnd - 1) * ic.steps_per_round,
+                          extra_metrics={"round": rnd})  # fmt: skip
+        throughput.append(stats["pairs_per_second"])
+        row = audit_round(rnd * ic.steps_per_round, rnd, round_ref)
+        rounds.append({**info, **stats, "gold/mean": row["gold/mean"], "proxy/mean": row["proxy/mean"]})
+        run.info(f"round {rnd}: {len(comps)} pairs, rater error vs gold {info['round/rater_error_rate']}, "
+                 f"implicit accuracy vs rater {row.get('implicit/accuracy_rater', float('nan')):.3f}")  # fmt: skip
+    out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
+    write_summary(run, method=f"iterated {dc.loss} beta={dc.beta:g}", start=audit.rows[0], end=audit.rows[-1],
+                  rounds=rounds, pairs_per_second=float(np.mean(throughput)))  # fmt: skip
+    run.info(f"saved {out} in {run.elapsed:.0f}s")
+    run.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ MODPO
+def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[int]:
+    """Indices of the points no other point dominates (lower ``cost`` and higher ``value`` are better),
+    sorted by cost."""
+    pts = list(zip(cost, value, strict=True))
+    front = [i for i, (c, v) in enumerate(pts)
+             if not any((c2 <= c and v2 >= v) and (c2 < c or v2 > v) for c2, v2 in pts)]  # fmt: skip
+    return sorted(front, key=lambda i: pts[i][0])
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], start: dict[str, Any] | None, out: Path) -> Path:
+    """Gold mean and gold accuracy against response length, one point per MODPO weighting, Pareto front joined."""
+    from rewardlab.report.plots import _figure, _save
+
+    fig, axes = _figure(1, 2, (10.0, 4.2))
+    x = [p["behavior/length"] for p in points]
+    for ax, key, label in zip(axes[0], ("gold/mean", "gold/accuracy"), ("gold reward (mean)", "gold accuracy"),
+                              strict=True):  # fmt: skip
+        y = [p[key] for p in points]
+        front = pareto_front(x, y)
+        ax.plot(
+            [x[i] for i in front], [y[i] for i in front], "-", color="#8c564b", lw=1.5, label="Pareto front"
+        )
+        ax.scatter(x, y, color="#8c564b", zorder=3, label="MODPO weighting")
+        for p, xi, yi in zip(points, x, y, strict=True):
+            ax.annotate(f"w={p['weight']:g}", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if start is not None:
+            ax.scatter([start["behavior/length"]], [start[key]], marker="*", s=120, color="0.3", zorder=3,
+                       label="start (SFT)")  # fmt: skip
+        ax.set_xlabel("response length (words; lower = briefer)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("MODPO: rater preference (w) vs brevity-type second reward (1 - w), gold-side metrics")
+    return _save(fig, out)
+
+
+def run_modpo(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    """MODPO for each ``modpo.weights`` value (runs in ``<arm>/<modpo.name>/w<w>``), then the Pareto front
+    of the final gold-side metrics (gold mean / accuracy vs length): ``pareto.json`` and ``pareto.png``."""
+    mc = cfg.modpo
+    parent = cfg.stage_dir(mc.name)
+    points: list[dict[str, Any]] = []
+    start: dict[str, Any] | None = None
+    for w in mc.weights:
+        c = cfg.model_copy(deep=True)
+        if mc.steps is not None:
+            c.dpo.steps = mc.steps
+        run_dpo(c, quiet, stage=f"{mc.name}-w{w:g}", out_dir=parent / f"w{w:g}", modpo_weight=w)
+        summary = json.loads((parent / f"w{w:g}" / "summary.json").read_text())
+        end = summary["end"]
+        start = start or summary["start"]
+        keys = ("gold/mean", "gold/accuracy", "behavior/length", "behavior/sycophancy_rate", "proxy/mean", "kl/k1",
+                "implicit/accuracy_rater", "implicit/accuracy_gold")  # fmt: skip
+        points.append({"weight": w, **{k: end.get(k) for k in keys}})
+    front = pareto_front([p["behavior/length"] for p in points], [p["gold/mean"] for p in points])
+    result = {"second_reward": mc.second_reward, "points": points, "start": start,
+              "pareto_front_weights": [points[i]["weight"] for i in front]}  # fmt: skip
+    atomic_write_text(parent / "pareto.json", json.dumps(result, indent=2) + "\n")
+    png = plot_pareto(points, start, parent / "pareto.png")
+    if not quiet:
+        from rewardlab.runs import console
+
+        console.print(f"[bold cyan]{mc.name}[/] Pareto front (length vs gold) over w = "
+                      f"{result['pareto_front_weights']}; {png}")  # fmt: skip
+    return parent
