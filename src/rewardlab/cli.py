@@ -16,6 +16,8 @@ from rewardlab.utils import RewardlabError
 STAGES = ("pretrain", "sft", "label", "reward", "ppo", "rloo", "grpo", "bon")
 #: Direct-alignment stages (run on their own; not part of `rewardlab run --stages` yet).
 DIRECT_STAGES = ("dpo", "dpo-iter", "modpo")
+#: Offline RLHF from one proxy-scored dataset, and pretraining with human feedback (docs/offline.md).
+OFFLINE_STAGES = ("filtered-mle", "rwr", "reward-conditioned", "alol", "phf")
 STAGE_HELP = {
     "pretrain": "pretrain the base model from scratch on the task's mixed-quality corpus",
     "sft": "supervised fine-tuning on expert demonstrations (completion-only loss)",
@@ -30,6 +32,11 @@ STAGE_HELP = {
     "dpo-iter": "iterated (online) DPO: rounds of sampling pairs from the policy, rater labels, DPO",
     "modpo": "MODPO (rater preference + a second reward, e.g. brevity) for several weightings, with the "
     "Pareto front of gold vs length",
+    "filtered-mle": "offline: SFT on the SFT samples the proxy ranks in its top fraction (filtered MLE)",
+    "rwr": "offline: reward-weighted regression, SFT on samples weighted by exp(proxy / temperature)",
+    "reward-conditioned": "offline: SFT with a reward-quantile token in the prompt; generate with the top token",
+    "alol": "offline: A-LoL, advantage-weighted offline policy gradient with clipped importance weights",
+    "phf": "pretraining with human feedback: conditional training on corpus documents tagged by the proxy",
     "run": "run the whole pipeline (pretrain -> sft -> label -> reward -> ppo, bon) for the raters and "
     "their unbiased control, then write the report",
 }
@@ -77,6 +84,10 @@ def _stage_fn(name: str) -> Callable:
         from rewardlab.pipelines.dpo import run_modpo
 
         return run_modpo
+    if name in OFFLINE_STAGES:
+        from rewardlab.pipelines.offline import OFFLINE_RECIPES, run_phf
+
+        return run_phf if name == "phf" else OFFLINE_RECIPES[name]
     raise KeyError(name)
 
 
@@ -88,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in (*STAGES, *DIRECT_STAGES, "run"):
+    for name in (*STAGES, *DIRECT_STAGES, *OFFLINE_STAGES, "run"):
         p = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name])
         p.add_argument("config", nargs="?", type=Path, help="YAML config (default: built-in defaults)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
