@@ -239,6 +239,25 @@ def test_offline_recipe_audits_and_lowers_its_loss(micro, method):
     assert (micro / ARM / "offline-data" / "meta.json").is_file()
 
 
+def test_same_seed_same_dataset_and_metrics(micro, tmp_path):
+    paths = [
+        f"offline.policy_path={micro / 'sft' / 'model'}",
+        f"offline.reward_path={micro / ARM / 'reward' / 'model'}",
+    ]
+    args = ["--set", "threads=1", "--set", "offline.steps=4", "--set", "offline.eval_every=4", "--quiet"]
+    for d in ("a", "b"):
+        extra = [x for p in paths for x in ("--set", p)]
+        assert main(["rwr", str(MICRO), "--run-dir", str(tmp_path / d), *args, *extra]) == 0
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    a, b = (tmp_path / x / ARM for x in ("a", "b"))
+    assert (a / "offline-data" / "data.jsonl").read_text() == (b / "offline-data" / "data.jsonl").read_text()
+    assert strip(read_metrics(a / "rwr")) == strip(read_metrics(b / "rwr"))
+    assert (a / "rwr" / "audit.jsonl").read_text() == (b / "rwr" / "audit.jsonl").read_text()
+
+
 def test_reward_conditioned_checkpoint_blocks_its_reward_tokens(micro):
     d = micro / ARM / "reward-conditioned" / "model"
     if not d.is_dir():
