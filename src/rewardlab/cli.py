@@ -52,9 +52,10 @@ def _stage_fn(name: str) -> Callable:
 
         return run_sft
     if name == "label":
+        from rewardlab.distributed import main_process_only
         from rewardlab.pipelines.label import run_label
 
-        return run_label
+        return main_process_only(run_label)  # not a trainer: with several processes the main one labels
     if name == "reward":
         from rewardlab.pipelines.reward import run_reward
 
@@ -69,9 +70,10 @@ def _stage_fn(name: str) -> Callable:
 
         return run_rl
     if name == "bon":
+        from rewardlab.distributed import main_process_only
         from rewardlab.pipelines.bon import run_bon
 
-        return run_bon
+        return main_process_only(run_bon)
     if name == "dpo":
         from rewardlab.pipelines.dpo import run_dpo_sweep
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", type=str, default=None, help="run folder (overrides run_dir)")
         p.add_argument("--seed", type=int, default=None, help="seed (overrides seed)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or console messages")
+        p.add_argument("--resume", action="store_true",
+                       help="continue each trainer from its last training-state checkpoint (<stage>/checkpoint)")  # fmt: skip
         if name == "run":
             p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
             p.add_argument(
@@ -148,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"run_dir={args.run_dir}")
         if args.seed is not None:
             overrides.append(f"seed={args.seed}")
+        if args.resume:
+            overrides.append("resume=true")
         cfg = load_config(args.config, overrides)
         if args.command == "run":
             from rewardlab.pipelines.run import run_pipeline

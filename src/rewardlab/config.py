@@ -44,6 +44,9 @@ class PretrainConfig(_Strict):
     optim: OptimConfig = OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50)
     eval_every: int = Field(250, gt=0)
     eval_prompts: int = Field(512, gt=0, description="held-out prompts to measure parse rate and gold")
+    checkpoint_every: int = Field(
+        250, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
 
 
 class SFTConfig(_Strict):
@@ -60,6 +63,9 @@ class SFTConfig(_Strict):
     eval_fraction: float = Field(0.05, gt=0, lt=1)
     eval_every: int = Field(100, gt=0)
     eval_prompts: int = Field(512, gt=0)
+    checkpoint_every: int = Field(
+        100, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
 
 
 class LabelConfig(_Strict):
@@ -102,6 +108,9 @@ class RewardConfig(_Strict):
         None, description="policy sampled for normalization; default SFT"
     )
     eval_every: int = Field(200, gt=0)
+    checkpoint_every: int = Field(
+        100, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
 
 
 class PPOConfig(_Strict):
@@ -149,6 +158,15 @@ class PPOConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(20, gt=0)
     eval_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(
+        20, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
+    rollout_shards: int | None = Field(
+        None,
+        ge=1,
+        description="rollouts are sampled in this many shards, each with its own generator, spread over "
+        "the processes; the samples depend on it, not on the process count (default: the number of processes)",
+    )
     eval_prompts: int = Field(1024, gt=0)
     samples_to_save: int = Field(128, ge=0)
 
@@ -356,6 +374,7 @@ class PipelineConfig(_Strict):
     """A whole experiment: shared settings plus one section per stage."""
 
     seed: int = 0
+    resume: bool = Field(False, description="trainers continue from <stage_dir>/checkpoint when there is one")
     run_dir: str = "runs/default"
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")

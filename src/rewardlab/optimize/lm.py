@@ -1,8 +1,11 @@
 """Language-model training shared by pretraining and SFT: batching, the loss, the loop.
 
-The loop is written on ``accelerate.Accelerator`` so the same code runs on a CPU, one GPU or many.
-SFT uses a completion-only loss (prompt tokens are masked with -100, like TRL's
-``completion_only_loss``); pretraining trains on every non-pad token.
+The loop is written on ``accelerate.Accelerator`` so the same code runs on a CPU, one GPU or many:
+with several processes each one trains on its rows of the same global batch and the loss is the
+global token mean (see :mod:`rewardlab.distributed`). SFT uses a completion-only loss (prompt tokens
+are masked with -100, like TRL's ``completion_only_loss``); pretraining trains on every non-pad token.
+Training state (weights, optimizer, schedule, data order, RNGs) is checkpointed and resumed with a
+:class:`~rewardlab.checkpoint.Checkpointer`.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rewardlab.checkpoint import Checkpointer, load_state
 from rewardlab.config import OptimConfig
+from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.runs import Run, advance
 from rewardlab.utils import atomic_dir, check_finite
 
@@ -58,15 +64,73 @@ def bucket_batches(
     return batches
 
 
-def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled positions; returns (loss, number of tokens)."""
+class BatchOrder:
+    """Batches of example indices, epoch after epoch, in a resumable order.
+
+    Whenever the current epoch is used up, ``make_epoch(rng)`` draws the next epoch's list of
+    batches; :meth:`next` hands them out front to back. :meth:`state_dict` (the RNG state and the
+    batches left in the epoch) lets a resumed run see exactly the batches it would have seen.
+    """
+
+    def __init__(self, make_epoch: Callable[[random.Random], list[list[int]]], rng: random.Random) -> None:
+        self.make_epoch, self.rng = make_epoch, rng
+        self.batches: list[list[int]] = []
+        self.pos = 0
+
+    def next(self) -> list[int]:
+        if self.pos >= len(self.batches):
+            self.batches, self.pos = self.make_epoch(self.rng), 0
+        self.pos += 1
+        return self.batches[self.pos - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "batches": self.batches[self.pos :]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_state(self.rng, state["rng"])
+        self.batches, self.pos = [list(b) for b in state["batches"]], 0
+
+
+def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch: a random permutation of ``range(n)`` cut into consecutive batches."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
+) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over labelled positions (mean, or ``"sum"``); returns (loss, number of tokens)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     n = int((labels != IGNORE).sum())
     loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction=reduction,
     )
     return loss, n
+
+
+def local_lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], rank: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This process's part of the global token-mean loss of ``batch`` (the global batch, every process
+    holding all of it): ``(sum of its rows' token losses) * world / (global token count)``.
+
+    DDP averages gradients over the ``world`` processes, so the gradient is that of the global
+    token mean, whatever the split of tokens between processes. Returns (scaled loss, unscaled local
+    sum detached, global token count).
+    """
+    n_global = int((batch["labels"][:, 1:] != IGNORE).sum())
+    rows, real = local_rows(batch["input_ids"].shape[0], rank, world)
+    local = {k: v[rows] for k, v in batch.items()}
+    if not real:  # a stand-in row: no labelled token, so it adds nothing
+        local["labels"] = torch.full_like(local["labels"], IGNORE)
+    loss_sum, _ = lm_loss(model, local, reduction="sum")
+    return loss_sum * (world / max(n_global, 1)), loss_sum.detach(), n_global
 
 
 def make_optimizer(
@@ -122,17 +186,38 @@ def train_lm(
     eval_every: int = 0,
     log_every: int = 10,
     accelerator: Accelerator | None = None,
+    checkpoint: Checkpointer | None = None,
+    data_state: Any = None,
 ) -> PreTrainedModel:
-    """Train ``model`` for ``steps`` optimizer steps on ``next_batch(step)``; log, evaluate, check for NaN."""
-    acc = accelerator or Accelerator()
+    """Train ``model`` for ``steps`` optimizer steps on ``next_batch(step)``; log, evaluate, check for NaN.
+
+    ``next_batch(step)`` gives the *global* batch; with several processes each trains on its rows.
+    ``evaluate`` runs on the main process only. With a ``checkpoint``, the weights, optimizer,
+    schedule, ``data_state`` (an object with ``state_dict``, e.g. a :class:`BatchOrder`) and RNGs are
+    saved as it says and restored when resuming.
+    """
+    acc = accelerator or make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
     opt, sched = make_optimizer(model, optim, steps)
     model, opt = acc.prepare(model, opt)
+    tokens, start = 0, 0
+    if checkpoint is not None:
+        checkpoint.total_steps = steps
+        checkpoint.track(model=model, optimizer=opt, scheduler=sched, data=data_state)
+        start = checkpoint.restore()
+        tokens = int(checkpoint.extra.get("tokens", 0))
     model.train()
-    tokens = 0
     with run.progress(steps, "training") as prog:
-        for step in range(1, steps + 1):
+        if start:
+            advance(prog, n=start)
+        for step in range(start + 1, steps + 1):
             batch = {k: v.to(acc.device) for k, v in next_batch(step).items()}
-            loss, n = lm_loss(model, batch)
+            if world == 1:
+                loss, n = lm_loss(model, batch)
+                logged = loss
+            else:
+                loss, local_sum, n = local_lm_loss(model, batch, rank, world)
+                logged = local_sum / max(n, 1)  # this process's share; the logged value is all-reduced below
             check_finite(loss, "loss", step, run.stage)
             acc.backward(loss)
             gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
@@ -141,18 +226,24 @@ def train_lm(
             opt.zero_grad(set_to_none=True)
             tokens += n
             if step % log_every == 0 or step == steps:
-                metrics = {"train/loss": loss.item(), "train/grad_norm": float(gnorm), "train/lr": sched.get_last_lr()[0],
+                loss_value = (
+                    loss.item() if world == 1 else all_reduce_sum(acc, [float(local_sum)])[0] / max(n, 1)
+                )
+                metrics = {"train/loss": loss_value, "train/grad_norm": float(gnorm), "train/lr": sched.get_last_lr()[0],
                            "train/tokens": tokens, "time/elapsed": run.elapsed}  # fmt: skip
                 run.log_metrics(metrics, step)
-            if evaluate is not None and eval_every and (step % eval_every == 0 or step == steps):
+            due = evaluate is not None and eval_every and (step % eval_every == 0 or step == steps)
+            if due and acc.is_main_process:  # the other processes go on to the next all-reduce and wait there
                 model.eval()
-                em = evaluate(step)
+                em = evaluate(step)  # type: ignore[misc]
                 model.train()
                 run.log_metrics(em, step)
                 run.info(
                     f"step {step}: "
                     + ", ".join(f"{k}={v:.3f}" for k, v in em.items() if isinstance(v, float))
                 )
-            advance(prog, f"loss {loss.item():.3f}")
+            if checkpoint is not None:
+                checkpoint.end_step(step, tokens=tokens)
+            advance(prog, f"loss {logged.item():.3f}")
     model.eval()
     return acc.unwrap_model(model)

@@ -6,19 +6,21 @@ import random
 from pathlib import Path
 
 from rewardlab.audit.policy_eval import evaluate_policy
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
+from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.optimize.lm import collate_lm, train_lm
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage
 from rewardlab.policies.models import build_causal_lm, num_parameters
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
-from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import TASK_WORDS, sample_corpus_response
 
 
 def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 1)
     pc = cfg.pretrain
-    run = Run(cfg.stage_dir("pretrain"), "pretrain", cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    run = stage_run(acc, cfg.stage_dir("pretrain"), "pretrain", cfg, cfg.report_to, quiet)
     tokenizer = build_task_tokenizer(TASK_WORDS, model_max_length=pc.model.max_position_embeddings)
     model = build_causal_lm(pc.model, tokenizer, seed=cfg.seed)
     run.info(
@@ -42,10 +44,16 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
         )
         return {f"eval/{k}": v for k, v in m.items()}
 
-    model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
-                     eval_every=pc.eval_every)  # fmt: skip
-    out, _ = finish_lm_stage(
-        run, model, tokenizer, task, held_out, cfg.label.max_new_tokens, params=num_parameters(model)
+    ckpt = Checkpointer(
+        run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc
     )
+    model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
+                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt)  # fmt: skip
+    out = run.dir / "model"
+    if acc.is_main_process:
+        out, _ = finish_lm_stage(
+            run, model, tokenizer, task, held_out, cfg.label.max_new_tokens, params=num_parameters(model)
+        )
+    acc.wait_for_everyone()
     run.close()
     return out

@@ -25,12 +25,16 @@ def _done(cfg: PipelineConfig, stage: str) -> bool:
 def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reuse: bool = False,
                  stages: Sequence[str] | None = None, quiet: bool = False) -> Path:  # fmt: skip
     """Run every stage; with ``reuse``, stages whose output already exists are skipped."""
-    from rewardlab.pipelines.bon import run_bon
-    from rewardlab.pipelines.label import run_label
+    from rewardlab.distributed import main_process_only
+    from rewardlab.pipelines.bon import run_bon as _run_bon
+    from rewardlab.pipelines.label import run_label as _run_label
     from rewardlab.pipelines.ppo import run_ppo
     from rewardlab.pipelines.pretrain import run_pretrain
     from rewardlab.pipelines.reward import run_reward
     from rewardlab.pipelines.sft import run_sft
+
+    # not trainers: with several processes (torchrun) the main one runs them and the others wait
+    run_bon, run_label = main_process_only(_run_bon), main_process_only(_run_label)
 
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))
     if not quiet:
@@ -71,7 +75,7 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     if "report" in wanted:
         from rewardlab.report.build import build_report
 
-        path = build_report(Path(cfg.run_dir))
+        path = main_process_only(build_report)(Path(cfg.run_dir)) or Path(cfg.run_dir) / "report.html"
         console.print(f"[bold green]report:[/] {path}")
         return path
     return Path(cfg.run_dir)

@@ -9,12 +9,21 @@ from typing import Any
 import torch
 
 from rewardlab.audit.policy_eval import evaluate_policy
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
-from rewardlab.optimize.lm import Example, bucket_batches, collate_lm, lm_loss, train_lm
+from rewardlab.distributed import make_accelerator, stage_run
+from rewardlab.optimize.lm import (
+    BatchOrder,
+    Example,
+    bucket_batches,
+    collate_lm,
+    lm_loss,
+    shuffled_batches,
+    train_lm,
+)
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
-from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import sample_demo_response
 from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
 
@@ -39,7 +48,8 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 2)
     sc = cfg.sft
     base = stage_input(cfg, sc.model_path, "pretrain", "model", "base model")
-    run = Run(cfg.stage_dir("sft"), "sft", cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    run = stage_run(acc, cfg.stage_dir("sft"), "sft", cfg, cfg.report_to, quiet)
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
@@ -52,7 +62,8 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
         rows = [
             {"prompt": p.text, "completion": sample_demo_response(task, p, sc.demos, rng)} for p in problems
         ]
-        write_jsonl(run.dir / "demos.jsonl", rows)
+        if acc.is_main_process:
+            write_jsonl(run.dir / "demos.jsonl", rows)
     examples: list[Example] = encode_examples(
         tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows]
     )
@@ -62,19 +73,17 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
         raise RewardlabError("sft: no training examples left after the eval split")
     run.info(f"{len(train_ex)} train / {len(eval_ex)} eval demonstrations from {base}")
 
-    rng = random.Random(cfg.seed)
     lengths = [len(p) + len(c) for p, c in train_ex]
-    queue: list[list[int]] = []
+
+    def epoch(rng: random.Random) -> list[list[int]]:  # reversed: SFT has always taken batches from the end
+        if sc.packing == "bucket":
+            return bucket_batches(lengths, sc.batch_size, rng)[::-1]
+        return shuffled_batches(len(train_ex), sc.batch_size, rng)[::-1]
+
+    order = BatchOrder(epoch, random.Random(cfg.seed))
 
     def next_batch(step: int) -> dict:
-        if not queue:
-            if sc.packing == "bucket":
-                queue.extend(bucket_batches(lengths, sc.batch_size, rng))
-            else:
-                order = list(range(len(train_ex)))
-                rng.shuffle(order)
-                queue.extend(order[i : i + sc.batch_size] for i in range(0, len(order), sc.batch_size))
-        return collate_lm([train_ex[j] for j in queue.pop()], pad, completion_only=True)
+        return collate_lm([train_ex[j] for j in order.next()], pad, completion_only=True)
 
     held_out = eval_problems(task, sc.eval_prompts)
 
@@ -87,8 +96,14 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
         )
         return {"eval/loss": sum(losses) / len(losses), **{f"eval/{k}": v for k, v in m.items()}}
 
+    ckpt = Checkpointer(
+        run, every=sc.checkpoint_every, total_steps=sc.steps, resume=cfg.resume, accelerator=acc
+    )
     model = train_lm(model, next_batch, steps=sc.steps, optim=sc.optim, run=run, evaluate=evaluate,
-                     eval_every=sc.eval_every)  # fmt: skip
-    out, _ = finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
+                     eval_every=sc.eval_every, accelerator=acc, checkpoint=ckpt, data_state=order)  # fmt: skip
+    out = run.dir / "model"
+    if acc.is_main_process:
+        out, _ = finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
+    acc.wait_for_everyone()
     run.close()
     return out
