@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 
 from rewardlab.audit.policy_eval import generate_responses
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
+from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import load_comparisons, load_rankings
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
 from rewardlab.rewards.train import evaluate_comparisons, reward_stats, train_reward_member
-from rewardlab.runs import Run
 
 
 def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -22,7 +23,8 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     init = stage_input(cfg, rc.init_path, "sft", "model", "reward-model backbone")
     train_path = stage_input(cfg, rc.data_path, "label", "train.jsonl", "comparisons")
     eval_path = stage_input(cfg, rc.eval_path, "label", "eval.jsonl", "eval comparisons")
-    run = Run(cfg.stage_dir("reward"), "reward", cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    run = stage_run(acc, cfg.stage_dir("reward"), "reward", cfg, cfg.report_to, quiet)
     tok = load_tokenizer(init)
     pairs = load_comparisons(train_path)
     evals = load_comparisons(eval_path)
@@ -46,8 +48,14 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
         def evaluate(mod: torch.nn.Module) -> dict[str, float]:
             return evaluate_comparisons(RewardModel([mod], tok, verifier=verifier), evals)
 
+        ckpt = Checkpointer(run, every=rc.checkpoint_every, resume=cfg.resume, accelerator=acc,
+                            path=run.dir / "checkpoint" / f"member{m}")  # fmt: skip
         members.append(train_reward_member(model, tok, rc, pairs=pairs, rankings=rankings, seed=seed, run=run,
-                                           member=m, evaluate=evaluate, verifier=verifier))  # fmt: skip
+                                           member=m, evaluate=evaluate, verifier=verifier, accelerator=acc,
+                                           checkpoint=ckpt))  # fmt: skip
+    if not acc.is_main_process:  # normalization, evaluation and saving happen once, on the main process
+        acc.wait_for_everyone()
+        return run.dir / "model"
 
     # Normalize on samples of the SFT policy (mean 0, std 1 per member).
     policy_path = stage_input(cfg, rc.normalize_policy_path, "sft", "model", "SFT model (for normalization)")
@@ -76,4 +84,5 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
                 f"gold {final.get(f'eval/accuracy_gold_d{hard}', float('nan')):.3f}")  # fmt: skip
     run.info(f"{msg}; ECE {final['eval/ece']:.3f}; saved {out} in {run.elapsed:.0f}s")
     run.close()
+    acc.wait_for_everyone()
     return out

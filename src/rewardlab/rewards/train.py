@@ -18,10 +18,12 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import RewardConfig
+from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
-from rewardlab.optimize.lm import make_optimizer
+from rewardlab.optimize.lm import BatchOrder, make_optimizer, shuffled_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.model import RewardModel, collate_sequences
 from rewardlab.rewards.verifier import verifier_features
@@ -108,15 +110,20 @@ def train_reward_member(
     member: int = 0,
     evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
     verifier: PreTrainedModel | None = None,
+    accelerator: Accelerator | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> PreTrainedModel:
     """Train one scalar-head member with BT (pairs) or PL (rankings); logs ``train/*`` metrics.
 
     With a ``verifier``, the member also learns the weight of the verifier feature (stored in its
-    config as ``verifier_weight``).
+    config as ``verifier_weight``). With several processes each trains on its share of every batch
+    and the loss is the mean over the whole batch; ``evaluate`` runs on the main process only. With
+    a ``checkpoint`` the member's training state is saved and resumed (it always saves at the last
+    step, so a finished member is restored rather than retrained).
     """
-    acc = Accelerator()
+    acc = accelerator or make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
-    rng = random.Random(seed)
     if cfg.loss == "plackett_luce":
         if not rankings:
             raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
@@ -127,69 +134,96 @@ def train_reward_member(
         n = len(tp.chosen)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
+    batches = BatchOrder(lambda r: shuffled_batches(n, cfg.batch_size, r), random.Random(seed))
     scorer = ScoredMember(model, verifier is not None)
     opt, sched = make_optimizer(scorer, cfg.optim, total)
     scorer, opt = acc.prepare(scorer, opt)
+    start = 0
+    if checkpoint is not None:
+        checkpoint.total_steps = total
+        checkpoint.track(scorer=scorer, optimizer=opt, scheduler=sched, data=batches)
+        start = checkpoint.restore()
     scorer.train()
-    step = 0
     prefix = f"member{member}/" if cfg.ensemble_size > 1 else ""
+
+    def loss_of(
+        idx: list[int], reduction: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The loss of the pairs (or rankings) ``idx`` and, for pairs, their chosen and rejected rewards."""
+        if cfg.loss == "plackett_luce":
+            k = max(len(tr.seqs[j]) for j in idx)
+            b = collate_sequences([s for j in idx for s in tr.seqs[j]], pad)
+            feat = torch.cat([tr.feats[j] for j in idx]) if tr.feats is not None else None
+            scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
+            sc = torch.zeros(len(idx), k, device=acc.device)
+            valid = torch.zeros(len(idx), k, dtype=torch.bool, device=acc.device)
+            ranking = torch.zeros(len(idx), k, dtype=torch.long, device=acc.device)
+            pos = 0
+            for row, j in enumerate(idx):
+                kk = len(tr.seqs[j])
+                sc[row, :kk] = scores[pos : pos + kk]
+                ranking[row, : len(tr.order[j])] = torch.tensor(tr.order[j])
+                valid[row, : len(tr.order[j])] = True
+                pos += kk
+            return plackett_luce_loss(sc, ranking, valid, reduction=reduction), None, None  # type: ignore[arg-type]
+        b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
+        feat = (torch.cat([tp.feat_chosen[idx], tp.feat_rejected[idx]])
+                if tp.feat_chosen is not None and tp.feat_rejected is not None else None)  # fmt: skip
+        scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
+        r_c, r_r = scores[: len(idx)], scores[len(idx) :]
+        loss = bradley_terry_loss(
+            r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
+            center_coef=cfg.center_rewards_coefficient, reduction=reduction,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return loss, r_c, r_r
+
     with run.progress(total, f"reward model {member}") as prog:
-        for _epoch in range(cfg.epochs):
-            order = list(range(n))
-            rng.shuffle(order)
-            for i in range(0, n, cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                step += 1
-                acc_b, margin_b = float("nan"), float("nan")
-                if cfg.loss == "plackett_luce":
-                    k = max(len(tr.seqs[j]) for j in idx)
-                    b = collate_sequences([s for j in idx for s in tr.seqs[j]], pad)
-                    feat = torch.cat([tr.feats[j] for j in idx]) if tr.feats is not None else None
-                    scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
-                    sc = torch.zeros(len(idx), k, device=acc.device)
-                    valid = torch.zeros(len(idx), k, dtype=torch.bool, device=acc.device)
-                    ranking = torch.zeros(len(idx), k, dtype=torch.long, device=acc.device)
-                    pos = 0
-                    for row, j in enumerate(idx):
-                        kk = len(tr.seqs[j])
-                        sc[row, :kk] = scores[pos : pos + kk]
-                        ranking[row, : len(tr.order[j])] = torch.tensor(tr.order[j])
-                        valid[row, : len(tr.order[j])] = True
-                        pos += kk
-                    loss = plackett_luce_loss(sc, ranking, valid)
-                else:
-                    b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
-                    feat = (torch.cat([tp.feat_chosen[idx], tp.feat_rejected[idx]])
-                            if tp.feat_chosen is not None and tp.feat_rejected is not None else None)  # fmt: skip
-                    scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
-                    r_c, r_r = scores[: len(idx)], scores[len(idx) :]
-                    loss = bradley_terry_loss(
-                        r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
-                        center_coef=cfg.center_rewards_coefficient,
-                    )  # fmt: skip
+        if start:
+            advance(prog, n=start)
+        for step in range(start + 1, total + 1):
+            idx = batches.next()
+            acc_b, margin_b = float("nan"), float("nan")
+            if world == 1:
+                loss, r_c, r_r = loss_of(idx, "mean")
+                if r_c is not None and r_r is not None:
                     acc_b = float((r_c > r_r).float().mean())
                     margin_b = float((r_c - r_r).detach().mean())
-                check_finite(loss, "loss", step, run.stage)
-                acc.backward(loss)
-                gnorm = acc.clip_grad_norm_(scorer.parameters(), cfg.optim.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                if step % 10 == 0 or step == total:
-                    m = {f"{prefix}train/loss": loss.item(), f"{prefix}train/accuracy": acc_b,
-                         f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
-                         "time/elapsed": run.elapsed}  # fmt: skip
-                    if verifier is not None:
-                        m[f"{prefix}train/verifier_weight"] = float(acc.unwrap_model(scorer).w.detach())
-                    run.log_metrics(m, step)
-                if evaluate is not None and (step % cfg.eval_every == 0 or step == total):
-                    inner = acc.unwrap_model(scorer)
-                    inner.sync_config()
-                    inner.eval()
-                    em = evaluate(inner.model)
-                    inner.train()
-                    run.log_metrics({f"{prefix}{k}": v for k, v in em.items()}, step)
-                advance(prog, f"loss {loss.item():.3f}")
+            else:  # this process's pairs; (sum of their losses) * world / batch size, averaged by DDP
+                rows, real = local_rows(len(idx), rank, world)
+                loss_sum, r_c, r_r = loss_of(idx[rows], "sum")
+                loss = loss_sum * ((world / len(idx)) if real else 0.0)
+                part = [float(loss_sum.detach()), 0.0, 0.0]
+                if r_c is not None and r_r is not None:
+                    part[1:] = [float((r_c > r_r).float().sum()), float((r_c - r_r).detach().sum())]
+                part = [v if real else 0.0 for v in part]
+            check_finite(loss, "loss", step, run.stage)
+            acc.backward(loss)
+            gnorm = acc.clip_grad_norm_(scorer.parameters(), cfg.optim.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % 10 == 0 or step == total:
+                loss_value = loss.item()
+                if world > 1:
+                    loss_value, acc_b, margin_b = (v / len(idx) for v in all_reduce_sum(acc, part))
+                    if cfg.loss == "plackett_luce":
+                        acc_b, margin_b = float("nan"), float("nan")
+                m = {f"{prefix}train/loss": loss_value, f"{prefix}train/accuracy": acc_b,
+                     f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
+                     "time/elapsed": run.elapsed}  # fmt: skip
+                if verifier is not None:
+                    m[f"{prefix}train/verifier_weight"] = float(acc.unwrap_model(scorer).w.detach())
+                run.log_metrics(m, step)
+            if evaluate is not None and (step % cfg.eval_every == 0 or step == total) and acc.is_main_process:
+                inner = acc.unwrap_model(scorer)
+                inner.sync_config()
+                inner.eval()
+                em = evaluate(inner.model)
+                inner.train()
+                run.log_metrics({f"{prefix}{k}": v for k, v in em.items()}, step)
+            if checkpoint is not None:
+                checkpoint.end_step(step)
+            advance(prog, f"loss {loss.item():.3f}")
     inner = acc.unwrap_model(scorer)
     inner.sync_config()
     inner.eval()
