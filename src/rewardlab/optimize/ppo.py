@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
+from rewardlab.distributed import all_reduce_sum, local_rows
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -144,8 +146,20 @@ def apply_missing_eos(scores: torch.Tensor, finished: torch.Tensor, cfg: PPOConf
     return scores
 
 
+@dataclass
+class RolloutSamples:
+    """What sampling and scoring give per row, before rewards and advantages (one shard of a rollout)."""
+
+    batch: SampleBatch
+    logprobs: torch.Tensor  # [B, T] old policy, 0 at padding
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor | None  # [B, T]
+    raw_scores: torch.Tensor  # [B] proxy as the reward model gave it
+    responses: list[str]
+
+
 @torch.no_grad()
-def make_rollout(
+def sample_and_score(
     policy: nn.Module,
     ref: nn.Module,
     critic: nn.Module | None,
@@ -153,10 +167,9 @@ def make_rollout(
     tokenizer,
     prompts: list[str],
     cfg: PPOConfig,
-    kl_coef: float,
     generator: torch.Generator,
-) -> Rollout:
-    """Sample, score and compute rewards and advantages for ``prompts`` (each already repeated k times)."""
+) -> RolloutSamples:
+    """Sample one completion per prompt (prompts already repeated k times), with log-probs, values and scores."""
     device = next(policy.parameters()).device
     ids, pmask = encode_prompts(tokenizer, prompts)
     batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
@@ -171,16 +184,61 @@ def make_rollout(
     raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(
         device
     )
-    scores = apply_missing_eos(raw, batch.finished.to(device), cfg)
+    values = pol.values * mask if pol.values is not None else None
+    return RolloutSamples(batch, logp, ref_logp, values, raw, responses)
+
+
+def concat_samples(parts: list[RolloutSamples], pad_token_id: int) -> RolloutSamples:
+    """One batch from rollout shards, in order: prompts re-padded on the left, responses on the right.
+
+    Padding adds masked positions only (ids = pad, masks and log-probs 0), so every quantity computed
+    from the result over valid tokens is that of the shards.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    width_p = max(s.batch.prompt_ids.shape[1] for s in parts)
+    width_t = max(s.batch.response_ids.shape[1] for s in parts)
+
+    def cat(get, width: int, value: float, left: bool = False) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        out = []
+        for s in parts:
+            x = get(s)
+            pad = (width - x.shape[1], 0) if left else (0, width - x.shape[1])
+            out.append(torch.nn.functional.pad(x, pad, value=value))
+        return torch.cat(out)
+
+    b = SampleBatch(
+        prompt_ids=cat(lambda s: s.batch.prompt_ids, width_p, pad_token_id, left=True),
+        prompt_mask=cat(lambda s: s.batch.prompt_mask, width_p, 0, left=True),
+        response_ids=cat(lambda s: s.batch.response_ids, width_t, pad_token_id),
+        response_mask=cat(lambda s: s.batch.response_mask, width_t, 0),
+        logprobs=cat(lambda s: s.batch.logprobs, width_t, 0.0),
+        finished=torch.cat([s.batch.finished for s in parts]),
+    )
+    values = None
+    if all(s.values is not None for s in parts):
+        values = cat(lambda s: s.values, width_t, 0.0)
+    return RolloutSamples(
+        b, cat(lambda s: s.logprobs, width_t, 0.0), cat(lambda s: s.ref_logprobs, width_t, 0.0), values,
+        torch.cat([s.raw_scores for s in parts]), [r for s in parts for r in s.responses],
+    )  # fmt: skip
+
+
+def rollout_from_samples(s: RolloutSamples, cfg: PPOConfig, kl_coef: float) -> Rollout:
+    """Per-token rewards (proxy score at the last token, ``-beta * KL`` everywhere) and advantages."""
+    batch, logp, ref_logp = s.batch, s.logprobs, s.ref_logprobs
+    device = logp.device
+    mask = batch.response_mask.float()
+    scores = apply_missing_eos(s.raw_scores, batch.finished.to(device), cfg)
     kl = {k: v * mask for k, v in kl_estimators(logp, ref_logp).items()}
     non_score = -kl_coef * kl[cfg.kl_estimator]
     last = (batch.response_lengths.to(device) - 1).clamp(min=0)
     rewards = non_score.clone()
-    rewards[torch.arange(len(prompts), device=device), last] += scores
+    rewards[torch.arange(len(batch), device=device), last] += scores
     values, returns = None, None
     if cfg.advantage == "gae":
-        values = pol.values * mask  # type: ignore[operator]
-        adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        values = s.values
+        adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # type: ignore[arg-type]
         if cfg.whiten_advantages:
             adv = masked_whiten(adv, mask)
     else:
@@ -189,9 +247,24 @@ def make_rollout(
         seq_adv = (rloo_advantages(seq_return, k) if cfg.advantage == "rloo"
                    else grpo_advantages(seq_return, k, eps=cfg.grpo_eps, scale=cfg.grpo_scale))  # fmt: skip
         adv = seq_adv[:, None] * mask
-    return Rollout(
-        batch, mask, logp, ref_logp, values, scores, raw, kl, rewards, adv * mask, returns, responses
-    )
+    return Rollout(batch, mask, logp, ref_logp, values, scores, s.raw_scores, kl, rewards, adv * mask, returns,
+                   s.responses)  # fmt: skip
+
+
+def make_rollout(
+    policy: nn.Module,
+    ref: nn.Module,
+    critic: nn.Module | None,
+    reward_model: RewardModel,
+    tokenizer,
+    prompts: list[str],
+    cfg: PPOConfig,
+    kl_coef: float,
+    generator: torch.Generator,
+) -> Rollout:
+    """Sample, score and compute rewards and advantages for ``prompts`` (each already repeated k times)."""
+    samples = sample_and_score(policy, ref, critic, reward_model, tokenizer, prompts, cfg, generator)
+    return rollout_from_samples(samples, cfg, kl_coef)
 
 
 def ppo_update(
@@ -204,8 +277,18 @@ def ppo_update(
     step: int,
     backward=None,  # accelerator.backward or None
     clip_grad=None,  # accelerator.clip_grad_norm_ or None
+    accelerator: Accelerator | None = None,
 ) -> dict[str, float]:
-    """Several epochs of clipped-objective minibatch updates on one rollout; returns averaged stats."""
+    """Several epochs of clipped-objective minibatch updates on one rollout; returns averaged stats.
+
+    With several processes (``accelerator``), every process holds the whole rollout and draws the
+    same minibatch permutation from ``generator``; each runs forward and backward on its contiguous
+    share of every minibatch, its loss scaled by ``world * (its valid tokens) / (minibatch tokens)``
+    so that DDP's gradient average equals the gradient of the minibatch's token mean. The logged
+    statistics are token-weighted sums over processes, i.e. the minibatch means.
+    """
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
     n = ro.mask.shape[0]
     mb_size = max(1, n // cfg.minibatches)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -216,6 +299,12 @@ def ppo_update(
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, mb_size):
             idx = perm[i : i + mb_size].to(ro.mask.device)
+            weight = 1.0
+            if world > 1:  # this process's share of the minibatch (a stand-in row weighted 0 if it has none)
+                rows, real = local_rows(len(idx), rank, world)
+                tokens_mb = float(ro.mask[idx].sum())
+                idx = idx[rows]
+                weight = float(ro.mask[idx].sum()) / tokens_mb if real else 0.0
             mb = _slice_batch(ro.batch, idx)
             m = ro.mask[idx]
             out = policy_forward(policy, critic, mb, cfg.temperature)
@@ -223,6 +312,7 @@ def ppo_update(
                 out.logprobs, ro.logprobs[idx], ro.advantages[idx], m, cfg.cliprange
             )
             loss = pg_loss
+            vf_loss, vf = None, None
             if (
                 critic is not None
                 and out.values is not None
@@ -233,21 +323,32 @@ def ppo_update(
                     out.values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value
                 )
                 loss = loss + cfg.vf_coef * vf_loss
-                stats["vf_loss"].append(vf_loss.item())
-                stats["vf_clipfrac"].append(float(vf["clipfrac"]))
+            if world > 1:
+                loss = loss * (world * weight)
             check_finite(loss, "PPO loss", step, "ppo")
             optimizer.zero_grad(set_to_none=True)
             (backward or torch.Tensor.backward)(loss)
             gn = (clip_grad or torch.nn.utils.clip_grad_norm_)(params, cfg.optim.max_grad_norm)
             optimizer.step()
-            stats["pg_loss"].append(pg_loss.item())
-            stats["clipfrac"].append(float(pg["clipfrac"]))
-            stats["approxkl"].append(float(pg["approxkl"]))
-            stats["ratio"].append(float(pg["ratio"]))
-            stats["entropy"].append(float(masked_mean(out.entropy.detach(), m)))
+            mb_stats = {"pg_loss": pg_loss.item(), "clipfrac": float(pg["clipfrac"]),
+                        "approxkl": float(pg["approxkl"]), "ratio": float(pg["ratio"]),
+                        "entropy": float(masked_mean(out.entropy.detach(), m))}  # fmt: skip
+            if vf_loss is not None and vf is not None:
+                mb_stats.update(vf_loss=vf_loss.item(), vf_clipfrac=float(vf["clipfrac"]))
+            if world > 1:
+                sums = all_reduce_sum(accelerator, [v * weight for v in mb_stats.values()])  # type: ignore[arg-type]
+                mb_stats = dict(zip(mb_stats, sums, strict=True))
+            for k in ("vf_loss", "vf_clipfrac", "pg_loss", "clipfrac", "approxkl", "ratio", "entropy"):
+                if k in mb_stats:
+                    stats[k].append(mb_stats[k])
             stats["grad_norm"].append(float(gn))
-            ratios.append(torch.exp(out.logprobs.detach() - ro.logprobs[idx])[m.bool()])
+            if weight > 0:
+                ratios.append(torch.exp(out.logprobs.detach() - ro.logprobs[idx])[m.bool()])
     allr = torch.cat(ratios) if ratios else torch.zeros(1)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        allr = torch.cat(gather_object([allr.cpu()]))
 
     def avg(k: str) -> float:
         return sum(stats[k]) / len(stats[k]) if stats[k] else float("nan")

@@ -9,28 +9,57 @@ import torch
 from accelerate import Accelerator
 
 from rewardlab.audit.tracker import AuditLog
-from rewardlab.config import PipelineConfig
+from rewardlab.checkpoint import Checkpointer
+from rewardlab.config import PipelineConfig, PPOConfig
+from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.losses import AdaptiveKLController, FixedKLController
 from rewardlab.optimize.lm import make_optimizer, save_model
-from rewardlab.optimize.ppo import SharedValueHead, ValueModel, make_rollout, ppo_update, rollout_metrics
+from rewardlab.optimize.ppo import (
+    Rollout,
+    RolloutSamples,
+    SharedValueHead,
+    ValueModel,
+    concat_samples,
+    make_rollout,
+    ppo_update,
+    rollout_from_samples,
+    rollout_metrics,
+    sample_and_score,
+)
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.policies.sampling import SampleBatch
 from rewardlab.rewards.model import RewardModel
-from rewardlab.runs import Run, advance
+from rewardlab.runs import advance
+from rewardlab.utils import RewardlabError
 
 RL_PROMPT_SEED = 555_555
 
 
 def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) -> Path:
-    """Train with ``cfg.ppo``; the stage folder is named after the advantage estimator unless given."""
+    """Train with ``cfg.ppo``; the stage folder is named after the advantage estimator unless given.
+
+    With several processes, the rollout of each step is sampled in ``ppo.rollout_shards`` shards
+    (default: one per process), each with its own generator, spread over the processes and gathered,
+    so that every process computes the same rewards, whitening and advantages on the whole batch;
+    the update is then sharded by minibatch rows (see :func:`ppo_update`). A run's samples depend on
+    the number of shards, not on the number of processes.
+    """
     task = setup_stage(cfg, 5)
     pc = cfg.ppo
     stage = stage or ("ppo" if pc.advantage == "gae" else pc.advantage)
     policy_path = stage_input(cfg, pc.policy_path, "sft", "model", "policy")
     reward_path = stage_input(cfg, pc.reward_path, "reward", "model", "reward model")
-    run = Run(cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
+    shards = pc.rollout_shards or world
+    if shards % world or pc.prompts_per_step % shards:
+        raise RewardlabError(
+            f"ppo.rollout_shards={shards} must be a multiple of the number of processes ({world}) and divide "
+            f"ppo.prompts_per_step={pc.prompts_per_step}"
+        )
+    run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
     run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
-    acc = Accelerator()
     tok = load_tokenizer(policy_path)
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
@@ -54,30 +83,95 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     kl_ctl = (AdaptiveKLController(pc.kl_coef, pc.kl_target, pc.kl_horizon) if pc.kl_controller == "adaptive"
               else FixedKLController(pc.kl_coef))  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed * 1_000 + 5)
+    # one shard: `gen` samples and shuffles minibatches, as it always has; several: one generator per shard
+    my_shards = range(rank * shards // world, (rank + 1) * shards // world)
+    shard_gens = {0: gen} if shards == 1 else {s: rollout_generator(cfg.seed, s) for s in my_shards}
     rng = random.Random(RL_PROMPT_SEED + cfg.seed)
     held_out = eval_problems(task, pc.eval_prompts)
-    audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=pc.max_new_tokens, seed=cfg.seed,
-                     kl_estimator=pc.kl_estimator, temperature=pc.temperature, samples_to_save=pc.samples_to_save)  # fmt: skip
-    audit(acc.unwrap_model(policy), 0, kl_coef=kl_ctl.value)
+    audit = None
+    if acc.is_main_process:
+        audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=pc.max_new_tokens, seed=cfg.seed,
+                         kl_estimator=pc.kl_estimator, temperature=pc.temperature, samples_to_save=pc.samples_to_save)  # fmt: skip
+    ckpt = Checkpointer(run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc,
+                        files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
+    ckpt.track(policy=policy, critic=critic, optimizer=opt, generator=gen, prompt_rng=rng)
+    if shards > 1:
+        ckpt.track_local(**{f"rollout_generator_{s}": g for s, g in shard_gens.items()})
+    start = ckpt.restore()
+    if start:
+        kl_ctl.value = float(ckpt.extra["kl_coef"])
+        if audit is not None:
+            audit.rows = list(ckpt.extra["audit_rows"])
+    elif audit is not None:
+        audit(acc.unwrap_model(policy), 0, kl_coef=kl_ctl.value)
     policy.train()
     with run.progress(pc.steps, f"{stage} steps") as prog:
-        for step in range(1, pc.steps + 1):
+        if start:
+            advance(prog, n=start)
+        for step in range(start + 1, pc.steps + 1):
             problems = [task.sample_problem(rng) for _ in range(pc.prompts_per_step)]
             prompts = [p.text for p in problems for _ in range(pc.samples_per_prompt)]
-            ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, gen)
+            if shards == 1:
+                ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, gen)
+            else:
+                ro = sharded_rollout(
+                    acc, policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, shard_gens, shards
+                )
             metrics = rollout_metrics(ro, pc, kl_ctl.value)
-            metrics.update(
-                ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_)
-            )
+            metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_,
+                                      accelerator=acc))  # fmt: skip
             kl_ctl.update(metrics["objective/kl"], len(prompts))
             metrics["eps"] = step * len(prompts) / max(run.elapsed, 1e-9)
             metrics["time/elapsed"] = run.elapsed
             run.log_metrics(metrics, step)
-            if step % pc.eval_every == 0 or step == pc.steps:
+            if audit is not None and (step % pc.eval_every == 0 or step == pc.steps):
                 audit(acc.unwrap_model(policy), step, kl_coef=kl_ctl.value)
+            ckpt.end_step(step, kl_coef=kl_ctl.value, audit_rows=audit.rows if audit is not None else [])
             advance(prog, f"score {metrics['objective/scores']:+.2f} kl {metrics['objective/kl']:.2f}")
-    out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
-    run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "seconds": run.elapsed})
-    run.info(f"saved {out} in {run.elapsed:.0f}s")
+    out = run.dir / "model"
+    if acc.is_main_process and audit is not None:
+        out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
+        run.write_json(
+            "summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "seconds": run.elapsed}
+        )
+        run.info(f"saved {out} in {run.elapsed:.0f}s")
+    acc.wait_for_everyone()
     run.close()
     return out
+
+
+def rollout_generator(seed: int, shard: int) -> torch.Generator:
+    """The sampling generator of rollout shard ``shard`` (when there are several)."""
+    return torch.Generator().manual_seed(seed * 1_000 + 5 + 7_919 * (shard + 1))
+
+
+def sharded_rollout(acc: Accelerator, policy: torch.nn.Module, ref: torch.nn.Module, critic: torch.nn.Module | None,
+                    rm: RewardModel, tok, prompts: list[str], pc: PPOConfig, kl_coef: float,
+                    shard_gens: dict[int, torch.Generator], shards: int) -> Rollout:  # fmt: skip
+    """Sample and score this process's shards of ``prompts``, gather every shard, finish the rollout.
+
+    Each shard is sampled with its own generator, so the result depends on ``shards`` only: one
+    process sampling two shards gives the same rollout as two processes sampling one each.
+    Rewards, whitening and advantages are then computed on the whole batch by every process.
+    """
+    per = len(prompts) // shards
+    mine = [sample_and_score(acc.unwrap_model(policy), ref, acc.unwrap_model(critic) if critic is not None else None,
+                             rm, tok, prompts[s * per : (s + 1) * per], pc, g)
+            for s, g in shard_gens.items()]  # fmt: skip
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        mine = [_to(s, torch.device("cpu")) for s in mine]
+        parts = [_to(s, acc.device) for s in gather_object(mine)]
+    else:
+        parts = mine
+    return rollout_from_samples(concat_samples(parts, int(tok.pad_token_id)), pc, kl_coef)
+
+
+def _to(s: RolloutSamples, device: torch.device) -> RolloutSamples:
+    b = s.batch
+    batch = SampleBatch(*(t.to(device) for t in (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask,
+                                                 b.logprobs, b.finished)))  # fmt: skip
+    values = s.values.to(device) if s.values is not None else None
+    return RolloutSamples(batch, s.logprobs.to(device), s.ref_logprobs.to(device), values,
+                          s.raw_scores.to(device), s.responses)  # fmt: skip
