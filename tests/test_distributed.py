@@ -132,3 +132,15 @@ def test_shards_cover_the_batch_in_order() -> None:
             assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
     assert local_rows(1, 1, 2) == (slice(0, 1), False)  # an empty share gets a stand-in row, weighted 0
     assert local_rows(3, 1, 2) == (slice(2, 3), True)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"), [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]
+)
+def test_accelerate_config_files_parse(name: str, mode: str) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == mode and cfg.mixed_precision == "no"
+    if name.startswith("zero"):
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -152,6 +153,17 @@ class Checkpointer:
         self.shared: dict[str, Any] = {}
         self.local: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
+        if accelerator is not None and accelerator.distributed_type in (
+            DistributedType.FSDP,
+            DistributedType.DEEPSPEED,
+        ):
+            if resume:
+                raise RewardlabError(f"{run.stage}: --resume works on one process or DDP, not with sharded states "
+                                     f"({accelerator.distributed_type.value}); see docs/scaling.md")  # fmt: skip
+            run.info(
+                f"{accelerator.distributed_type.value}: sharded training state, no training-state checkpoints"
+            )
+            self.every = 0
 
     # -- what is saved ------------------------------------------------------------------------
     def track(self, **objects: Any) -> None:
