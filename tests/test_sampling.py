@@ -183,6 +183,65 @@ def test_attention_implementations_agree(
     assert llama.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fast_decoder_is_bitwise_the_eager_forward(
+    model: PreTrainedModel,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    fuse: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_FastDecoder replays transformers' eager decoding step: the same samples and the same bits."""
+    ids, mask = prompts
+    assert sampling._FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW) is not None
+    monkeypatch.setattr(sampling, "_FUSE_PROJECTIONS", fuse)
+    monkeypatch.setattr(sampling, "_ONEDNN_SAMPLING", False)  # MKL matmuls, as transformers'
+    kw = dict(max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
+    fast = sample(model, ids, mask, generator=_gen(4), **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(sampling, "_FAST_DECODE", False)
+    slow = sample(model, ids, mask, generator=_gen(4), **kw)  # type: ignore[arg-type]
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    assert torch.equal(fast.logprobs, slow.logprobs)
+    assert 0 < int(fast.finished.sum()) < ids.shape[0]  # rows finished: the cache was compacted
+
+
+def test_onednn_sampling_matches_the_exact_decoder(
+    model: PreTrainedModel, prompts: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sampling with oneDNN-packed matmuls gives the exact path's samples up to last-bit rounding."""
+    ids, mask = prompts
+    monkeypatch.setattr(sampling, "_ONEDNN_MIN_WEIGHT", 0)  # pack even this tiny model's matrices
+    kw = dict(max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
+    decoder = sampling._FastDecoder.build(model, ids.shape[0], ids.shape[1] + 4, exact=False)
+    assert decoder is not None and decoder.pack == sampling._onednn_available(model.lm_head.weight)
+    assert decoder.lm_head[2] == decoder.pack and "qkv" in decoder.layers[0]
+    fast = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(sampling, "_ONEDNN_SAMPLING", False)
+    exact = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
+    # Short responses so that no rounding-level difference can flip a draw and fork a row.
+    assert torch.equal(fast.response_ids, exact.response_ids)
+    torch.testing.assert_close(fast.logprobs, exact.logprobs, atol=1e-5, rtol=0)
+
+
+def test_fast_decoder_steps_aside_for_hooks_and_adapters(llama: PreTrainedModel) -> None:
+    handle = llama.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    try:
+        assert sampling._FastDecoder.build(llama, 2, 8) is None
+    finally:
+        handle.remove()
+    assert sampling._FastDecoder.build(llama, 2, 8) is not None
+    wrapped = _model("llama")
+    wrapped.model.layers[1].self_attn.q_proj = torch.nn.Sequential(wrapped.model.layers[1].self_attn.q_proj)
+    assert sampling._FastDecoder.build(wrapped, 2, 8) is None
+
+
+def test_draw_follows_the_probabilities() -> None:
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2]]).repeat(20_000, 1)
+    draws = sampling._draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert freq[0] == 0 and freq[2] == 0  # zero-probability entries are never drawn
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. log-probs == a fresh forward's
 
