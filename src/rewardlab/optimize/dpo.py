@@ -214,9 +214,14 @@ def pair_logps(model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def compute_logps(
     model: nn.Module, examples: Sequence[PairExample], pad_id: int, *, packing: str = "shared_prompt",
-    batch_size: int = 256, device: torch.device | str = "cpu",
+    batch_size: int = 16, device: torch.device | str = "cpu",
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Chosen and rejected log-probs [N] of every example (in order), batched by length."""
+    """Chosen and rejected log-probs [N] of every example (in order), batched by length.
+
+    Small batches are as fast on CPU and keep the peak memory low (2,000 pairs, 1M params:
+    batch 256 took 13.8 s and peaked at 933 MiB RSS, batch 16 10.3 s and 471 MiB; 11M params:
+    batch 64 131 s / 789 MiB, batch 16 123 s / 539 MiB).
+    """
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].packed_length)
@@ -258,7 +263,7 @@ def reference_cache_key(model: nn.Module, examples: Sequence[PairExample], packi
 
 def cached_reference_logps(
     ref: nn.Module, examples: Sequence[PairExample], pad_id: int, cache_dir: Path | str | None, *,
-    packing: str = "shared_prompt", device: torch.device | str = "cpu", batch_size: int = 256,
+    packing: str = "shared_prompt", device: torch.device | str = "cpu", batch_size: int = 16,
 ) -> tuple[Tensor, Tensor, str, bool]:  # fmt: skip
     """Reference log-probs of ``examples``: read from ``cache_dir/ref_logps-<key>.pt`` or computed and written.
 
