@@ -94,7 +94,8 @@ def audit_policy(
     kl_sums: dict[str, list[float]] = {"k1": [], "k2": [], "k3": []}
     for i in range(0, len(problems), batch_size):
         texts = [p.text for p in problems[i : i + batch_size]]
-        ids, mask = encode_prompts(tokenizer, [prompt_transform(t) for t in texts] if prompt_transform else texts)  # fmt: skip
+        policy_texts = [prompt_transform(t) for t in texts] if prompt_transform else texts
+        ids, mask = encode_prompts(tokenizer, policy_texts)
         b = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
                    temperature=temperature, generator=gen)  # fmt: skip
