@@ -227,3 +227,23 @@ def test_criteria_needs_summary(tmp_path):
 
     with pytest.raises(RewardlabError, match=r"summary\.json"):
         criteria_table(tmp_path)
+
+
+def test_methods_compared_table_averages_seeds_and_reads_wall_time(tmp_path):
+    from rewardlab.report.build import compare_methods, method_label
+
+    for seed in (0, 1):
+        arm = make_arm(tmp_path, "time-pressed", seed, methods=("ppo",))
+        (arm / "ppo" / "summary.json").write_text(json.dumps({"seconds": 100.0 + 20 * seed}))
+    make_arm(tmp_path, "unbiased", 0, methods=("ppo",))  # no summary.json: wall time unknown
+    rows = {(r["preset"], r["method"]): r for r in compare_methods(load_arms(tmp_path))}
+    biased, control = rows[("time-pressed", "ppo")], rows[("unbiased", "ppo")]
+    assert biased["n_seeds"] == 2 and biased["wall_seconds"] == pytest.approx(110.0)
+    assert math.isnan(control["wall_seconds"]) and not control["biased"]
+    per_seed = [json.loads(x) for s in (0, 1) for x in
+                (tmp_path / f"time-pressed-s{s}" / "ppo" / "audit.jsonl").read_text().splitlines()[-1:]]  # fmt: skip
+    assert biased["gold_end"] == pytest.approx(np.mean([r["gold/mean"] for r in per_seed]))
+    assert method_label("dpo-b0.1") == "DPO β=0.1" and method_label("filtered-mle") == "filtered MLE"
+    assert method_label("my-method") == "my-method"
+    html = (build_report(tmp_path)).read_text()
+    assert "Methods compared" in html and "110" in html

@@ -42,11 +42,23 @@ from rewardlab.utils import RewardlabError, atomic_write_text
 CONTROL_PRESET = "unbiased"
 #: Method folders shown first, in this order; others follow alphabetically, best-of-n last.
 METHOD_ORDER = ("ppo", "rloo", "grpo", "reinforce", "dpo")
+#: How method folders are named in figures and tables (others keep their folder name).
+METHOD_LABELS = {"ppo": "PPO", "bon": "best-of-n", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO",
+                 "dpo-iter": "iterated DPO", "filtered-mle": "filtered MLE", "rwr": "RWR",
+                 "reward-conditioned": "reward-conditioned", "alol": "A-LoL"}  # fmt: skip
 SYCOPHANCY_KEYS = ("behavior/sycophancy_rate", "behavior/sycophancy_words", "behavior/sycophancy_number")
 #: Window of the centered moving average used for the gold peak.
 PEAK_WINDOW = 3
 #: Folders of RUN_DIR that are never arms.
 _SKIP_DIRS = {"plots", "__pycache__"}
+
+
+def method_label(name: str) -> str:
+    """``dpo-b0.1`` -> ``DPO β=0.1``; known folders get their display name; others stay as they are."""
+    m = re.fullmatch(r"(.+)-b([0-9.eE+-]+)", name)
+    if m and m.group(1) in METHOD_LABELS:
+        return f"{METHOD_LABELS[m.group(1)]} β={m.group(2)}"
+    return METHOD_LABELS.get(name, name)
 
 
 # ---------------------------------------------------------------------------------------- data model
@@ -374,12 +386,42 @@ def summarize_method(arm: Arm, run: MethodRun) -> dict[str, Any]:
     s["sycophancy_start"], s["sycophancy_end"] = _first_last_finite(run.column("behavior/sycophancy_rate"))
     s["length_start"], s["length_end"] = _first_last_finite(run.column("behavior/length"))
     s["kl_end"] = _first_last_finite(kl)[1]
+    s["wall_seconds"] = wall_seconds(run.dir)
     s["attribution"] = gold_attribution(run.rows[0], run.rows[-1])
     try:
         s["law"], s["law_error"] = law_dict(fit_law(run.kind, kl, gold)), None
     except ValueError as e:
         s["law"], s["law_error"] = None, str(e)
     return s
+
+
+def wall_seconds(method_dir: Path) -> float:
+    """The optimizer's wall time: ``seconds`` in its ``summary.json`` (NaN when absent or unreadable)."""
+    try:
+        return _num(json.loads((method_dir / "summary.json").read_text(encoding="utf-8")).get("seconds"))
+    except (OSError, ValueError, AttributeError):
+        return math.nan
+
+
+def compare_methods(arms: Sequence[Arm]) -> list[dict[str, Any]]:
+    """One row per (preset, method), averaged over seeds: final proxy and gold, smoothed peak gold, final
+    KL, final sycophancy rate, wall time. The comparison table of the report (and of the README)."""
+    out = []
+    for (preset, method), runs in group_runs(arms).items():
+        per = [summarize_method(next(a for a in arms if r in a.methods.values()), r) for r in runs]
+
+        def mean(key: str, per: list[dict[str, Any]] = per) -> float:
+            vals = [
+                float(x[key]) for x in per if isinstance(x.get(key), int | float) and math.isfinite(x[key])
+            ]
+            return float(np.mean(vals)) if vals else math.nan
+
+        out.append({"preset": preset, "method": method, "kind": runs[0].kind, "n_seeds": len(runs),
+                    "biased": preset != CONTROL_PRESET, "proxy_end": mean("proxy_end"), "gold_start": mean("gold_start"),
+                    "gold_end": mean("gold_end"), "gold_peak": mean("gold_peak"), "kl_end": mean("kl_end"),
+                    "sycophancy_end": mean("sycophancy_end"), "accuracy_end": mean("accuracy_end"),
+                    "wall_seconds": mean("wall_seconds")})  # fmt: skip
+    return out
 
 
 def build_summary(arms: Sequence[Arm], run_dir: Path, warnings: list[str]) -> dict[str, Any]:
@@ -403,6 +445,7 @@ def build_summary(arms: Sequence[Arm], run_dir: Path, warnings: list[str]) -> di
             law, err = None, str(e)
         pooled.append({"preset": p, "method": m, "n_seeds": len(runs), "law": law, "law_error": err})
     out["pooled_laws"] = pooled
+    out["comparison"] = compare_methods(arms)
     out["warnings"] = list(warnings)
     return out
 

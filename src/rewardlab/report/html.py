@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardlab.audit.laws import GOLD_PARTS
+from rewardlab.report.build import method_label
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1280px;
@@ -225,6 +226,34 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
     return rows
 
 
+COMPARE_HEADERS = (
+    "method",
+    "raters",
+    "seeds",
+    "gold start",
+    "final proxy",
+    "final gold",
+    "peak gold",
+    "KL (nats)",
+    "sycophancy rate",
+    "accuracy",
+    "wall time (s)",
+)
+COMPARE_NOTE = (
+    "Every optimizer on the same SFT model, rater labels and reward model, averaged over seeds: the "
+    "proxy and gold at the last audit, the gold peak (3-point moving average), the final KL to the "
+    "SFT policy, the share of wrong-belief prompts whose response affirms the belief, and the "
+    "optimizer's wall time (its <code>summary.json</code>). Best-of-n rows are at the largest n."
+)
+
+
+def _compare_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
+    return [([method_label(r["method"]), r["preset"], r["n_seeds"], fmt(r["gold_start"]), fmt(r["proxy_end"]),
+              fmt(r["gold_end"]), fmt(r["gold_peak"]), fmt(r["kl_end"], ".3g"), fmt(r["sycophancy_end"], ".1%"),
+              fmt(r["accuracy_end"], ".1%"), fmt(r["wall_seconds"], ".0f")],
+             "biased" if r["biased"] else "control") for r in summary.get("comparison", [])]  # fmt: skip
+
+
 def _finite(*vs: Any) -> bool:
     return all(isinstance(v, int | float) and math.isfinite(v) for v in vs)
 
@@ -266,6 +295,9 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         "<h2>Over-optimization law fits</h2>",
         f'<p class="note">{LAW_NOTE}</p>',
         table(LAW_HEADERS, _law_rows(summary), num_cols=range(4, 11)),
+        "<h2>Methods compared</h2>",
+        f'<p class="note">{COMPARE_NOTE}</p>',
+        table(COMPARE_HEADERS, _compare_rows(summary), num_cols=range(2, 11)),
         "<h2>Per-arm summary</h2>",
         f'<p class="note">{SUMMARY_NOTE}</p>',
         table(SUMMARY_HEADERS, _summary_rows(summary), num_cols=range(3, 18)),

@@ -31,27 +31,26 @@ from rewardlab.report.build import (
     fit_runs,
     group_runs,
     mean_curve,
+    method_label,
     method_names,
     presets,
 )
 
 DPI = 110
 METHOD_COLORS = {"ppo": "#1f77b4", "bon": "#ff7f0e", "rloo": "#2ca02c", "grpo": "#9467bd",
-                 "dpo": "#8c564b", "reinforce": "#17becf"}  # fmt: skip
-_EXTRA_COLORS = ("#e377c2", "#bcbd22", "#7f7f7f", "#d62728")
+                 "dpo": "#8c564b", "reinforce": "#17becf", "dpo-iter": "#e377c2", "filtered-mle": "#bcbd22",
+                 "rwr": "#7f7f7f", "reward-conditioned": "#d62728", "alol": "#17becf"}  # fmt: skip
+#: For folders without a color (e.g. one per beta of a DPO sweep): the rest of the tab20 palette.
+_EXTRA_COLORS = ("#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
+                 "#ff9896", "#393b79", "#637939", "#8c6d31")  # fmt: skip
 _BIASED_STYLES = ("-", "-.", (0, (6, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2)))
 CONTROL_STYLE = ":"
 PART_COLORS = {"accuracy": "#2ca02c", "length": "#9467bd", "sycophancy": "#d62728",
                "confidence": "#8c564b", "unparseable": "#7f7f7f"}  # fmt: skip
 D_LABEL = r"$\sqrt{\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})}$  ($\sqrt{\mathrm{nats}}$)"
-METHOD_LABELS = {"ppo": "PPO", "bon": "best-of-n", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO"}
 
 
 # ------------------------------------------------------------------------------------------ styling
-def method_label(name: str) -> str:
-    return METHOD_LABELS.get(name, name)
-
-
 def _colors(arms: Sequence[Arm]) -> dict[str, str]:
     extra = itertools.cycle(_EXTRA_COLORS)
     return {m: METHOD_COLORS.get(m) or next(extra) for m in method_names(arms)}
