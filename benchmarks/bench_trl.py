@@ -1,0 +1,663 @@
+"""rewardlab against TRL 1.16, side by side in one run: DPO, reward model, SFT, GRPO/PPO and the sampler.
+
+    python benchmarks/bench_trl.py                 # the full suite (make bench)
+    python benchmarks/bench_trl.py --quick         # short runs, for development
+    python benchmarks/bench_trl.py --only sft,rm --sizes 1m --repeats 3
+
+Both sides train the same local Llama models (~1M and ~11M params, saved once and loaded with
+``from_pretrained``) on the same synthetic data (2,000 pairs, ~62 real tokens per sequence, see
+``bench_assets.py``), fp32, 8 samples per optimizer step, no gradient checkpointing, each run in its
+own subprocess with the same torch thread count (``--threads``, default 1, set before any work), so
+each run's peak RSS (``getrusage`` in the child) is its own. The runs of a pair alternate
+(A B, B A, A B, ...) over ``--repeats`` so that drifts in machine load hit both sides alike; the
+ratio rewardlab/TRL is taken within each repeat and reported as min/median/max.
+
+Rates exclude warm-up: they run from the end of step ``--warmup`` to the end of the last step
+(TRL: ``on_step_end`` timestamps; rewardlab: the same points of its loops). A *sample* is a pair
+(DPO, reward), a prompt+completion sequence (SFT) or a generated completion (GRPO/PPO: 2 prompts x
+4 generations of up to 48 new tokens). tokens/s counts non-pad tokens of the policy's input as the
+data defines them (prompt + completion for each sequence; DPO and reward: chosen and rejected
+sequences, each with its prompt, even where rewardlab shares the prompt), so it is samples/s times
+the mean tokens per sample; GRPO/PPO count prompt plus generated tokens actually produced. Setup is
+from the top of the child to just before the first training step (imports, loading, tokenisation,
+trainer construction, TRL's reference precompute over all 2,000 pairs).
+
+Pairs: DPO (reference log-probs precomputed on both sides) vs ``DPOTrainer``; reward-model training
+vs ``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GRPO (advantage
+``grpo``, one update per rollout, no KL, like TRL's defaults) and full PPO (separate value model,
+2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
+step); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
+outputs asserted identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+T_START = time.perf_counter()  # setup time counts from here (the child's imports included)
+
+HERE = Path(__file__).resolve().parent
+WARMUP = 10
+BATCH = 8
+GROUP = 4  # GRPO/PPO generations per prompt
+NEW_TOKENS = 48
+SIZES = ("1m", "11m")
+TRAINERS = ("sampler", "dpo", "rm", "sft", "onpolicy")
+
+# Targets: median ratio rewardlab / TRL, per (row, size).
+TARGETS: dict[tuple[str, str], float] = {
+    ("dpo", "1m"): 2.0, ("dpo", "11m"): 1.3,
+    ("rm", "1m"): 1.5, ("rm", "11m"): 1.2,
+    ("sft", "1m"): 1.5, ("sft", "11m"): 1.2,
+    ("grpo", "1m"): 2.0, ("grpo", "11m"): 2.0,
+    ("ppo", "1m"): 1.2, ("ppo", "11m"): 1.2,
+    ("sampler", "1m"): 3.0, ("sampler", "11m"): 1.5,
+}  # fmt: skip
+LEARNING_RATE = {"dpo": 5e-6, "rm": 1e-4, "sft": 2e-5, "grpo": 1e-5, "ppo": 1e-5}
+
+
+# ----------------------------------------------------------------------------------------- child side
+class StepClock:
+    """End-of-step timestamps; the rate is measured from the end of step ``warmup`` to the last step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: dict[int, float] = {}
+        self.first_step_start: float | None = None
+
+    def mark(self, step: int) -> None:
+        self.times[step] = time.perf_counter()
+
+    def measured(self) -> tuple[int, float]:
+        """(steps measured, seconds) between the end of step ``warmup`` and the last step."""
+        last = max(self.times)
+        return last - self.warmup, self.times[last] - self.times[self.warmup]
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    torch.set_num_interop_threads(1)
+
+
+def _trl_common(spec: dict[str, Any], out: str) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL run (fp32, no checkpointing, no saving, no reporting)."""
+    return dict(output_dir=out, per_device_train_batch_size=BATCH, max_steps=spec["steps"],
+                learning_rate=LEARNING_RATE[spec["trainer"]], bf16=False, fp16=False,
+                gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to="none",
+                disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0)  # fmt: skip
+
+
+def _trl_clock_callback(clock: StepClock) -> Any:
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.mark(int(state.global_step))
+
+    return Clock()
+
+
+def _rl_optim(trainer: str, **kw: Any) -> Any:
+    """rewardlab's optimizer config matching TRL's defaults: AdamW (0.9, 0.999), linear decay, clip 1.0."""
+    from rewardlab.config import OptimConfig
+
+    return OptimConfig(lr=LEARNING_RATE[trainer], weight_decay=0.0, warmup_steps=0, schedule="linear",
+                       betas=(0.9, 0.999), max_grad_norm=1.0, **kw)  # fmt: skip
+
+
+def _timed_run(out: str, clock: StepClock) -> Any:
+    """A quiet rewardlab ``Run`` that also marks the clock at every logged step (every 10 and the last)."""
+    from rewardlab.runs import Run
+
+    class TimedRun(Run):
+        def log_metrics(self, metrics: Any, step: int) -> None:
+            clock.mark(step)
+            super().log_metrics(metrics, step)
+
+    return TimedRun(out, "bench", quiet=True)
+
+
+def _pairs(spec: dict[str, Any]) -> list[dict[str, str]]:
+    from bench_assets import read_pairs
+
+    return read_pairs(spec["assets"])
+
+
+def _seq_tokens(rows: list[dict[str, str]], tok: Any, key: str) -> float:
+    """Mean real tokens of prompt + ``key`` completion (+ EOS), as both sides tokenise them."""
+    n = [len(tok(r["prompt"] + r[key], add_special_tokens=False)["input_ids"]) + 1 for r in rows]
+    return sum(n) / len(n)
+
+
+# -- SFT ---------------------------------------------------------------------------------------------
+def rl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    import random
+
+    from rewardlab.optimize.lm import bucket_batches, collate_lm, train_lm
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+    from rewardlab.policies.tokenizer import encode_examples
+
+    assets = Path(spec["assets"])
+    tok = load_tokenizer(assets / "tokenizer")
+    model = load_causal_lm(assets / "models" / spec["size"])
+    rows = _pairs(spec)
+    examples = encode_examples(tok, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    pad = int(tok.pad_token_id)
+    rng = random.Random(0)
+    lengths = [len(p) + len(c) for p, c in examples]
+    queue: list[list[int]] = []
+
+    def next_batch(step: int) -> dict[str, Any]:  # as pipelines/sft.py does with packing="bucket"
+        if not queue:
+            queue.extend(bucket_batches(lengths, BATCH, rng))
+        return collate_lm([examples[j] for j in queue.pop()], pad, completion_only=True)
+
+    setup = time.perf_counter() - T_START
+    train_lm(model, next_batch, steps=spec["steps"], optim=_rl_optim("sft"), run=_timed_run(out, clock))
+    return {"setup_s": setup, "tokens_per_sample": sum(lengths) / len(lengths)}
+
+
+def trl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    assets = Path(spec["assets"])
+    tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    rows = _pairs(spec)
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
+    cfg = SFTConfig(**_trl_common(spec, out), max_length=128, packing=False, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                         callbacks=[_trl_clock_callback(clock)])  # fmt: skip
+    setup = time.perf_counter() - T_START
+    trainer.train()
+    return {"setup_s": setup, "tokens_per_sample": _seq_tokens(rows, tok, "chosen")}
+
+
+# -- reward model ------------------------------------------------------------------------------------
+def rl_rm(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from rewardlab.config import RewardConfig
+    from rewardlab.feedback.records import Comparison
+    from rewardlab.policies.models import load_tokenizer
+    from rewardlab.rewards.model import init_reward_backbone
+    from rewardlab.rewards.train import train_reward_member
+
+    assets = Path(spec["assets"])
+    tok = load_tokenizer(assets / "tokenizer")
+    model = init_reward_backbone(assets / "models" / spec["size"], tok, seed=0)
+    rows = _pairs(spec)
+    comps = [Comparison(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"])
+             for r in rows[: spec["steps"] * BATCH]]  # fmt: skip
+    cfg = RewardConfig(batch_size=BATCH, epochs=1, optim=_rl_optim("rm"))
+    setup = time.perf_counter() - T_START
+    train_reward_member(model, tok, cfg, pairs=comps, rankings=None, seed=0, run=_timed_run(out, clock))
+    tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
+    return {"setup_s": setup, "tokens_per_sample": tps}
+
+
+def trl_rm(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    assets = Path(spec["assets"])
+    tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
+    model = AutoModelForSequenceClassification.from_pretrained(assets / "models" / spec["size"], num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    rows = _pairs(spec)
+    ds = Dataset.from_list(rows)
+    cfg = RewardConfig(**_trl_common(spec, out), max_length=128)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                            callbacks=[_trl_clock_callback(clock)])  # fmt: skip
+    setup = time.perf_counter() - T_START
+    trainer.train()
+    tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
+    return {"setup_s": setup, "tokens_per_sample": tps}
+
+
+# -- DPO -----------------------------------------------------------------------------------------------
+def rewardlab_has_dpo() -> bool:
+    try:
+        import rewardlab.optimize.dpo  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from rewardlab.config import DPOConfig
+    from rewardlab.feedback.records import Comparison
+    from rewardlab.optimize.dpo import PreferenceData, cached_reference_logps, tokenize_comparisons, train_dpo
+    from rewardlab.optimize.lm import make_optimizer
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+
+    assets = Path(spec["assets"])
+    path = assets / "models" / spec["size"]
+    tok = load_tokenizer(assets / "tokenizer")
+    pad = int(tok.pad_token_id)
+    policy = load_causal_lm(path)
+    rows = _pairs(spec)
+    comps = [Comparison(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"]) for r in rows]
+    dc = DPOConfig(loss="sigmoid", beta=0.1, steps=spec["steps"], batch_size=BATCH, optim=_rl_optim("dpo"),
+                   reference="precomputed", packing="shared_prompt")  # fmt: skip
+    data = PreferenceData(tokenize_comparisons(tok, comps))
+    ref = load_causal_lm(path).eval().requires_grad_(False)
+    # All 2,000 pairs, into a fresh cache folder: computed, never a cache hit (as TRL's precompute).
+    data.ref_chosen, data.ref_rejected, _, hit = cached_reference_logps(
+        ref, data.examples, pad, Path(out) / "cache", packing=dc.packing
+    )
+    assert not hit
+    del ref
+    acc = Accelerator()
+    opt, sched = make_optimizer(policy, dc.optim, dc.steps)
+    policy, opt = acc.prepare(policy, opt)
+    setup = time.perf_counter() - T_START
+    train_dpo(
+        policy, opt, sched, data, dc, steps=dc.steps, run=_timed_run(out, clock), acc=acc, pad_id=pad, seed=0
+    )
+    tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
+    return {"setup_s": setup, "tokens_per_sample": tps}
+
+
+def trl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    assets = Path(spec["assets"])
+    tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    rows = _pairs(spec)
+    ds = Dataset.from_list(rows)
+    cfg = DPOConfig(**_trl_common(spec, out), beta=0.1, loss_type=["sigmoid"], max_length=128,
+                    precompute_ref_log_probs=True)  # fmt: skip
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                         callbacks=[_trl_clock_callback(clock)])  # fmt: skip
+    setup = time.perf_counter() - T_START
+    trainer.train()
+    tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
+    return {"setup_s": setup, "tokens_per_sample": tps}
+
+
+# -- on-policy -----------------------------------------------------------------------------------------
+def _step_prompts(rows: list[dict[str, str]], step: int) -> list[str]:
+    """The prompts of optimizer step ``step`` (1-based), in dataset order: TRL's with ``shuffle_dataset=False``."""
+    n = BATCH // GROUP
+    start = ((step - 1) * n) % len(rows)
+    return [rows[start + i]["prompt"] for i in range(n)]
+
+
+def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: str) -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+    from bench_assets import good_fraction, read_good_words
+
+    from rewardlab.config import PPOConfig
+    from rewardlab.optimize.lm import make_optimizer
+    from rewardlab.optimize.ppo import ValueModel, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+    from rewardlab.rewards.model import RewardScores
+
+    assets = Path(spec["assets"])
+    path = assets / "models" / spec["size"]
+    good = read_good_words(assets)
+
+    class WordReward:
+        """The synthetic reward as a rewardlab proxy: ``score`` returns :class:`RewardScores`."""
+
+        alpha = 0.0
+
+        def score(self, prompts: list[str], completions: list[str]) -> RewardScores:
+            s = torch.tensor([good_fraction(c, good) for c in completions])
+            return RewardScores(mean=s, std=torch.zeros_like(s), members=s[None])
+
+    tok = load_tokenizer(assets / "tokenizer")
+    acc = Accelerator()
+    policy = load_causal_lm(path)
+    ref = load_causal_lm(path).eval().requires_grad_(False)
+    if advantage == "grpo":  # TRL GRPO's defaults: one update per rollout, beta = 0, no EOS penalty
+        pc = PPOConfig(advantage="grpo", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
+                       ppo_epochs=1, minibatches=1, kl_coef=0.0, missing_eos="none",
+                       max_new_tokens=NEW_TOKENS, optim=_rl_optim("grpo"))  # fmt: skip
+        critic = None
+    else:  # rewardlab's PPO defaults: separate critic, 2 epochs x 2 minibatches, KL 0.05, EOS penalty
+        pc = PPOConfig(advantage="gae", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
+                       value_init="policy", max_new_tokens=NEW_TOKENS, optim=_rl_optim("ppo"))  # fmt: skip
+        critic = ValueModel.from_pretrained(path)
+    opt, _ = make_optimizer(
+        torch.nn.ModuleList([policy, *([critic] if critic else [])]), pc.optim, spec["steps"]
+    )
+    if critic is not None:
+        policy, critic, opt = acc.prepare(policy, critic, opt)
+    else:
+        policy, opt = acc.prepare(policy, opt)
+    rows = _pairs(spec)
+    rm = WordReward()
+    gen = torch.Generator().manual_seed(0)
+    tokens = 0
+    setup = time.perf_counter() - T_START
+    policy.train()
+    for step in range(1, spec["steps"] + 1):
+        prompts = [p for p in _step_prompts(rows, step) for _ in range(GROUP)]
+        ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, pc.kl_coef, gen)  # type: ignore[arg-type]
+        metrics = rollout_metrics(ro, pc, pc.kl_coef)
+        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_))
+        clock.mark(step)
+        if step > clock.warmup:
+            tokens += int(ro.batch.prompt_mask.sum()) + int(ro.batch.response_mask.sum())
+    _, secs = clock.measured()
+    return {"setup_s": setup, "tokens_per_s": tokens / secs}
+
+
+def rl_grpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    return _rl_onpolicy(spec, clock, out, "grpo")
+
+
+def rl_ppo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    return _rl_onpolicy(spec, clock, out, "gae")
+
+
+def trl_grpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    from bench_assets import good_fraction, read_good_words
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    assets = Path(spec["assets"])
+    tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    rows = _pairs(spec)
+    good = read_good_words(assets)
+    prompt_len = {r["prompt"]: len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows}
+    counted = {"tokens": 0}
+
+    def good_words_reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]],
+                          **kwargs: Any) -> list[float]:  # fmt: skip
+        if len(clock.times) >= clock.warmup:  # this rollout belongs to a measured step
+            counted["tokens"] += sum(prompt_len[p] for p in prompts) + sum(len(c) for c in completion_ids)
+        return [good_fraction(c, good) for c in completions]
+
+    ds = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
+    cfg = GRPOConfig(**_trl_common(spec, out), num_generations=GROUP, max_completion_length=NEW_TOKENS,
+                     beta=0.0, shuffle_dataset=False, temperature=1.0)  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=good_words_reward, args=cfg, train_dataset=ds,
+                          processing_class=tok, callbacks=[_trl_clock_callback(clock)])  # fmt: skip
+    setup = time.perf_counter() - T_START
+    trainer.train()
+    _, secs = clock.measured()
+    return {"setup_s": setup, "tokens_per_s": counted["tokens"] / secs}
+
+
+# -- sampler -------------------------------------------------------------------------------------------
+def sampler_pair(spec: dict[str, Any], out: str) -> dict[str, Any]:
+    """sample() vs model.generate in one process, alternating; greedy outputs must be identical."""
+    import copy
+
+    import torch
+
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+    from rewardlab.policies.sampling import encode_prompts, sample
+
+    assets = Path(spec["assets"])
+    tok = load_tokenizer(assets / "tokenizer")
+    model = load_causal_lm(assets / "models" / spec["size"]).eval()
+    rows = _pairs(spec)
+    pad = int(tok.pad_token_id)
+    prompts = [p for p in _step_prompts(rows, 1) for _ in range(GROUP)]  # the GRPO batch: 2 x 4
+    ids, mask = encode_prompts(tok, prompts)
+    no_eos = copy.deepcopy(model.generation_config)
+    no_eos.eos_token_id = None  # both sides produce exactly NEW_TOKENS tokens per row
+    gen = torch.Generator().manual_seed(0)
+
+    def run_sample() -> None:
+        o = sample(
+            model, ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=-1, pad_token_id=pad, generator=gen
+        )
+        assert o.response_ids.shape == (len(prompts), NEW_TOKENS)
+
+    def run_generate() -> None:
+        with torch.inference_mode():
+            o = model.generate(ids, attention_mask=mask, generation_config=no_eos, do_sample=True,
+                               temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
+                               pad_token_id=pad)  # fmt: skip
+        assert o.shape == (len(prompts), ids.shape[1] + NEW_TOKENS)
+
+    check = greedy_outputs_identical(model, tok, [r["prompt"] for r in rows[:64]], NEW_TOKENS)
+    if not check:
+        raise AssertionError("sample(greedy=True) and model.generate(do_sample=False) differ")
+    run_sample()
+    run_generate()
+    runs = spec["sampler_calls"]
+    t: dict[str, list[float]] = {"rewardlab": [], "trl": []}
+    for r in range(spec["repeats"]):
+        order = [("rewardlab", run_sample), ("trl", run_generate)]
+        for side, fn in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                fn()
+            t[side].append(time.perf_counter() - t0)
+    n_tok = runs * len(prompts) * NEW_TOKENS
+    return {"times": t, "new_tokens_per_call": len(prompts) * NEW_TOKENS, "calls": runs,
+            "tokens_per_s": {k: [n_tok / s for s in v] for k, v in t.items()}, "greedy_identical": check}  # fmt: skip
+
+
+def greedy_outputs_identical(model: Any, tok: Any, prompts: list[str], new_tokens: int) -> bool:
+    """``sample(greedy=True)`` gives exactly ``model.generate(do_sample=False)``'s tokens (EOS enabled)."""
+    import torch
+
+    from rewardlab.policies.sampling import encode_prompts, sample
+
+    ids, mask = encode_prompts(tok, prompts)
+    eos, pad = int(tok.eos_token_id), int(tok.pad_token_id)
+    ours = sample(
+        model, ids, mask, max_new_tokens=new_tokens, eos_token_id=eos, pad_token_id=pad, greedy=True
+    )
+    with torch.inference_mode():
+        ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                             eos_token_id=eos, pad_token_id=pad)[:, ids.shape[1] :]  # fmt: skip
+    # generate pads finished rows with pad and stops when all rows are done; compare up to the shorter
+    width = min(ref.shape[1], ours.response_ids.shape[1])
+    same = bool((ref[:, :width] == ours.response_ids[:, :width]).all())
+    return (
+        same and (ref[:, width:] == pad).all().item() and (ours.response_ids[:, width:] == pad).all().item()
+    )
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any], StepClock, str], dict[str, Any]]] = {
+    "rewardlab/sft": rl_sft, "trl/sft": trl_sft, "rewardlab/rm": rl_rm, "trl/rm": trl_rm,
+    "rewardlab/dpo": rl_dpo, "trl/dpo": trl_dpo, "rewardlab/grpo": rl_grpo, "rewardlab/ppo": rl_ppo,
+    "trl/grpo": trl_grpo,
+}  # fmt: skip
+
+
+def child_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one benchmark in this (fresh) process and return its measurements."""
+    _threads(spec["threads"])
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
+        if spec["trainer"] == "sampler":
+            res = sampler_pair(spec, out)
+        else:
+            clock = StepClock(WARMUP)
+            res = RUNNERS[f"{spec['side']}/{spec['trainer']}"](spec, clock, out)
+            n, secs = clock.measured()
+            if n != spec["steps"] - WARMUP:
+                raise RuntimeError(f"measured {n} steps, expected {spec['steps'] - WARMUP}")
+            res["samples_per_s"] = n * BATCH / secs
+            res.setdefault("tokens_per_s", res["samples_per_s"] * res.get("tokens_per_sample", 0.0))
+            res["measured_s"] = secs
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["threads"] = torch.get_num_threads()
+    return res
+
+
+# ---------------------------------------------------------------------------------------- parent side
+def run_child(spec: dict[str, Any], log: Path) -> dict[str, Any]:
+    env = dict(os.environ)
+    n = str(spec["threads"])
+    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
+               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
+               HF_DATASETS_CACHE=str(log.parent / "hf_datasets_cache"))  # fmt: skip
+    with log.open("a") as f:
+        f.write(f"\n=== {json.dumps(spec)}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                              stdout=subprocess.PIPE, stderr=f, text=True, env=env, check=False)  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark child failed (rc={proc.returncode}): {spec}; see {log}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _mmm(xs: list[float]) -> tuple[float, float, float]:
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def _fmt_ratio(xs: list[float]) -> str:
+    lo, med, hi = _mmm(xs)
+    return f"{lo:.2f} / **{med:.2f}** / {hi:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="30 offline / 20 on-policy steps, 3 repeats")
+    ap.add_argument("--only", default=",".join(TRAINERS), help=f"comma-separated subset of {TRAINERS}")
+    ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--repeats", type=int, default=3, help="ABAB repeats per pair (>= 3 for the table)")
+    ap.add_argument("--steps", type=int, default=None, help="offline steps (default 100; quick 30)")
+    ap.add_argument("--onpolicy-steps", type=int, default=None, help="default 50; quick 20")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in every run, both sides")
+    ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
+    ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        print("RESULT " + json.dumps(child_main(json.loads(args.child))), flush=True)
+        return
+
+    sys.path.insert(0, str(HERE))
+    from bench_assets import build_assets
+
+    steps = args.steps or (30 if args.quick else 100)
+    on_steps = args.onpolicy_steps or (20 if args.quick else 50)
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "children.log"
+    log.write_text("")
+    t0 = time.perf_counter()
+    assets = Path(args.assets) if args.assets else Path(tempfile.mkdtemp(prefix="bench_assets_"))
+    if not (assets / "pairs.jsonl").is_file():
+        build_assets(assets)
+    print(f"assets in {assets} ({time.perf_counter() - t0:.1f} s); threads per run: {args.threads}; "
+          f"steps {steps} offline / {on_steps} on-policy, first {WARMUP} excluded; {args.repeats} repeats",
+          flush=True)  # fmt: skip
+    results: dict[str, Any] = {"args": vars(args), "rows": []}
+    base = {"assets": str(assets), "threads": args.threads}
+    for trainer in only:
+        for size in sizes:
+            if trainer == "dpo" and not rewardlab_has_dpo():
+                print("dpo: rewardlab.optimize.dpo not available; skipped", flush=True)
+                continue
+            if trainer == "sampler":
+                spec = {**base, "trainer": "sampler", "size": size, "repeats": max(args.repeats, 3),
+                        "sampler_calls": 3 if args.quick else 10}  # fmt: skip
+                res = run_child(spec, log)
+                ratios = [a / b for a, b in zip(res["times"]["trl"], res["times"]["rewardlab"])]
+                row = {"row": "sampler", "size": size, "ratios": ratios, "greedy_identical": res["greedy_identical"],
+                       "rewardlab": {"tokens_per_s": res["tokens_per_s"]["rewardlab"]},
+                       "trl": {"tokens_per_s": res["tokens_per_s"]["trl"]}}  # fmt: skip
+                results["rows"].append(row)
+                print(f"sampler {size}: ratio {_fmt_ratio(ratios)} greedy identical {res['greedy_identical']}",
+                      flush=True)  # fmt: skip
+                continue
+            sides = ["rewardlab/grpo", "rewardlab/ppo", "trl/grpo"] if trainer == "onpolicy" else \
+                [f"rewardlab/{trainer}", f"trl/{trainer}"]  # fmt: skip
+            n_steps = on_steps if trainer == "onpolicy" else steps
+            runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
+            for r in range(args.repeats):
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate who goes first
+                for side in order:
+                    who, what = side.split("/")
+                    spec = {**base, "trainer": what, "side": who, "size": size, "steps": n_steps}
+                    res = run_child(spec, log)
+                    runs[side].append(res)
+                    print(f"  {side} {size} repeat {r}: {res['samples_per_s']:.1f} samples/s, "
+                          f"{res['peak_rss_mib']:.0f} MiB, setup {res['setup_s']:.1f} s", flush=True)  # fmt: skip
+            trl_side = sides[-1]
+            for side in sides[:-1]:
+                name = side.split("/")[1]
+                ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[side], runs[trl_side])]
+                results["rows"].append({"row": name, "size": size, "ratios": ratios, "rewardlab": runs[side],
+                                        "trl": runs[trl_side], "trl_name": trl_side})  # fmt: skip
+                print(f"{name} {size}: ratio {_fmt_ratio(ratios)}", flush=True)
+    results["elapsed_s"] = time.perf_counter() - t0
+    table = render_table(results["rows"])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    print()
+    print(table)
+    print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
+
+
+TRL_NAME = {"dpo": "DPOTrainer", "rm": "RewardTrainer", "sft": "SFTTrainer", "grpo": "GRPOTrainer",
+            "ppo": "GRPOTrainer", "sampler": "model.generate"}  # fmt: skip
+UNIT = {"dpo": "pairs/s", "rm": "pairs/s", "sft": "seqs/s", "grpo": "completions/s", "ppo": "completions/s",
+        "sampler": "new tok/s"}  # fmt: skip
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """One markdown table: medians per side and the ratio rewardlab/TRL min / median / max over repeats."""
+    head = ("| rewardlab vs TRL | size | unit | rewardlab samples/s | TRL samples/s | rewardlab tok/s | TRL tok/s | "
+            "peak RSS MiB rl / TRL | setup s rl / TRL | ratio min / median / max | target | met |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        name, size = row["row"], row["size"]
+        target = TARGETS.get((name, size))
+        med = statistics.median(row["ratios"])
+        met = "" if target is None else ("yes" if med >= target else "**no**")
+        label = f"{name} vs {TRL_NAME[name]}"
+        if name == "sampler":
+            rl_tok = statistics.median(row["rewardlab"]["tokens_per_s"])
+            trl_tok = statistics.median(row["trl"]["tokens_per_s"])
+            same = "greedy identical" if row["greedy_identical"] else "GREEDY DIFFERS"
+            lines.append(f"| {label} ({same}) | {size} | {UNIT[name]} | - | - | {rl_tok:,.0f} | {trl_tok:,.0f} | "
+                         f"- | - | {_fmt_ratio(row['ratios'])} | {target}x | {met} |")  # fmt: skip
+            continue
+
+        def med_of(side: str, key: str, row: dict[str, Any] = row) -> float:
+            return statistics.median(r[key] for r in row[side])
+
+        lines.append(
+            f"| {label} | {size} | {UNIT[name]} | {med_of('rewardlab', 'samples_per_s'):.1f} | "
+            f"{med_of('trl', 'samples_per_s'):.1f} | {med_of('rewardlab', 'tokens_per_s'):,.0f} | "
+            f"{med_of('trl', 'tokens_per_s'):,.0f} | {med_of('rewardlab', 'peak_rss_mib'):.0f} / "
+            f"{med_of('trl', 'peak_rss_mib'):.0f} | {med_of('rewardlab', 'setup_s'):.1f} / "
+            f"{med_of('trl', 'setup_s'):.1f} | {_fmt_ratio(row['ratios'])} | {target}x | {met} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
