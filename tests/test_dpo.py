@@ -298,6 +298,7 @@ def test_dpo_variants_learn_and_are_audited(micro, tmp_path, name, overrides):
     assert summary["train"]["pairs_per_second"] > 0 and summary["end"]["step"] == 24
     if name != "simpo":  # the implicit reward starts at 0 for every pair (policy = reference)
         assert audit[0]["implicit/margin"] == pytest.approx(0.0, abs=1e-5)
+        assert audit[0]["implicit/accuracy_rater"] == 0.0  # every pair a tie, as TRL's rewards/accuracies
         assert audit[-1]["implicit/margin"] != pytest.approx(0.0, abs=1e-5)
     assert (d / "samples" / "step_24.jsonl").is_file()
 
@@ -371,7 +372,8 @@ def test_modpo_weightings_and_pareto_front(micro, tmp_path):
     res = json.loads((parent / "pareto.json").read_text())
     assert [p["weight"] for p in res["points"]] == [1.0, 0.5]
     assert all(math.isfinite(p["gold/mean"]) and math.isfinite(p["behavior/length"]) for p in res["points"])
-    assert set(res["pareto_front_weights"]) <= {1.0, 0.5} and res["pareto_front_weights"]
+    for key in ("gold/mean", "gold/accuracy", "proxy/mean"):
+        assert res["pareto_front"][key] and set(res["pareto_front"][key]) <= {1.0, 0.5}
     assert (parent / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 

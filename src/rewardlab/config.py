@@ -221,7 +221,7 @@ class DPOConfig(_Strict):
         300, gt=0, description="optimizer steps (the data is cycled in length-bucketed epochs)"
     )
     batch_size: int = Field(64, gt=0, description="pairs per step")
-    optim: OptimConfig = OptimConfig(lr=2e-4, schedule="linear", warmup_steps=10)
+    optim: OptimConfig = OptimConfig(lr=1e-4, schedule="linear", warmup_steps=10)
     reference: Literal["precomputed", "live"] = Field(
         "precomputed",
         description="reference log-probs cached once per (reference, data), or a forward per step",
@@ -254,8 +254,8 @@ class IterativeDPOConfig(_Strict):
     labelling them with the arm's simulated rater and DPO (loss, beta, batch size, optimizer from ``dpo``)."""
 
     rounds: int = Field(3, gt=0)
-    prompts_per_round: int = Field(1024, gt=0, description="fresh prompts per round, one pair each")
-    steps_per_round: int = Field(60, gt=0)
+    prompts_per_round: int = Field(2048, gt=0, description="fresh prompts per round, one pair each")
+    steps_per_round: int = Field(40, gt=0)
     reference: Literal["initial", "previous"] = Field(
         "initial", description="DPO reference: the starting policy, or the previous round's policy"
     )

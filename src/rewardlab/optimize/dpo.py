@@ -49,6 +49,7 @@ from rewardlab.losses import (
     robust_dpo_loss,
     simpo_loss,
 )
+from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.optimize.lm import bucket_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.train import comparison_accuracies
@@ -227,11 +228,12 @@ def compute_logps(
     order = sorted(range(len(examples)), key=lambda i: examples[i].packed_length)
     chosen = torch.zeros(len(examples))
     rejected = torch.zeros(len(examples))
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        batch = collate_pairs([examples[i] for i in idx], pad_id, packing).to(device)
-        c, r = pair_logps(model, batch)
-        chosen[idx], rejected[idx] = c.cpu(), r.cpu()
+    with onednn_linears(model):
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            batch = collate_pairs([examples[i] for i in idx], pad_id, packing).to(device)
+            c, r = pair_logps(model, batch)
+            chosen[idx], rejected[idx] = c.cpu(), r.cpu()
     model.train(was_training)
     return chosen, rejected
 
@@ -379,7 +381,7 @@ def train_dpo(
     pairs = 0
     train_seconds = 0.0
     policy.train()
-    with run.progress(steps, f"{run.stage} steps") as prog:
+    with onednn_linears(policy, reference), run.progress(steps, f"{run.stage} steps") as prog:
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             if not queue:
@@ -463,8 +465,12 @@ def implicit_reward_metrics(
 
     ``implicit/accuracy_rater`` (vs the rater's labels, ties excluded), ``implicit/accuracy_gold``
     (vs the hidden gold, on pairs whose golds differ), per difficulty (``_d<k>``), and the mean margin.
+    Rewards are compared at 1e-5 resolution; a tie counts as not ranked right (0 at step 0).
     """
     s_c, s_r = implicit_rewards(policy, data, cfg, pad_id, modpo_weight=modpo_weight, device=device)
+    # Differences below 1e-5 are float noise (policy and reference forwards), not preferences: at step 0,
+    # where π = π_ref, every pair is a tie and (strictly) not ranked right, as TRL's rewards/accuracies.
+    s_c, s_r = torch.round(s_c, decimals=5), torch.round(s_r, decimals=5)
     out = {k.replace("eval/", "implicit/", 1): v for k, v in comparison_accuracies(s_c, s_r, comps).items()}
     out["implicit/margin"] = float((s_c - s_r).mean())
     return out

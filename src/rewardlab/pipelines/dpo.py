@@ -266,14 +266,19 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[int]:
     return sorted(front, key=lambda i: pts[i][0])
 
 
+#: (audit key, axis label, higher is better) of the MODPO Pareto panels, all against response length.
+PARETO_METRICS = (("gold/mean", "gold reward (mean)"), ("gold/accuracy", "gold accuracy"),
+                  ("proxy/mean", "proxy: the arm's reward model (mean)"))  # fmt: skip
+
+
 def plot_pareto(points: Sequence[dict[str, Any]], start: dict[str, Any] | None, out: Path) -> Path:
-    """Gold mean and gold accuracy against response length, one point per MODPO weighting, Pareto front joined."""
+    """Gold mean, gold accuracy and the proxy against response length, one point per MODPO weighting,
+    each panel's Pareto front (shorter and higher is better) joined."""
     from rewardlab.report.plots import _figure, _save
 
-    fig, axes = _figure(1, 2, (10.0, 4.2))
+    fig, axes = _figure(1, len(PARETO_METRICS), (4.6 * len(PARETO_METRICS), 4.2))
     x = [p["behavior/length"] for p in points]
-    for ax, key, label in zip(axes[0], ("gold/mean", "gold/accuracy"), ("gold reward (mean)", "gold accuracy"),
-                              strict=True):  # fmt: skip
+    for ax, (key, label) in zip(axes[0], PARETO_METRICS, strict=True):
         y = [p[key] for p in points]
         front = pareto_front(x, y)
         ax.plot(
@@ -289,13 +294,16 @@ def plot_pareto(points: Sequence[dict[str, Any]], start: dict[str, Any] | None, 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("MODPO: rater preference (w) vs brevity-type second reward (1 - w), gold-side metrics")
+    fig.suptitle(
+        "MODPO: w on the rater preference, 1 - w on the second reward; final audit of each weighting"
+    )
     return _save(fig, out)
 
 
 def run_modpo(cfg: PipelineConfig, quiet: bool = False) -> Path:
     """MODPO for each ``modpo.weights`` value (runs in ``<arm>/<modpo.name>/w<w>``), then the Pareto front
-    of the final gold-side metrics (gold mean / accuracy vs length): ``pareto.json`` and ``pareto.png``."""
+    of the final gold-side metrics (gold mean / accuracy vs length; and the proxy's view):
+    ``pareto.json`` and ``pareto.png``."""
     mc = cfg.modpo
     parent = cfg.stage_dir(mc.name)
     points: list[dict[str, Any]] = []
@@ -311,14 +319,14 @@ def run_modpo(cfg: PipelineConfig, quiet: bool = False) -> Path:
         keys = ("gold/mean", "gold/accuracy", "behavior/length", "behavior/sycophancy_rate", "proxy/mean", "kl/k1",
                 "implicit/accuracy_rater", "implicit/accuracy_gold")  # fmt: skip
         points.append({"weight": w, **{k: end.get(k) for k in keys}})
-    front = pareto_front([p["behavior/length"] for p in points], [p["gold/mean"] for p in points])
-    result = {"second_reward": mc.second_reward, "points": points, "start": start,
-              "pareto_front_weights": [points[i]["weight"] for i in front]}  # fmt: skip
+    lengths = [p["behavior/length"] for p in points]
+    fronts = {key: [points[i]["weight"] for i in pareto_front(lengths, [p[key] for p in points])]
+              for key, _ in PARETO_METRICS}  # fmt: skip
+    result = {"second_reward": mc.second_reward, "points": points, "start": start, "pareto_front": fronts}
     atomic_write_text(parent / "pareto.json", json.dumps(result, indent=2) + "\n")
     png = plot_pareto(points, start, parent / "pareto.png")
     if not quiet:
         from rewardlab.runs import console
 
-        console.print(f"[bold cyan]{mc.name}[/] Pareto front (length vs gold) over w = "
-                      f"{result['pareto_front_weights']}; {png}")  # fmt: skip
+        console.print(f"[bold cyan]{mc.name}[/] Pareto fronts vs length (weights): {fronts}; {png}")
     return parent
