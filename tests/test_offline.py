@@ -7,12 +7,19 @@ proxy (shorter is better), the trained policy's samples beat the SFT policy's.
 
 import json
 import math
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from rewardlab.checkpoint import KILL_ENV
 from rewardlab.cli import main
 from rewardlab.config import OptimConfig, load_config
 from rewardlab.losses import (
@@ -258,6 +265,59 @@ def test_same_seed_same_dataset_and_metrics(micro, tmp_path):
     assert (a / "rwr" / "audit.jsonl").read_text() == (b / "rwr" / "audit.jsonl").read_text()
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        "alol",
+        pytest.param("reward-conditioned", marks=pytest.mark.slow),
+        pytest.param("phf", marks=pytest.mark.slow),
+    ],
+)
+def test_sigkill_then_resume_matches_uninterrupted_run(micro, tmp_path, method):
+    """Killed after 11 of 16 steps (checkpoint at 8, metric rows after it), resumed: same metrics, audit, weights."""
+    sets = ["--set", "threads=1", "--set", "offline.steps=16", "--set", "offline.eval_every=8",
+            "--set", "offline.checkpoint_every=4", "--set", "offline.phf.steps=16",
+            "--set", "offline.phf.checkpoint_every=4", "--set", "offline.phf.eval_every=8"]  # fmt: skip
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        d = runs[name] = tmp_path / name
+        shutil.copytree(
+            micro,
+            d,
+            ignore=shutil.ignore_patterns("filtered-mle", "rwr", "reward-conditioned", "alol", "phf"),
+        )
+    assert main([method, str(MICRO), "--run-dir", str(runs["uninterrupted"]), "--quiet", *sets]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "rewardlab.cli",
+        method,
+        str(MICRO),
+        "--run-dir",
+        str(runs["killed"]),
+        "--quiet",
+        *sets,
+    ]
+    proc = subprocess.run(cmd, env={**os.environ, KILL_ENV: "11", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    out = {k: d / ARM / method for k, d in runs.items()}
+    assert (out["killed"] / "checkpoint").is_dir() and not (out["killed"] / "model").exists()
+    assert main([method, str(MICRO), "--run-dir", str(runs["killed"]), "--quiet", "--resume", *sets]) == 0
+    assert "resumed from" in (out["killed"] / "run.log").read_text()
+
+    def rows(path):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in _rows(path)]
+
+    for f in ("metrics.jsonl", *(() if method == "phf" else ("audit.jsonl",))):
+        assert rows(out["killed"] / f) == rows(out["uninterrupted"] / f), f
+    w = [load_file(str(o / "model" / "model.safetensors")) for o in (out["uninterrupted"], out["killed"])]
+    assert w[0].keys() == w[1].keys() and all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+    if method != "phf":
+        summary = json.loads((out["killed"] / "summary.json").read_text())
+        assert summary["start"]["step"] == 0 and summary["end"]["step"] == 16
+
+
 def test_reward_conditioned_checkpoint_blocks_its_reward_tokens(micro):
     d = micro / ARM / "reward-conditioned" / "model"
     if not d.is_dir():
@@ -334,10 +394,10 @@ def _mean_proxy(model, tok, task, prefix: str | None = None) -> float:
     return sum(_shorter_is_better(prompts, comps)) / len(comps)
 
 
-def _train(tok, policy, examples, loss_fn, tmp_path, steps=30):
+def _train(tok, policy, examples, loss_fn, tmp_path, steps=30, lr=2e-3):
     run = Run(tmp_path / "run", "test", quiet=True)
     return train_offline(policy, examples, loss_fn, pad_id=int(tok.pad_token_id), steps=steps, batch_size=32,
-                         optim=OptimConfig(lr=2e-3, schedule="constant"), run=run, seed=0)  # fmt: skip
+                         optim=OptimConfig(lr=lr, schedule="constant"), run=run, seed=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["filtered-mle", "rwr", "alol"])
@@ -373,7 +433,10 @@ def test_reward_conditioned_top_token_beats_bottom_token_on_a_crafted_proxy(micr
     add_control_tokens(tok, policy, ["<r0>", "<r1>"], seed=0)
     examples = encode_examples(tok, [condition_prompt(d.prompt, f"<r{int(b)}>") for d, b in zip(data, bins)],
                                [d.completion for d in data])  # fmt: skip
-    policy = _train(tok, policy, examples, weighted_loss(torch.ones(len(examples))), tmp_path, steps=40)
+    # a new token is read only after some training (measured here: a margin of ~0.5 word at 40 steps, ~2.5 at 80)
+    policy = _train(
+        tok, policy, examples, weighted_loss(torch.ones(len(examples))), tmp_path, steps=100, lr=3e-3
+    )
     top, bottom = _mean_proxy(policy, tok, task, "<r1>"), _mean_proxy(policy, tok, task, "<r0>")
     assert top > bottom + 1.0, (top, bottom)
 

@@ -289,7 +289,15 @@ class MODPOConfig(_Strict):
         return self
 
 
-class FilteredMLEConfig(_Strict):
+class OfflineMethodConfig(_Strict):
+    """Per-method overrides of the shared offline training settings (unset: ``offline.<key>``)."""
+
+    steps: int | None = Field(None, gt=0, description="overrides offline.steps")
+    optim: OptimConfig | None = Field(None, description="overrides offline.optim")
+    eval_every: int | None = Field(None, gt=0, description="overrides offline.eval_every")
+
+
+class FilteredMLEConfig(OfflineMethodConfig):
     """Filtered MLE (Hu et al. 2023): SFT on the offline samples the proxy ranks in its top ``fraction``."""
 
     fraction: float = Field(0.25, gt=0, le=1, description="share of the samples kept (the proxy's top)")
@@ -298,20 +306,29 @@ class FilteredMLEConfig(_Strict):
     )
 
 
-class RWRConfig(_Strict):
+class RWRConfig(OfflineMethodConfig):
     """Reward-weighted regression: SFT on every sample weighted by exp(proxy / temperature)."""
 
     temperature: float = Field(0.5, gt=0, description="T in exp(proxy / T); the proxy has std 1 on SFT")
     max_weight: float = Field(20.0, gt=0, description="clip of the weights (normalised to mean 1 first)")
 
 
-class RewardConditionedConfig(_Strict):
-    """Decision-transformer-style training: a reward-quantile token in the prompt; generate with the top one."""
+class RewardConditionedConfig(OfflineMethodConfig):
+    """Decision-transformer-style training: a reward-quantile token in the prompt; generate with the top one.
+
+    The reward tokens are new, and the policy learns to read them only after a few hundred steps (on the
+    default task: no effect of the token before ~300 steps at lr 1e-3), hence its own longer, faster run.
+    """
 
     num_tokens: int = Field(4, ge=2, le=16, description="quantile bins, a prompt token each: <r0> .. <rK-1>")
+    steps: int | None = Field(800, gt=0, description="overrides offline.steps")
+    optim: OptimConfig | None = Field(
+        OptimConfig(lr=1e-3, schedule="constant", warmup_steps=0), description="overrides offline.optim"
+    )
+    eval_every: int | None = Field(80, gt=0, description="overrides offline.eval_every")
 
 
-class ALoLConfig(_Strict):
+class ALoLConfig(OfflineMethodConfig):
     """A-LoL (Baheti et al. 2024): advantage-weighted offline policy gradient, negative advantages dropped."""
 
     variant: Literal["alol", "alol_seq", "ref_free"] = Field(
@@ -335,6 +352,9 @@ class PHFConfig(_Strict):
     calibration_docs: int = Field(4096, ge=16, description="documents scored to fix the <good> threshold")
     eval_every: int = Field(250, gt=0)
     eval_prompts: int = Field(512, gt=0)
+    checkpoint_every: int = Field(
+        250, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
 
 
 class OfflineConfig(_Strict):
@@ -363,6 +383,9 @@ class OfflineConfig(_Strict):
     eval_every: int = Field(20, gt=0)
     eval_prompts: int = Field(1024, gt=0)
     samples_to_save: int = Field(128, ge=0)
+    checkpoint_every: int = Field(
+        50, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
     filtered_mle: FilteredMLEConfig = FilteredMLEConfig()
     rwr: RWRConfig = RWRConfig()
     reward_conditioned: RewardConditionedConfig = RewardConditionedConfig()

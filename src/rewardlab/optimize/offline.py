@@ -33,9 +33,12 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.audit.policy_eval import generate_responses, score_responses, summarize
+from rewardlab.audit.tracker import AuditLog
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import OptimConfig
+from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.losses import ALoLVariant, alol_loss, selective_log_softmax, weighted_nll
-from rewardlab.optimize.lm import IGNORE, Example, bucket_batches, collate_lm, make_optimizer
+from rewardlab.optimize.lm import IGNORE, BatchOrder, Example, bucket_batches, collate_lm, make_optimizer
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
 from rewardlab.runs import Run, advance
@@ -384,61 +387,95 @@ def train_offline(
     optim: OptimConfig,
     run: Run,
     seed: int,
-    evaluate: Callable[[PreTrainedModel, int], dict[str, Any]] | None = None,
+    audit: AuditLog | None = None,
+    evaluate: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
     eval_every: int = 0,
     accelerator: Accelerator | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> PreTrainedModel:
     """``steps`` optimizer steps of ``loss_fn`` on length-bucketed batches of ``examples`` (epochs reshuffled).
 
-    ``evaluate(model, step)`` (the audit and the held-out loss) runs at step 0 and every ``eval_every``
-    steps and at the end; its numeric results are logged with the step. A NaN/inf loss aborts with the
-    step (no checkpoint is written).
+    At step 0, every ``eval_every`` steps and at the end, on the main process, ``evaluate(model, step)``
+    (e.g. the held-out loss) is logged and ``audit(model, step, **those metrics)`` writes an audit row.
+    A NaN/inf loss aborts with the step. With several processes each trains on its contiguous rows
+    of the same global batch, its loss scaled to the global token mean (see
+    :mod:`rewardlab.distributed`); the logged loss and log-prob are global, the method's stats are
+    the mean over processes of their shards' values. With a ``checkpoint``, weights, optimizer,
+    schedule, data order, RNGs, the token and epoch counts and the audit rows are saved and resumed.
     """
     if not examples:
         raise RewardlabError(f"{run.stage}: no training examples (all weights were 0?)")
-    acc = accelerator or Accelerator()
+    acc = accelerator or make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
     opt, sched = make_optimizer(policy, optim, steps)
     model, opt = acc.prepare(policy, opt)
-    rng = random.Random(seed)
     lengths = [len(p) + len(c) for p, c in examples]
-    queue: list[list[int]] = []
-    epoch = 0
+    epoch = [0]
+
+    def make_epoch(rng: random.Random) -> list[list[int]]:
+        epoch[0] += 1
+        return bucket_batches(lengths, batch_size, rng)
+
+    order = BatchOrder(make_epoch, random.Random(seed))
+    tokens, start = 0, 0
+    if checkpoint is not None:
+        checkpoint.total_steps = steps
+        checkpoint.track(model=model, optimizer=opt, scheduler=sched, data=order)
+        start = checkpoint.restore()
+        if start:
+            tokens, epoch[0] = int(checkpoint.extra["tokens"]), int(checkpoint.extra["epoch"])
+            if audit is not None:
+                audit.rows = list(checkpoint.extra["audit_rows"])
 
     def run_eval(step: int) -> None:
-        if evaluate is None:
-            return
-        metrics = evaluate(acc.unwrap_model(model), step)
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step)
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(model)
+            metrics = evaluate(unwrapped, step) if evaluate is not None else {}
+            if metrics:
+                run.log_metrics(metrics, step)
+            if audit is not None:
+                audit(unwrapped, step, **metrics)
         model.train()
 
-    run_eval(0)
+    if start == 0:
+        run_eval(0)
     model.train()
-    tokens = 0
     with run.progress(steps, f"{run.stage} steps") as prog:
-        for step in range(1, steps + 1):
-            if not queue:
-                queue.extend(bucket_batches(lengths, batch_size, rng))
-                epoch += 1
-            idx = queue.pop()
+        if start:
+            advance(prog, n=start)
+        for step in range(start + 1, steps + 1):
+            idx = order.next()
+            rows, real = local_rows(len(idx), rank, world) if world > 1 else (slice(None), True)
+            local = idx[rows]
             batch = {
-                k: v.to(acc.device) for k, v in collate_lm([examples[j] for j in idx], pad_id, True).items()
+                k: v.to(acc.device) for k, v in collate_lm([examples[j] for j in local], pad_id, True).items()
             }
             logp, mask = completion_logprobs(model, batch)
-            loss, stats = loss_fn(logp, mask, idx)
+            loss, stats = loss_fn(logp, mask, local)
+            n_local, n_global = int(mask.sum()), sum(len(examples[j][1]) for j in idx)
+            loss_sum, logp_sum = (
+                float(loss.detach()) * n_local * real,
+                float(logp.detach()[mask].sum()) * real,
+            )
+            if world > 1:  # this process's part of the global token mean; DDP averages the gradients
+                loss = loss * (n_local * world / max(n_global, 1) if real else 0.0)
+                loss_sum, logp_sum, *stat_sums = all_reduce_sum(
+                    acc, [loss_sum, logp_sum, *map(float, stats.values())]
+                )
+                stats = {k: torch.tensor(v / world) for k, v in zip(stats, stat_sums)}
             check_finite(loss, "loss", step, run.stage)
             acc.backward(loss)
             gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            n = int(mask.sum())
-            tokens += n
+            tokens += n_global
             metrics: dict[str, Any] = {
-                "train/loss": loss.item(),
-                "train/logp": float(logp.detach()[mask].mean()),
+                "train/loss": loss_sum / max(n_global, 1),
+                "train/logp": logp_sum / max(n_global, 1),
                 "train/grad_norm": float(gnorm),
                 "train/lr": sched.get_last_lr()[0],
-                "train/epoch": epoch,
+                "train/epoch": epoch[0],
                 "train/tokens": tokens,
                 **{k: float(v) for k, v in stats.items()},
                 "time/elapsed": run.elapsed,
@@ -446,7 +483,11 @@ def train_offline(
             run.log_metrics(metrics, step)
             if eval_every and (step % eval_every == 0 or step == steps):
                 run_eval(step)
-            advance(prog, f"loss {loss.item():.3f}")
+            if checkpoint is not None:
+                checkpoint.end_step(
+                    step, tokens=tokens, epoch=epoch[0], audit_rows=audit.rows if audit else []
+                )
+            advance(prog, f"loss {metrics['train/loss']:.3f}")
     model.eval()
     return acc.unwrap_model(model)
 

@@ -33,7 +33,9 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.audit.tracker import AuditLog
-from rewardlab.config import PipelineConfig
+from rewardlab.checkpoint import Checkpointer
+from rewardlab.config import OfflineMethodConfig, PipelineConfig
+from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import load_comparisons
 from rewardlab.losses import reward_quantile_bins, rwr_weights, top_quantile_mask
 from rewardlab.optimize.lm import Example, save_model, train_lm
@@ -191,19 +193,22 @@ def _start(cfg: PipelineConfig, stage: str, offset: int, quiet: bool) -> _Stage:
     oc = cfg.offline
     policy_path = stage_input(cfg, oc.policy_path, "sft", "model", "policy")
     reward_path = stage_input(cfg, oc.reward_path, "reward", "model", "reward model")
-    run = Run(cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
     run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
-    acc = Accelerator()
     tok, policy = load_policy(policy_path)
     ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
     rm = RewardModel.load(reward_path)
     for m in rm.members:
         m.requires_grad_(False).to(acc.device)
-    samples = offline_dataset(cfg, tok, ref, rm, policy_path, reward_path, run.info)
+    if acc.is_main_process:  # one process samples and scores (or reuses) the dataset, the others read it
+        offline_dataset(cfg, tok, ref, rm, policy_path, reward_path, run.info)
+    acc.wait_for_everyone()
+    samples = offline_dataset(cfg, tok, ref, rm, policy_path, reward_path, lambda _msg: None)
     return _Stage(cfg, task, run, tok, policy, ref, rm, samples, acc)
 
 
-def _train_and_finish(s: _Stage, prompts: list[str], weights: torch.Tensor,
+def _train_and_finish(s: _Stage, method: OfflineMethodConfig, prompts: list[str], weights: torch.Tensor,
                       make_loss: Callable[[list[int], list[Example]], LossFn],
                       prompt_transform: Callable[[str], str] | None = None,
                       data_weights: torch.Tensor | None = None,
@@ -211,9 +216,12 @@ def _train_and_finish(s: _Stage, prompts: list[str], weights: torch.Tensor,
     """Keep the samples with weight > 0, train with ``make_loss``, audit, save the model and summary.
 
     ``make_loss(indices, examples)`` builds the loss over those samples (indices into ``s.samples``);
-    ``eval_loss`` (default: ``make_loss``) the held-out ``eval/loss``.
+    ``eval_loss`` (default: ``make_loss``) the held-out ``eval/loss``. ``method``'s ``steps``, ``optim``
+    and ``eval_every`` override ``offline``'s when set.
     """
     cfg, oc, run = s.cfg, s.cfg.offline, s.run
+    steps, optim = method.steps or oc.steps, method.optim or oc.optim
+    eval_every = method.eval_every or oc.eval_every
     pad = int(s.tok.pad_token_id)  # type: ignore[arg-type]
     train_idx, eval_idx = split_by_group(s.samples, oc.eval_fraction)
     train_idx = [i for i in train_idx if weights[i] > 0]
@@ -223,25 +231,30 @@ def _train_and_finish(s: _Stage, prompts: list[str], weights: torch.Tensor,
     run.info(f"training on {len(train_ex)} samples ({len(eval_ex)} held out for eval/loss)")
     train_loss, held_out_loss = make_loss(train_idx, train_ex), (eval_loss or make_loss)(eval_idx, eval_ex)
     held_out = eval_problems(s.task, oc.eval_prompts)
-    audit = AuditLog(run, s.ref, s.tok, s.rm, s.task, held_out, max_new_tokens=oc.max_new_tokens, seed=cfg.seed,
-                     kl_estimator=oc.kl_estimator, temperature=oc.temperature, samples_to_save=oc.samples_to_save,
-                     prompt_transform=prompt_transform)  # fmt: skip
+    audit = None
+    if s.acc.is_main_process:
+        audit = AuditLog(run, s.ref, s.tok, s.rm, s.task, held_out, max_new_tokens=oc.max_new_tokens,
+                         seed=cfg.seed, kl_estimator=oc.kl_estimator, temperature=oc.temperature,
+                         samples_to_save=oc.samples_to_save, prompt_transform=prompt_transform)  # fmt: skip
 
-    def evaluate(model: PreTrainedModel, step: int) -> dict[str, Any]:
-        metrics = {"eval/loss": evaluate_loss(model, eval_ex, held_out_loss, pad)} if eval_ex else {}
-        audit(model, step, **metrics)
-        return metrics
+    def evaluate(model: PreTrainedModel, step: int) -> dict[str, float]:
+        return {"eval/loss": evaluate_loss(model, eval_ex, held_out_loss, pad)} if eval_ex else {}
 
-    policy = train_offline(s.policy, train_ex, train_loss, pad_id=pad, steps=oc.steps, batch_size=oc.batch_size,
-                           optim=oc.optim, run=run, seed=cfg.seed, evaluate=evaluate, eval_every=oc.eval_every,
-                           accelerator=s.acc)  # fmt: skip
-    out = save_model(policy, s.tok, run.dir / "model")
-    data = dataset_summary(s.task, s.samples, weights if data_weights is None else data_weights)
-    run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "data": data,
-                                    "seconds": run.elapsed})  # fmt: skip
-    run.info(f"data: gold {data['gold/all']:+.3f} (all) -> {data['gold/weighted']:+.3f} (weighted), sycophancy "
-             f"{data['sycophancy_words/all']:.3f} -> {data['sycophancy_words/weighted']:.3f}; saved {out} "
-             f"in {run.elapsed:.0f}s")  # fmt: skip
+    ckpt = Checkpointer(run, every=oc.checkpoint_every, total_steps=steps, resume=cfg.resume, accelerator=s.acc,
+                        files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
+    policy = train_offline(s.policy, train_ex, train_loss, pad_id=pad, steps=steps, batch_size=oc.batch_size,
+                           optim=optim, run=run, seed=cfg.seed, audit=audit, evaluate=evaluate,
+                           eval_every=eval_every, accelerator=s.acc, checkpoint=ckpt)  # fmt: skip
+    out = run.dir / "model"
+    if audit is not None:
+        out = save_model(policy, s.tok, out)
+        data = dataset_summary(s.task, s.samples, weights if data_weights is None else data_weights)
+        run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "data": data,
+                                        "seconds": run.elapsed})  # fmt: skip
+        run.info(f"data: gold {data['gold/all']:+.3f} (all) -> {data['gold/weighted']:+.3f} (weighted), "
+                 f"sycophancy {data['sycophancy_words/all']:.3f} -> {data['sycophancy_words/weighted']:.3f}; "
+                 f"saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    s.acc.wait_for_everyone()
     run.close()
     return out
 
@@ -258,7 +271,7 @@ def run_filtered_mle(cfg: PipelineConfig, quiet: bool = False) -> Path:
     groups = torch.tensor([x.group for x in s.samples]) if fc.scope == "prompt" else None
     weights = top_quantile_mask(rewards, fc.fraction, groups).float()
     s.run.info(f"keeping {int(weights.sum())} of {len(weights)} samples (top {fc.fraction:.0%}, {fc.scope})")
-    return _train_and_finish(s, [x.prompt for x in s.samples], weights, _plain_loss(weights))
+    return _train_and_finish(s, fc, [x.prompt for x in s.samples], weights, _plain_loss(weights))
 
 
 def run_rwr(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -268,7 +281,7 @@ def run_rwr(cfg: PipelineConfig, quiet: bool = False) -> Path:
     weights = rwr_weights(torch.tensor([x.proxy for x in s.samples]), rc.temperature, rc.max_weight)
     s.run.info(f"RWR weights: max {float(weights.max()):.2f}, effective sample size "
                f"{float(weights.sum() ** 2 / (weights**2).sum()):.0f} of {len(weights)}")  # fmt: skip
-    return _train_and_finish(s, [x.prompt for x in s.samples], weights, _plain_loss(weights))
+    return _train_and_finish(s, rc, [x.prompt for x in s.samples], weights, _plain_loss(weights))
 
 
 def run_reward_conditioned(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -278,7 +291,8 @@ def run_reward_conditioned(cfg: PipelineConfig, quiet: bool = False) -> Path:
     plain prompt: the distance from what the user would get without conditioning.
     """
     s = _start(cfg, "reward-conditioned", 23, quiet)
-    k = cfg.offline.reward_conditioned.num_tokens
+    rc = cfg.offline.reward_conditioned
+    k = rc.num_tokens
     bins, edges = reward_quantile_bins(torch.tensor([x.proxy for x in s.samples]), k)
     tokens = [reward_token(b) for b in range(k)]
     add_control_tokens(s.tok, s.policy, tokens, seed=cfg.seed)
@@ -288,7 +302,7 @@ def run_reward_conditioned(cfg: PipelineConfig, quiet: bool = False) -> Path:
     prompts = [condition_prompt(x.prompt, tokens[int(b)]) for x, b in zip(s.samples, bins)]
     weights = torch.ones(len(s.samples))
     top = tokens[-1]
-    return _train_and_finish(s, prompts, weights, _plain_loss(weights),  # type: ignore[arg-type]
+    return _train_and_finish(s, rc, prompts, weights, _plain_loss(weights),  # type: ignore[arg-type]
                              prompt_transform=lambda p: str(condition_prompt(p, top)),
                              data_weights=(bins == k - 1).float())  # fmt: skip
 
@@ -311,7 +325,7 @@ def run_alol(cfg: PipelineConfig, quiet: bool = False) -> Path:
     # eval/loss: the A⁺-weighted NLL of held-out samples, without the importance weight (which grows as
     # the policy learns a sample, so the surrogate itself need not fall)
     return _train_and_finish(
-        s, [x.prompt for x in s.samples], weights, make_loss, eval_loss=_plain_loss(weights)
+        s, ac, [x.prompt for x in s.samples], weights, make_loss, eval_loss=_plain_loss(weights)
     )
 
 
@@ -335,7 +349,8 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 25)
     pc, oc = cfg.offline.phf, cfg.offline
     reward_path = stage_input(cfg, oc.reward_path, "reward", "model", "reward model")
-    run = Run(cfg.stage_dir("phf"), "phf", cfg, cfg.report_to, quiet)
+    acc = make_accelerator()
+    run = stage_run(acc, cfg.stage_dir("phf"), "phf", cfg, cfg.report_to, quiet)
     rm = RewardModel.load(reward_path)
     if pc.init_path:
         tok, model = load_policy(pc.init_path)
@@ -347,7 +362,7 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
                               PHF_CALIBRATION_SEED + cfg.seed)  # fmt: skip
     run.info(f"{num_parameters(model) / 1e6:.2f}M parameters from {pc.init_path or 'scratch'}; documents with "
              f"proxy >= {threshold:+.3f} are tagged {GOOD} (top {pc.good_fraction:.0%})")  # fmt: skip
-    good_shares: list[float] = []
+    good_shares: list[float] = []  # of the batches this run drew (after --resume: the resumed steps)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the pretraining stage's documents
@@ -364,8 +379,15 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
                                 seed=step)  # fmt: skip
         return {f"eval/{k}": v for k, v in m.items()}
 
+    ckpt = Checkpointer(
+        run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc
+    )
     model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
-                     eval_every=pc.eval_every)  # fmt: skip
+                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt)  # fmt: skip
+    out = run.dir / "model"
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return out
     final = evaluate_conditions(model, tok, task, held_out, rm, conditions, max_new_tokens=oc.max_new_tokens,
                                 seed=0)  # fmt: skip
     base_path = cfg.stage_dir("pretrain") / "model"
@@ -373,11 +395,12 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
         base_tok, base = load_policy(base_path)
         final.update(evaluate_conditions(base, base_tok, task, held_out, rm, {"mle_base": None},
                                          max_new_tokens=oc.max_new_tokens, seed=0))  # fmt: skip
-    out = save_model(model, tok, run.dir / "model")
+    out = save_model(model, tok, out)
     run.write_json("summary.json", {"final": final, "threshold": threshold, "good_fraction_seen":
                                     sum(good_shares) / max(1, len(good_shares)), "seconds": run.elapsed})  # fmt: skip
     names = [c for c in ("good", "none", "bad", "mle_base") if f"{c}/proxy/mean" in final]
     run.info("proxy / gold by condition: " + ", ".join(
         f"{c} {final[f'{c}/proxy/mean']:+.3f} / {final[f'{c}/gold/mean']:+.3f}" for c in names) + f"; saved {out}")  # fmt: skip
     run.close()
+    acc.wait_for_everyone()
     return out
