@@ -13,7 +13,10 @@ sample during training. They share:
   (:func:`condition_prompt`) but can never emit (:func:`block_tokens`), as in Korbak et al. 2023;
 * :func:`train_offline` - the loop: length-bucketed completion-only batches (``collate_lm``), a
   per-method loss of the per-token log-probs (:func:`weighted_loss`, :func:`alol_objective`, built on
-  the pure functions of :mod:`rewardlab.losses`), the audit at step 0 and every ``eval_every`` steps.
+  the pure functions of :mod:`rewardlab.losses`), the audit at step 0 and every ``eval_every`` steps,
+  training-state checkpoints for ``--resume``, and data parallelism like the other trainers;
+* pretraining with human feedback (Korbak et al. 2023): :func:`phf_threshold`, :func:`phf_batch`
+  (corpus documents tagged ``<good>``/``<bad>`` by a score) and :func:`evaluate_conditions`.
 """
 
 from __future__ import annotations
