@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rewardlab.checkpoint import Checkpointer, load_state
 from rewardlab.config import OptimConfig
 from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
+from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.runs import Run, advance
 from rewardlab.utils import atomic_dir, check_finite
 
@@ -207,7 +208,7 @@ def train_lm(
         start = checkpoint.restore()
         tokens = int(checkpoint.extra.get("tokens", 0))
     model.train()
-    with run.progress(steps, "training") as prog:
+    with onednn_linears(model), run.progress(steps, "training") as prog:
         if start:
             advance(prog, n=start)
         for step in range(start + 1, steps + 1):

@@ -40,6 +40,7 @@ from rewardlab.losses import (
     rloo_advantages,
     selective_log_softmax,
 )
+from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
 from rewardlab.rewards.model import RewardModel
@@ -107,17 +108,18 @@ def policy_forward(
     """
     ids, mask = batch.input_ids, batch.attention_mask
     shared = isinstance(critic, SharedValueHead)
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                 output_hidden_states=shared)  # fmt: skip
-    p = batch.prompt_ids.shape[1]
-    logits = out.logits[:, p - 1 : -1].float() / temperature
-    logp = selective_log_softmax(logits, batch.response_ids)
-    ent = entropy_from_logits(logits)
-    values = None
-    if shared:
-        values = critic(out.hidden_states[-1][:, p - 1 : -1])  # type: ignore[misc]
-    elif critic is not None:
-        values = critic(ids, mask)[:, p - 1 : -1]
+    with onednn_linears(policy, critic):  # forward here, backward later: both through oneDNN
+        out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                     output_hidden_states=shared)  # fmt: skip
+        p = batch.prompt_ids.shape[1]
+        logits = out.logits[:, p - 1 : -1].float() / temperature
+        logp = selective_log_softmax(logits, batch.response_ids)
+        ent = entropy_from_logits(logits)
+        values = None
+        if shared:
+            values = critic(out.hidden_states[-1][:, p - 1 : -1])  # type: ignore[misc]
+        elif critic is not None:
+            values = critic(ids, mask)[:, p - 1 : -1]
     return PolicyOutput(logp, ent, values)
 
 

@@ -23,6 +23,7 @@ from rewardlab.config import RewardConfig
 from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
+from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.optimize.lm import BatchOrder, make_optimizer, shuffled_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.model import RewardModel, collate_sequences
@@ -177,7 +178,7 @@ def train_reward_member(
         )  # fmt: skip
         return loss, r_c, r_r
 
-    with run.progress(total, f"reward model {member}") as prog:
+    with onednn_linears(scorer), run.progress(total, f"reward model {member}") as prog:
         if start:
             advance(prog, n=start)
         for step in range(start + 1, total + 1):
