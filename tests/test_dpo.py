@@ -385,3 +385,117 @@ def test_nan_loss_aborts_with_the_step_and_writes_no_model(micro, tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"step \d+"):
         run_dpo(cfg, quiet=True)
     assert not (micro / ARM / "nan" / "model").exists()
+
+
+# ------------------------------------------------------------------------ resume and data parallelism
+def _rows_no_clock(path: Path) -> list[dict]:
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time/") and k != "train/pairs_per_second"}
+        for r in rows
+    ]
+
+
+def _weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model.safetensors"))
+
+
+RESUME_CASES = {
+    # command, stage folder, overrides, kill after N checkpointer steps (a checkpoint before, rows after)
+    "dpo": ("dpo", "dpo", ["dpo.steps=10", "dpo.eval_every=4", "dpo.checkpoint_every=4"], 6),
+    "dpo-iter": ("dpo-iter", "dpo-iter", ["iterative_dpo.rounds=3", "iterative_dpo.prompts_per_round=48",
+                                          "iterative_dpo.steps_per_round=4", "iterative_dpo.max_new_tokens=12",
+                                          "iterative_dpo.reference=previous"], 2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_sigkill_then_resume_matches_uninterrupted_run(micro, tmp_path, case):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from rewardlab.checkpoint import KILL_ENV
+
+    command, stage, overrides, kill_after = RESUME_CASES[case]
+    sets = [x for kv in [*FAST, *overrides] for x in ("--set", kv)]
+    dirs = {}
+    for name in ("uninterrupted", "killed"):
+        dirs[name] = tmp_path / name
+        shutil.copytree(
+            micro, dirs[name], ignore=shutil.ignore_patterns("dpo*", "modpo", "cache", "c1", "c2", "c3")
+        )
+    assert main([command, str(MICRO), "--run-dir", str(dirs["uninterrupted"]), "--quiet", *sets]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "rewardlab.cli",
+        command,
+        str(MICRO),
+        "--run-dir",
+        str(dirs["killed"]),
+        "--quiet",
+    ]
+    env = {**os.environ, KILL_ENV: str(kill_after), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, *sets], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ref, out = dirs["uninterrupted"] / ARM / stage, dirs["killed"] / ARM / stage
+    assert (out / "checkpoint").is_dir() and not (out / "model").exists()
+    assert main([*cmd[3:], "--resume", *sets]) == 0
+    assert "resumed from" in (out / "run.log").read_text()
+    for name in ("metrics.jsonl", "audit.jsonl"):
+        assert _rows_no_clock(out / name) == _rows_no_clock(ref / name), name
+    w_ref, w_res = _weights(ref / "model"), _weights(out / "model")
+    assert w_ref.keys() == w_res.keys() and all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_trajectory(micro, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): each process trains on half of every global batch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    sets = [
+        x for kv in [*FAST, "dpo.steps=8", "dpo.eval_every=4", "dpo.sft_weight=0.1"] for x in ("--set", kv)
+    ]
+    args = ["dpo", str(MICRO), "--quiet", *sets]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        shutil.copytree(micro, d, ignore=shutil.ignore_patterns("dpo*", "modpo", "cache", "c1", "c2", "c3"))
+    assert main([*args, "--run-dir", str(one)]) == 0
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "rewardlab.cli",
+        *args,
+        "--run-dir",
+        str(two),
+    ]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = one / ARM / "dpo", two / ARM / "dpo"
+    assert json.loads((b / "summary.json").read_text())["num_processes"] == 2
+    for name in ("metrics.jsonl", "audit.jsonl"):
+        ra, rb = _rows_no_clock(a / name), _rows_no_clock(b / name)
+        assert [r["step"] for r in ra] == [r["step"] for r in rb]
+        for x, y in zip(ra, rb, strict=True):
+            assert x.keys() == y.keys()
+            for k, v in x.items():
+                if isinstance(v, float):
+                    assert math.isclose(v, y[k], rel_tol=1e-4, abs_tol=2e-5), (name, x["step"], k, v, y[k])
+                else:
+                    assert v == y[k], (name, k)
+    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(a) == files(b)

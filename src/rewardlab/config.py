@@ -241,6 +241,12 @@ class DPOConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(20, gt=0)
     samples_to_save: int = Field(128, ge=0)
+    checkpoint_every: int = Field(
+        50,
+        ge=0,
+        description="save training state every N steps (and at the end) for --resume; 0: never; "
+        "iterated DPO saves at the end of each round",
+    )
 
     @model_validator(mode="after")
     def _check_sweep(self) -> DPOConfig:

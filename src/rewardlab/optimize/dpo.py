@@ -37,7 +37,9 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import DPOConfig
+from rewardlab.distributed import all_reduce_sum, local_rows
 from rewardlab.feedback.records import Comparison
 from rewardlab.losses import (
     PreferenceLoss,
@@ -50,7 +52,7 @@ from rewardlab.losses import (
     simpo_loss,
 )
 from rewardlab.optimize.cpu_linear import onednn_linears
-from rewardlab.optimize.lm import bucket_batches
+from rewardlab.optimize.lm import BatchOrder, bucket_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
@@ -265,13 +267,14 @@ def reference_cache_key(model: nn.Module, examples: Sequence[PairExample], packi
 
 def cached_reference_logps(
     ref: nn.Module, examples: Sequence[PairExample], pad_id: int, cache_dir: Path | str | None, *,
-    packing: str = "shared_prompt", device: torch.device | str = "cpu", batch_size: int = 16,
+    packing: str = "shared_prompt", device: torch.device | str = "cpu", batch_size: int = 16, write: bool = True,
 ) -> tuple[Tensor, Tensor, str, bool]:  # fmt: skip
     """Reference log-probs of ``examples``: read from ``cache_dir/ref_logps-<key>.pt`` or computed and written.
 
     Returns ``(chosen [N], rejected [N], key, hit)``. The key hashes the reference weights, the
     tokenized data and the layout, so a changed model or dataset never reuses a stale file. The
-    file is written atomically (temp file, then rename). ``cache_dir=None`` computes without caching.
+    file is written atomically (temp file, then rename). ``cache_dir=None`` computes without caching;
+    ``write=False`` reads the cache but never writes it (the non-main processes of a data-parallel run).
     """
     key = reference_cache_key(ref, examples, packing)
     path = Path(cache_dir) / f"ref_logps-{key}.pt" if cache_dir is not None else None
@@ -282,7 +285,7 @@ def cached_reference_logps(
     chosen, rejected = compute_logps(
         ref, examples, pad_id, packing=packing, batch_size=batch_size, device=device
     )
-    if path is not None:
+    if path is not None and write:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         torch.save({"key": key, "chosen": chosen, "rejected": rejected}, tmp)
@@ -342,6 +345,12 @@ def _take(t: Tensor | None, idx: list[int], device: torch.device) -> Tensor | No
 
 
 # ------------------------------------------------------------------------------------- training
+def pair_order(data: PreferenceData, batch_size: int, seed: int) -> BatchOrder:
+    """The resumable order of the training batches: length-bucketed epochs drawn from ``random.Random(seed)``."""
+    lengths = [e.packed_length for e in data.examples]
+    return BatchOrder(lambda rng: bucket_batches(lengths, batch_size, rng)[::-1], random.Random(seed))
+
+
 def train_dpo(
     policy: nn.Module,
     opt: torch.optim.Optimizer,
@@ -360,33 +369,46 @@ def train_dpo(
     evaluate: Callable[[int], None] | None = None,
     eval_every: int = 0,
     extra_metrics: dict[str, Any] | None = None,
+    order: BatchOrder | None = None,
+    start: int = 0,
+    checkpoint: Checkpointer | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """``steps`` optimizer steps of the configured DPO variant on ``data``; returns throughput stats.
+    """Optimizer steps ``start + 1 .. steps`` of the configured DPO variant on ``data``; returns throughput stats.
 
     ``policy``/``opt`` come prepared by ``acc``. Reference log-probs come from ``data`` (precomputed)
     or, when ``data.ref_chosen`` is None and the loss needs them, from a forward of ``reference`` per
     step. Every step logs TRL's metric names at step ``step_offset + step``; ``evaluate(global_step)``
     runs every ``eval_every`` steps and after the last one. A NaN/inf loss aborts with the step.
+
+    Data parallel (``torchrun``): every process draws the same global batch from ``order`` (default
+    :func:`pair_order` of ``seed``) and trains on its contiguous slice with the loss written as the global
+    mean, so DDP's gradient average is the single-process gradient; metrics are all-reduced.
+    ``evaluate`` is called on every process (it should act on the main one only). With a
+    ``checkpoint`` (already restored to ``start`` by the caller), :meth:`Checkpointer.end_step` runs
+    after every step with ``checkpoint_extra()`` and the throughput counters; ``stats`` continues them.
     """
     if len(data) == 0:
         raise RewardlabError("dpo: no training pairs")
     device = acc.device
+    world, rank = acc.num_processes, acc.process_index
     uses_ref = needs_reference(cfg, modpo_weight)
     live = uses_ref and data.ref_chosen is None
     if live and reference is None:
         raise RewardlabError("dpo: no reference log-probs and no reference model")
-    rng = random.Random(seed)
-    lengths = [e.packed_length for e in data.examples]
-    queue: list[list[int]] = []
-    pairs = 0
-    train_seconds = 0.0
+    order = order or pair_order(data, cfg.batch_size, seed)
+    pairs = float((stats or {}).get("pairs", 0.0))
+    train_seconds = float((stats or {}).get("train_seconds", 0.0))
     policy.train()
     with onednn_linears(policy, reference), run.progress(steps, f"{run.stage} steps") as prog:
-        for step in range(1, steps + 1):
+        if start:
+            advance(prog, n=start)
+        for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
-            if not queue:
-                queue.extend(bucket_batches(lengths, cfg.batch_size, rng))
-            idx = queue.pop()
+            global_idx = order.next()
+            rows, real = local_rows(len(global_idx), rank, world)
+            idx = global_idx[rows]
             batch = collate_pairs([data.examples[j] for j in idx], pad_id, cfg.packing).to(device)
             pc, pr = pair_logps(policy, batch)
             if live:
@@ -397,10 +419,12 @@ def train_dpo(
             out = preference_loss(cfg, pc, pr, rc, rr, batch.chosen_lengths, batch.rejected_lengths,
                                   modpo_weight=modpo_weight, second_chosen=_take(data.second_chosen, idx, device),
                                   second_rejected=_take(data.second_rejected, idx, device))  # fmt: skip
-            loss = out.losses.mean()
-            nll = chosen_nll_loss(pc, batch.chosen_lengths).mean() if cfg.sft_weight > 0 else None
+            nll = chosen_nll_loss(pc, batch.chosen_lengths) if cfg.sft_weight > 0 else None
+            # this process's share of the global mean (world / global count; a stand-in row weighs 0)
+            scale = world / len(global_idx) if real else 0.0
+            loss = out.losses.sum() * scale
             if nll is not None:
-                loss = loss + cfg.sft_weight * nll
+                loss = loss + cfg.sft_weight * nll.sum() * scale
             global_step = step_offset + step
             check_finite(loss, "loss", global_step, run.stage)
             acc.backward(loss)
@@ -409,8 +433,10 @@ def train_dpo(
             sched.step()
             opt.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - t0
-            pairs += len(idx)
-            m = step_metrics(out, pc, pr, loss, nll)
+            pairs += len(global_idx)
+            m = step_metrics(
+                out, pc, pr, nll, cfg.sft_weight, len(global_idx), acc if world > 1 else None, real
+            )
             m.update({"grad_norm": float(gnorm), "learning_rate": sched.get_last_lr()[0],
                       "train/pairs_per_second": pairs / max(train_seconds, 1e-9),
                       "epoch": pairs / len(data), "time/elapsed": run.elapsed, **(extra_metrics or {})})  # fmt: skip
@@ -418,27 +444,43 @@ def train_dpo(
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == steps):
                 evaluate(global_step)
                 policy.train()
+            if checkpoint is not None:
+                checkpoint.end_step(global_step, pairs=pairs, train_seconds=train_seconds,
+                                    **(checkpoint_extra() if checkpoint_extra else {}))  # fmt: skip
             advance(prog, f"loss {m['loss']:.3f} margin {m['rewards/margins']:+.2f}")
-    return {"pairs": float(pairs), "train_seconds": train_seconds,
-            "pairs_per_second": pairs / max(train_seconds, 1e-9)}  # fmt: skip
-
-
-def step_metrics(
-    out: PreferenceLoss, pc: Tensor, pr: Tensor, loss: Tensor, nll: Tensor | None
-) -> dict[str, float]:
-    """TRL ``DPOTrainer`` metrics of one batch (means over its pairs)."""
-    c, r = out.chosen_rewards, out.rejected_rewards
-    m = {
-        "loss": float(loss.detach()),
-        "rewards/chosen": float(c.mean()),
-        "rewards/rejected": float(r.mean()),
-        "rewards/margins": float((c - r).mean()),
-        "rewards/accuracies": float((c > r).float().mean()),
-        "logps/chosen": float(pc.detach().mean()),
-        "logps/rejected": float(pr.detach().mean()),
+    return {
+        "pairs": pairs,
+        "train_seconds": train_seconds,
+        "pairs_per_second": pairs / max(train_seconds, 1e-9),
     }
+
+
+def step_metrics(out: PreferenceLoss, pc: Tensor, pr: Tensor, nll: Tensor | None, sft_weight: float, n: int,
+                 acc: Accelerator | None = None, real: bool = True) -> dict[str, float]:  # fmt: skip
+    """TRL ``DPOTrainer`` metrics of one global batch of ``n`` pairs (means over its pairs).
+
+    Computed from this process's sums; with ``acc`` (several processes) the sums are all-reduced first.
+    """
+    c, r = out.chosen_rewards, out.rejected_rewards
+    parts = {
+        "pair_loss": out.losses.detach().sum(),
+        "nll_loss": nll.detach().sum() if nll is not None else torch.zeros(()),
+        "rewards/chosen": c.sum(),
+        "rewards/rejected": r.sum(),
+        "rewards/margins": (c - r).sum(),
+        "rewards/accuracies": (c > r).float().sum(),
+        "logps/chosen": pc.detach().sum(),
+        "logps/rejected": pr.detach().sum(),
+    }
+    sums = [float(v) if real else 0.0 for v in parts.values()]
+    if acc is not None:
+        sums = all_reduce_sum(acc, sums)
+    mean = {k: v / n for k, v in zip(parts, sums, strict=True)}
+    m = {"loss": mean.pop("pair_loss") + sft_weight * mean["nll_loss"]}
+    nll_mean = mean.pop("nll_loss")
+    m.update(mean)
     if nll is not None:
-        m["nll_loss"] = float(nll.detach())
+        m["nll_loss"] = nll_mean
     return m
 
 

@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from rewardlab.audit.policy_eval import generate_responses
 from rewardlab.audit.tracker import AuditLog
+from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
+from rewardlab.distributed import make_accelerator, process_state, stage_run
 from rewardlab.feedback.raters import SimulatedRater, rater_error_rate
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.optimize.dpo import (
@@ -33,6 +35,7 @@ from rewardlab.optimize.dpo import (
     cached_reference_logps,
     implicit_reward_metrics,
     needs_reference,
+    pair_order,
     tokenize_comparisons,
     train_dpo,
     write_summary,
@@ -42,7 +45,6 @@ from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import completion_text
 from rewardlab.rewards.model import RewardModel
-from rewardlab.runs import Run
 from rewardlab.utils import RewardlabError, atomic_write_text
 
 #: Seed of the fresh prompts of iterated DPO (distinct from the label stage's and the audit's).
@@ -77,6 +79,8 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     """Train one DPO-family policy on the arm's rater labels; audited every ``dpo.eval_every`` steps.
 
     ``modpo_weight`` turns it into MODPO with ``cfg.modpo``'s second reward (see :func:`run_modpo`).
+    Runs data-parallel under ``torchrun`` (the main process audits and writes) and resumes from
+    ``<stage>/checkpoint`` with ``--resume``.
     """
     task = setup_stage(cfg, 6)
     dc = cfg.dpo
@@ -87,16 +91,15 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     train_path = stage_input(cfg, dc.data_path, "label", "train.jsonl", "comparisons")
     eval_path = stage_input(cfg, dc.eval_path, "label", "eval.jsonl", "eval comparisons")
     cache_dir = Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run_dir) / cfg.arm / "cache"
-    run = Run(out_dir or cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
-    _write_arm(cfg)
-    acc = Accelerator()
+    acc = make_accelerator()
+    main = acc.is_main_process
+    run = stage_run(acc, out_dir or cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    if main:
+        _write_arm(cfg)
     tok = load_tokenizer(policy_path)
     pad = int(tok.pad_token_id)  # type: ignore[arg-type]
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
-    rm = RewardModel.load(reward_path)
-    for m in rm.members:
-        m.requires_grad_(False).to(acc.device)
 
     all_train = load_comparisons(train_path)
     train_comps = _pairs(all_train, dc.drop_ties)
@@ -109,7 +112,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
             if name == "train" and dc.reference == "live":
                 continue
             data.ref_chosen, data.ref_rejected, key, hit = cached_reference_logps(
-                ref, data.examples, pad, cache_dir, packing=dc.packing, device=acc.device
+                ref, data.examples, pad, cache_dir, packing=dc.packing, device=acc.device, write=main
             )
             cache[name] = {"key": key, "hit": hit}
             run.info(
@@ -124,13 +127,20 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
 
     opt, sched = make_optimizer(policy, dc.optim, dc.steps)
     policy, opt = acc.prepare(policy, opt)
-    held_out = eval_problems(task, dc.eval_prompts)
-    audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=dc.max_new_tokens, seed=cfg.seed,
-                     temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+    order = pair_order(train, dc.batch_size, cfg.seed * 1000 + 6)
+    audit = None
+    if main:
+        rm = RewardModel.load(reward_path)
+        for m in rm.members:
+            m.requires_grad_(False).to(acc.device)
+        audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
+                         seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
     # On the audit's samples the mean implicit reward is beta * KL_k1 exactly (same reference, T = 1).
     implicit_on_samples = dc.loss != "simpo" and modpo_weight is None and dc.temperature == 1.0
 
     def evaluate(step: int) -> None:
+        if audit is None:  # not the main process: go on to the next all-reduce and wait there
+            return
         model = acc.unwrap_model(policy)
         imp = implicit_reward_metrics(
             model, held, eval_comps, dc, pad, modpo_weight=modpo_weight, device=acc.device
@@ -141,17 +151,29 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         extra = {"implicit/audit_mean": dc.beta * row["kl/k1"]} if implicit_on_samples else {}
         run.log_metrics({**imp, **extra}, step)
 
-    evaluate(0)
-    stats = train_dpo(policy, opt, sched, train, dc, steps=dc.steps, run=run, acc=acc, pad_id=pad,
-                      seed=cfg.seed * 1000 + 6, reference=ref, modpo_weight=modpo_weight,
-                      evaluate=evaluate, eval_every=dc.eval_every)  # fmt: skip
-    out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
-    write_summary(run, method=what, start=audit.rows[0], end=audit.rows[-1], train=stats, reference_cache=cache,
-                  pairs_train=len(train), pairs_eval=len(held), ties_dropped=len(all_train) - len(train_comps))  # fmt: skip
-    end = audit.rows[-1]
-    run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs rater "
-             f"{end.get('implicit/accuracy_rater', float('nan')):.3f}, vs gold {end.get('implicit/accuracy_gold', float('nan')):.3f}; "
-             f"saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    ckpt = Checkpointer(run, every=dc.checkpoint_every, total_steps=dc.steps, resume=cfg.resume, accelerator=acc,
+                        files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
+    ckpt.track(policy=policy, optimizer=opt, scheduler=sched, data=order)
+    start = ckpt.restore()
+    if start and audit is not None:
+        audit.rows = list(ckpt.extra["audit_rows"])
+    elif not start:
+        evaluate(0)
+    stats = train_dpo(policy, opt, sched, train, dc, steps=dc.steps, run=run, acc=acc, pad_id=pad, seed=0,
+                      reference=ref, modpo_weight=modpo_weight, evaluate=evaluate, eval_every=dc.eval_every,
+                      order=order, start=start, checkpoint=ckpt, stats=ckpt.extra if start else None,
+                      checkpoint_extra=lambda: {"audit_rows": audit.rows if audit is not None else []})  # fmt: skip
+    out = run.dir / "model"
+    if audit is not None:
+        out = save_model(acc.unwrap_model(policy), tok, out)
+        write_summary(run, method=what, start=audit.rows[0], end=audit.rows[-1], train=stats, reference_cache=cache,
+                      pairs_train=len(train), pairs_eval=len(held), ties_dropped=len(all_train) - len(train_comps),
+                      num_processes=acc.num_processes)  # fmt: skip
+        end = audit.rows[-1]
+        run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs rater "
+                 f"{end.get('implicit/accuracy_rater', float('nan')):.3f}, vs gold "
+                 f"{end.get('implicit/accuracy_gold', float('nan')):.3f}; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+    acc.wait_for_everyone()
     run.close()
     return out
 
@@ -168,11 +190,30 @@ def run_dpo_sweep(cfg: PipelineConfig, quiet: bool = False) -> list[Path]:
     return outs
 
 
+def _label_round(model: torch.nn.Module, tok: Any, task: Any, rater: SimulatedRater, ic: Any, seed: int,
+                 gen: torch.Generator) -> tuple[list[Comparison], float]:  # fmt: skip
+    """Two samples per fresh prompt from ``model``, identical pairs dropped, the rest labelled by ``rater``.
+
+    Returns the labelled pairs and the share of prompts whose two samples were identical.
+    """
+    problems = task.sample_problems(ic.prompts_per_round, seed=seed)
+    responses = generate_responses(model, tok, [p.text for p in problems for _ in range(2)],
+                                   max_new_tokens=ic.max_new_tokens, temperature=ic.temperature, generator=gen)  # fmt: skip
+    keep = [i for i in range(len(problems)) if responses[2 * i] != responses[2 * i + 1]]
+    labelled = rater.label_pairs(
+        [problems[i] for i in keep], [(responses[2 * i], responses[2 * i + 1]) for i in keep]
+    )
+    return labelled, 1 - len(keep) / len(problems)
+
+
 def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) -> Path:
     """Iterated (online) DPO: per round, sample a pair per fresh prompt from the current policy, have the
     arm's simulated rater label them, and train ``iterative_dpo.steps_per_round`` DPO steps on them.
 
-    Audit rows carry the cumulative ``step`` and the ``round`` (0 = the starting policy).
+    Audit rows carry the cumulative ``step`` and the ``round`` (0 = the starting policy). Under
+    ``torchrun`` the main process samples and labels each round and sends the pairs to the others;
+    with ``--resume`` the run continues from the last finished round (checkpoints are saved at the end
+    of each round when ``dpo.checkpoint_every`` > 0).
     """
     task = setup_stage(cfg, 7)
     dc, ic = cfg.dpo, cfg.iterative_dpo
@@ -181,29 +222,35 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
     ref_path = Path(dc.reference_path) if dc.reference_path else policy_path
     reward_path = stage_input(cfg, dc.reward_path, "reward", "model", "reward model")
     eval_path = stage_input(cfg, dc.eval_path, "label", "eval.jsonl", "eval comparisons")
-    run = Run(cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
-    _write_arm(cfg)
-    acc = Accelerator()
+    acc = make_accelerator()
+    main = acc.is_main_process
+    run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
+    if main:
+        _write_arm(cfg)
     tok = load_tokenizer(policy_path)
     pad = int(tok.pad_token_id)  # type: ignore[arg-type]
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
-    rm = RewardModel.load(reward_path)
-    for m in rm.members:
-        m.requires_grad_(False).to(acc.device)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
     held = PreferenceData(tokenize_comparisons(tok, eval_comps))
     rater = SimulatedRater(task, cfg.label.rater, seed=cfg.seed * 101 + 7)
     gen = torch.Generator().manual_seed(cfg.seed * 17 + 7)
-    total = ic.rounds * ic.steps_per_round
-    opt, sched = make_optimizer(policy, dc.optim, total)
+    spr = ic.steps_per_round
+    opt, sched = make_optimizer(policy, dc.optim, ic.rounds * spr)
     policy, opt = acc.prepare(policy, opt)
-    audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
-                     seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+    audit = None
+    if main:
+        rm = RewardModel.load(reward_path)
+        for m in rm.members:
+            m.requires_grad_(False).to(acc.device)
+        audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
+                         seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
     run.info(f"{ic.rounds} rounds x ({ic.prompts_per_round} fresh prompts -> rater {rater.name} -> "
-             f"{ic.steps_per_round} {dc.loss} steps, beta {dc.beta:g}); reference: {ic.reference}")  # fmt: skip
+             f"{spr} {dc.loss} steps, beta {dc.beta:g}); reference: {ic.reference}")  # fmt: skip
 
     def audit_round(step: int, rnd: int, round_ref: torch.nn.Module) -> dict[str, Any]:
+        if audit is None:
+            return {}
         model = acc.unwrap_model(policy)
         if needs_reference(dc):
             held.ref_chosen, held.ref_rejected, _, _ = cached_reference_logps(
@@ -212,22 +259,30 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
         imp = implicit_reward_metrics(model, held, eval_comps, dc, pad, device=acc.device)
         return audit(model, step, round=rnd, beta=dc.beta, **imp)
 
-    audit_round(0, 0, ref)
-    rounds: list[dict[str, Any]] = []
-    throughput: list[float] = []
-    for rnd in range(1, ic.rounds + 1):
+    ckpt = Checkpointer(run, every=spr if dc.checkpoint_every else 0, total_steps=ic.rounds * spr, resume=cfg.resume,
+                        accelerator=acc, files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
+    ckpt.track(policy=policy, optimizer=opt, scheduler=sched, generator=gen, rater_rng=rater._rng)
+    start = ckpt.restore()
+    rounds: list[dict[str, Any]] = list(ckpt.extra.get("rounds", [])) if start else []
+    if start and audit is not None:
+        audit.rows = list(ckpt.extra["audit_rows"])
+    elif not start:
+        audit_round(0, 0, ref)
+    for rnd in range(start // spr + 1, ic.rounds + 1):
         model = acc.unwrap_model(policy)
-        problems = task.sample_problems(ic.prompts_per_round, seed=ONLINE_PROMPT_SEED + 1000 * cfg.seed + rnd)
-        responses = generate_responses(model, tok, [p.text for p in problems for _ in range(2)],
-                                       max_new_tokens=ic.max_new_tokens, temperature=ic.temperature, generator=gen)  # fmt: skip
-        keep = [i for i in range(len(problems)) if responses[2 * i] != responses[2 * i + 1]]
-        labelled = rater.label_pairs(
-            [problems[i] for i in keep], [(responses[2 * i], responses[2 * i + 1]) for i in keep]
-        )
+        box: list[Any] = [None]
+        if main:
+            box[0] = _label_round(
+                model, tok, task, rater, ic, ONLINE_PROMPT_SEED + 1000 * cfg.seed + rnd, gen
+            )
+        if acc.num_processes > 1:
+            box = broadcast_object_list(box)
+        labelled, identical = box[0]
         comps = _pairs(labelled, dc.drop_ties)
-        save_comparisons(run.dir / "rounds" / f"round_{rnd}.jsonl", labelled)
+        if main:
+            save_comparisons(run.dir / "rounds" / f"round_{rnd}.jsonl", labelled)
         err = rater_error_rate(labelled, by=None)
-        info = {"round": rnd, "round/pairs": len(comps), "round/identical_rate": 1 - len(keep) / len(problems),
+        info = {"round": rnd, "round/pairs": len(comps), "round/identical_rate": identical,
                 "round/ties": len(labelled) - len(comps), "round/rater_error_rate": err.get("error_rate")}  # fmt: skip
         if not comps:
             raise RewardlabError(
@@ -239,19 +294,25 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
             data.ref_chosen, data.ref_rejected, _, _ = cached_reference_logps(
                 round_ref, data.examples, pad, None, packing=dc.packing, device=acc.device
             )
-        run.log_metrics(info, (rnd - 1) * ic.steps_per_round)
-        stats = train_dpo(policy, opt, sched, data, dc, steps=ic.steps_per_round, run=run, acc=acc, pad_id=pad,
-                          seed=cfg.seed * 1000 + 7 + rnd, reference=round_ref, step_offset=(rnd - 1) * ic.steps_per_round,
+        run.log_metrics(info, (rnd - 1) * spr)
+        stats = train_dpo(policy, opt, sched, data, dc, steps=spr, run=run, acc=acc, pad_id=pad,
+                          seed=cfg.seed * 1000 + 7 + rnd, reference=round_ref, step_offset=(rnd - 1) * spr,
                           extra_metrics={"round": rnd})  # fmt: skip
-        throughput.append(stats["pairs_per_second"])
-        row = audit_round(rnd * ic.steps_per_round, rnd, round_ref)
-        rounds.append({**info, **stats, "gold/mean": row["gold/mean"], "proxy/mean": row["proxy/mean"]})
+        row = audit_round(rnd * spr, rnd, round_ref)
+        rounds.append(
+            {**info, **stats, "gold/mean": row.get("gold/mean"), "proxy/mean": row.get("proxy/mean")}
+        )
+        ckpt.end_step(rnd * spr, rounds=rounds, audit_rows=audit.rows if audit is not None else [])
         run.info(f"round {rnd}: {len(comps)} pairs, rater error vs gold {info['round/rater_error_rate']}, "
                  f"implicit accuracy vs rater {row.get('implicit/accuracy_rater', float('nan')):.3f}")  # fmt: skip
-    out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
-    write_summary(run, method=f"iterated {dc.loss} beta={dc.beta:g}", start=audit.rows[0], end=audit.rows[-1],
-                  rounds=rounds, pairs_per_second=float(np.mean(throughput)))  # fmt: skip
-    run.info(f"saved {out} in {run.elapsed:.0f}s")
+    out = run.dir / "model"
+    if audit is not None:
+        out = save_model(acc.unwrap_model(policy), tok, out)
+        write_summary(run, method=f"iterated {dc.loss} beta={dc.beta:g}", start=audit.rows[0], end=audit.rows[-1],
+                      rounds=rounds, pairs_per_second=float(np.mean([r["pairs_per_second"] for r in rounds])),
+                      num_processes=acc.num_processes)  # fmt: skip
+        run.info(f"saved {out} in {run.elapsed:.0f}s")
+    acc.wait_for_everyone()
     run.close()
     return out
 
@@ -313,12 +374,16 @@ def run_modpo(cfg: PipelineConfig, quiet: bool = False) -> Path:
         if mc.steps is not None:
             c.dpo.steps = mc.steps
         run_dpo(c, quiet, stage=f"{mc.name}-w{w:g}", out_dir=parent / f"w{w:g}", modpo_weight=w)
+        if not process_state().is_main_process:
+            continue
         summary = json.loads((parent / f"w{w:g}" / "summary.json").read_text())
         end = summary["end"]
         start = start or summary["start"]
         keys = ("gold/mean", "gold/accuracy", "behavior/length", "behavior/sycophancy_rate", "proxy/mean", "kl/k1",
                 "implicit/accuracy_rater", "implicit/accuracy_gold")  # fmt: skip
         points.append({"weight": w, **{k: end.get(k) for k in keys}})
+    if not process_state().is_main_process:
+        return parent
     lengths = [p["behavior/length"] for p in points]
     fronts = {key: [points[i]["weight"] for i in pareto_front(lengths, [p[key] for p in points])]
               for key, _ in PARETO_METRICS}  # fmt: skip
