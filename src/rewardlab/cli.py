@@ -37,7 +37,7 @@ STAGE_HELP = {
     "reward-conditioned": "offline: SFT with a reward-quantile token in the prompt; generate with the top token",
     "alol": "offline: A-LoL, advantage-weighted offline policy gradient with clipped importance weights",
     "phf": "pretraining with human feedback: conditional training on corpus documents tagged by the proxy",
-    "run": "run the whole pipeline (pretrain -> sft -> label -> reward -> ppo, bon) for the raters and "
+    "run": "run the whole pipeline (pretrain -> sft -> label -> reward -> the config's methods) for the raters and "
     "their unbiased control, then write the report",
 }
 
@@ -161,10 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stages = None
             if args.stages:
                 stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-                unknown = [s for s in stages if s not in (*STAGES, "report")]
+                unknown = [s for s in stages if s not in (*STAGES, *DIRECT_STAGES, *OFFLINE_STAGES, "report")]
                 if unknown:
                     raise RewardlabError(
-                        f"--stages: unknown stage(s) {unknown}; choose from {[*STAGES, 'report']}"
+                        f"--stages: unknown stage(s) {unknown}; choose from "
+                        f"{[*STAGES, *DIRECT_STAGES, *OFFLINE_STAGES, 'report']}"
                     )
             seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
             run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)

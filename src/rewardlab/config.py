@@ -124,7 +124,7 @@ class PPOConfig(_Strict):
     policy_path: str | None = Field(None, description="policy and reference; default: <run_dir>/sft/model")
     reward_path: str | None = Field(None, description="proxy; default: <run_dir>/<arm>/reward/model")
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
-    steps: int = Field(120, gt=0, description="rollout + update iterations")
+    steps: int = Field(80, gt=0, description="rollout + update iterations")
     prompts_per_step: int = Field(32, gt=0)
     samples_per_prompt: int = Field(4, ge=1, description="k completions per prompt (>= 2 for rloo/grpo)")
     ppo_epochs: int = Field(2, gt=0)
@@ -399,6 +399,11 @@ class OfflineConfig(_Strict):
     phf: PHFConfig = PHFConfig()
 
 
+#: Optimizers ``rewardlab run`` can apply to an arm (each also a ``rewardlab`` subcommand).
+MethodName = Literal["ppo", "rloo", "grpo", "bon", "dpo", "dpo-iter", "modpo", "filtered-mle", "rwr",
+                     "reward-conditioned", "alol"]  # fmt: skip
+
+
 class PipelineConfig(_Strict):
     """A whole experiment: shared settings plus one section per stage."""
 
@@ -411,8 +416,9 @@ class PipelineConfig(_Strict):
         default_factory=lambda: ["unbiased"],
         description="rater presets `rewardlab run` also runs as controls",
     )
-    methods: list[Literal["ppo", "rloo", "grpo", "bon"]] = Field(
-        default_factory=lambda: ["ppo", "bon"], description="optimizers `rewardlab run` applies to each arm"
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["ppo", "bon"],
+        description="optimizers `rewardlab run` applies to each arm, in this order (configs/compare.yaml: all)",
     )
     task: TaskConfig = TaskConfig()
     pretrain: PretrainConfig = PretrainConfig()
