@@ -98,6 +98,9 @@ class RewardConfig(_Strict):
     ensemble_alpha: float = Field(1.0, ge=0, description="conservative score = mean - alpha * std")
     epochs: int = Field(2, gt=0)
     batch_size: int = Field(64, gt=0)
+    packing: Literal["bucket", "none"] = Field(
+        "bucket", description="batch comparisons of similar length (less padding); none: uniform shuffle"
+    )
     optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=20)
     normalize_prompts: int = Field(1024, gt=0, description="SFT samples to normalize rewards on")
     verifier: bool = Field(
