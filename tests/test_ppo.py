@@ -139,3 +139,38 @@ def test_training_raises_the_proxy(advantage, value_model):
     assert after > before + 0.3, (before, after)
     if advantage == "gae":
         assert "loss/value_avg" in stats
+
+
+def test_one_update_per_rollout_skips_the_known_forwards(monkeypatch):
+    """GRPO with one gradient step per rollout and no reference: the sampler's log-probs are the old
+    ones, KL is 0, the ratio is exactly 1, and the update equals the one with a separate old forward."""
+    from rewardlab.optimize import ppo
+
+    c = cfg(advantage="grpo", ppo_epochs=1, minibatches=1, kl_coef=0.0)
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+    calls = {"n": 0}
+    real_forward = ppo.policy_forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(ppo, "policy_forward", counted)
+    updated = []
+    for single in (True, False):
+        monkeypatch.setattr(ppo, "single_update", lambda _c, s=single: s)
+        policy = tiny_policy(0)
+        opt, _ = make_optimizer(policy, c.optim, 1)
+        calls["n"] = 0
+        ro = make_rollout(
+            policy, None, None, WordProxy("the"), TOK, prompts, c, 0.0, torch.Generator().manual_seed(0)
+        )
+        assert calls["n"] == (0 if single else 1)  # no reference forward either way
+        assert torch.equal(ro.kl["k1"], torch.zeros_like(ro.kl["k1"]))
+        if single:
+            assert torch.equal(ro.logprobs, ro.batch.logprobs)
+        stats = ppo_update(policy, None, opt, ro, c, torch.Generator().manual_seed(1), 1)
+        if single:
+            assert stats["val/ratio"] == 1.0 and stats["val/ratio_var"] == 0.0
+        updated.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(updated[0], updated[1], atol=1e-6, rtol=0)

@@ -163,7 +163,7 @@ class RolloutSamples:
 @torch.no_grad()
 def sample_and_score(
     policy: nn.Module,
-    ref: nn.Module,
+    ref: nn.Module | None,
     critic: nn.Module | None,
     reward_model: RewardModel,
     tokenizer,
@@ -171,23 +171,37 @@ def sample_and_score(
     cfg: PPOConfig,
     generator: torch.Generator,
 ) -> RolloutSamples:
-    """Sample one completion per prompt (prompts already repeated k times), with log-probs, values and scores."""
+    """Sample one completion per prompt (prompts already repeated k times), with log-probs, values and scores.
+
+    Two forwards are skipped when their result is known: with ``ref=None`` (no reference, as TRL's
+    GRPO with ``beta=0``) the reference log-probs are the policy's (every KL term is 0); with a
+    single gradient step per rollout (:func:`single_update`) and no critic, the old log-probs are
+    the sampler's (same distribution, from its own forward) and :func:`ppo_update` takes the
+    ratio's denominator from its first forward, as TRL does.
+    """
     device = next(policy.parameters()).device
     ids, pmask = encode_prompts(tokenizer, prompts)
     batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
                    temperature=cfg.temperature, generator=generator)  # fmt: skip
     mask = batch.response_mask.float()
-    pol = policy_forward(policy, critic, batch, cfg.temperature)
-    ref_out = policy_forward(ref, None, batch, cfg.temperature)
-    logp, ref_logp = pol.logprobs * mask, ref_out.logprobs * mask
+    pol = None
+    if critic is not None or not single_update(cfg):
+        pol = policy_forward(policy, critic, batch, cfg.temperature)
+    logp = (pol.logprobs if pol is not None else batch.logprobs.to(mask.device)) * mask
+    ref_logp = logp if ref is None else policy_forward(ref, None, batch, cfg.temperature).logprobs * mask
     responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
     rm_scores = reward_model.score(prompts, responses)
     raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(
         device
     )
-    values = pol.values * mask if pol.values is not None else None
+    values = pol.values * mask if pol is not None and pol.values is not None else None
     return RolloutSamples(batch, logp, ref_logp, values, raw, responses)
+
+
+def single_update(cfg: PPOConfig) -> bool:
+    """One gradient step per rollout: the policy that sampled is the one whose ratio is taken (ratio = 1)."""
+    return cfg.ppo_epochs == 1 and cfg.minibatches == 1
 
 
 def concat_samples(parts: list[RolloutSamples], pad_token_id: int) -> RolloutSamples:
@@ -255,7 +269,7 @@ def rollout_from_samples(s: RolloutSamples, cfg: PPOConfig, kl_coef: float) -> R
 
 def make_rollout(
     policy: nn.Module,
-    ref: nn.Module,
+    ref: nn.Module | None,
     critic: nn.Module | None,
     reward_model: RewardModel,
     tokenizer,
@@ -310,9 +324,10 @@ def ppo_update(
             mb = _slice_batch(ro.batch, idx)
             m = ro.mask[idx]
             out = policy_forward(policy, critic, mb, cfg.temperature)
-            pg_loss, pg = ppo_policy_loss(
-                out.logprobs, ro.logprobs[idx], ro.advantages[idx], m, cfg.cliprange
-            )
+            # One step per rollout: the current policy is the one that sampled, so its own log-probs
+            # (detached) are the old ones and the ratio is exactly 1 (see sample_and_score).
+            old = out.logprobs.detach() if single_update(cfg) else ro.logprobs[idx]
+            pg_loss, pg = ppo_policy_loss(out.logprobs, old, ro.advantages[idx], m, cfg.cliprange)
             loss = pg_loss
             vf_loss, vf = None, None
             if (
@@ -345,7 +360,7 @@ def ppo_update(
                     stats[k].append(mb_stats[k])
             stats["grad_norm"].append(float(gn))
             if weight > 0:
-                ratios.append(torch.exp(out.logprobs.detach() - ro.logprobs[idx])[m.bool()])
+                ratios.append(torch.exp(out.logprobs.detach() - old)[m.bool()])
     allr = torch.cat(ratios) if ratios else torch.zeros(1)
     if world > 1:
         from accelerate.utils import gather_object
