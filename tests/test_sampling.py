@@ -223,6 +223,10 @@ def test_onednn_sampling_matches_the_exact_decoder(
 
 
 def test_fast_decoder_steps_aside_for_hooks_and_adapters(llama: PreTrainedModel) -> None:
+    # transformers' own output-capturing hooks (left behind by output_hidden_states=True) are inert
+    llama(input_ids=torch.tensor([[5, 6, 7]]), output_hidden_states=True)
+    assert any(m._forward_hooks for m in llama.modules())
+    assert sampling._FastDecoder.build(llama, 2, 8) is not None
     handle = llama.model.layers[0].mlp.register_forward_hook(lambda *a: None)
     try:
         assert sampling._FastDecoder.build(llama, 2, 8) is None

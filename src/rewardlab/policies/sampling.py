@@ -359,7 +359,7 @@ class _FastDecoder:
             return None
         if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
             return None
-        if any(mod._forward_hooks or mod._forward_pre_hooks for mod in model.modules()):
+        if any(_observed(mod) for mod in model.modules()):
             return None  # someone observes or edits intermediate outputs: run the real modules
         linears = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
         for layer in inner.layers:
@@ -426,6 +426,21 @@ class _FastDecoder:
             h = residual + _linear(w["act"](gate) * up, w["down"])
         h = _rms_norm(h, *self.final_norm)
         return _linear(h[:, -1], self.lm_head)
+
+
+def _observed(module: torch.nn.Module) -> bool:
+    """``module`` has forward (pre-)hooks other than transformers' output-capturing ones.
+
+    transformers installs those on the decoder layers the first time ``output_hidden_states`` is
+    asked for and leaves them in place; they do nothing unless a forward asks for those outputs.
+    """
+    if module._forward_pre_hooks:
+        return True
+    return any(
+        getattr(h, "__name__", "") != "output_capturing_hook"
+        or not getattr(h, "__module__", "").startswith("transformers.")
+        for h in module._forward_hooks.values()
+    )
 
 
 def _concat_linear(layers: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
