@@ -41,7 +41,7 @@ from rewardlab.losses import (
     selective_log_softmax,
 )
 from rewardlab.optimize.cpu_linear import onednn_linears
-from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
+from rewardlab.policies.sampling import SampleBatch, _accepts_logits_to_keep, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
 from rewardlab.rewards.model import RewardModel
 from rewardlab.utils import check_finite
@@ -108,11 +108,15 @@ def policy_forward(
     """
     ids, mask = batch.input_ids, batch.attention_mask
     shared = isinstance(critic, SharedValueHead)
+    t = batch.response_ids.shape[1]
+    # The LM head only where a response token is predicted (the last t + 1 positions, minus the last).
+    inner = getattr(policy, "module", policy)  # DDP wraps the model
+    keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(type(inner)) else {}
     with onednn_linears(policy, critic):  # forward here, backward later: both through oneDNN
         out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                     output_hidden_states=shared)  # fmt: skip
+                     output_hidden_states=shared, **keep)  # fmt: skip
         p = batch.prompt_ids.shape[1]
-        logits = out.logits[:, p - 1 : -1].float() / temperature
+        logits = out.logits[:, -(t + 1) : -1].float() / temperature
         logp = selective_log_softmax(logits, batch.response_ids)
         ent = entropy_from_logits(logits)
         values = None
