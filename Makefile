@@ -1,6 +1,7 @@
 # rewardlab: two commands on a fresh machine.
 #   make demo   create .venv, install torch (CPU wheel) then rewardlab, run the default pipeline
 #   make test   same install, then the test suite
+#   make bench  rewardlab vs TRL throughput, side by side (benchmarks/RESULTS.md)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -30,6 +31,12 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q
+
+# rewardlab against TRL 1.16 side by side (benchmarks/bench_trl.py): make bench [BENCH_ARGS=--quick]
+BENCH_ARGS ?=
+bench: install
+	$(PIP) install -q -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -310,7 +310,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
 
     from rewardlab.config import PPOConfig
     from rewardlab.optimize.lm import make_optimizer
-    from rewardlab.optimize.ppo import ValueModel, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.optimize.ppo import SharedValueHead, make_rollout, ppo_update, rollout_metrics
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.rewards.model import RewardScores
 
@@ -330,16 +330,17 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     tok = load_tokenizer(assets / "tokenizer")
     acc = Accelerator()
     policy = load_causal_lm(path)
-    ref = load_causal_lm(path).eval().requires_grad_(False)
-    if advantage == "grpo":  # TRL GRPO's defaults: one update per rollout, beta = 0, no EOS penalty
+    critic: torch.nn.Module | None = None
+    if advantage == "grpo":  # TRL GRPO's defaults: one update per rollout, beta = 0 (no reference)
         pc = PPOConfig(advantage="grpo", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
                        ppo_epochs=1, minibatches=1, kl_coef=0.0, missing_eos="none",
                        max_new_tokens=NEW_TOKENS, optim=_rl_optim("grpo"))  # fmt: skip
-        critic = None
-    else:  # rewardlab's PPO defaults: separate critic, 2 epochs x 2 minibatches, KL 0.05, EOS penalty
+        ref = None
+    else:  # PPO: value head on the policy's trunk, GAE, 2 epochs x 2 minibatches, KL 0.05 to a reference
         pc = PPOConfig(advantage="gae", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
-                       value_init="policy", max_new_tokens=NEW_TOKENS, optim=_rl_optim("ppo"))  # fmt: skip
-        critic = ValueModel.from_pretrained(path)
+                       value_model="shared", max_new_tokens=NEW_TOKENS, optim=_rl_optim("ppo"))  # fmt: skip
+        ref = load_causal_lm(path).eval().requires_grad_(False)
+        critic = SharedValueHead(policy.config.hidden_size)
     opt, _ = make_optimizer(
         torch.nn.ModuleList([policy, *([critic] if critic else [])]), pc.optim, spec["steps"]
     )
@@ -355,7 +356,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     policy.train()
     for step in range(1, spec["steps"] + 1):
         prompts = [p for p in _step_prompts(rows, step) for _ in range(GROUP)]
-        ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, pc.kl_coef, gen)  # type: ignore[arg-type]
+        ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, pc.kl_coef, gen)
         metrics = rollout_metrics(ro, pc, pc.kl_coef)
         metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_))
         clock.mark(step)
@@ -498,7 +499,15 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
             res = sampler_pair(spec, out)
         else:
             clock = StepClock(WARMUP)
-            res = RUNNERS[f"{spec['side']}/{spec['trainer']}"](spec, clock, out)
+            runner = RUNNERS[f"{spec['side']}/{spec['trainer']}"]
+            if spec.get("profile"):  # cProfile the whole run into this file (rates are then inflated)
+                import cProfile
+
+                prof = cProfile.Profile()
+                res = prof.runcall(runner, spec, clock, out)
+                prof.dump_stats(spec["profile"])
+            else:
+                res = runner(spec, clock, out)
             n, secs = clock.measured()
             if n != spec["steps"] - WARMUP:
                 raise RuntimeError(f"measured {n} steps, expected {spec['steps'] - WARMUP}")
@@ -507,12 +516,43 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
             res["measured_s"] = secs
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["threads"] = torch.get_num_threads()
+    if spec.get("side") == "rewardlab" or spec["trainer"] == "sampler":
+        from rewardlab.optimize.cpu_linear import cpu_linear_backend
+
+        res["cpu_linear"] = cpu_linear_backend()
     return res
 
 
+def machine_description() -> dict[str, str]:
+    """CPU model and core count (lscpu), Python, torch, transformers, TRL, accelerate versions."""
+    import platform
+
+    import accelerate
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        cpu = f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        trl_version = version("trl")
+    except Exception:
+        trl_version = "not installed"
+    return {"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl_version,
+            "accelerate": accelerate.__version__}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------- parent side
-def run_child(spec: dict[str, Any], log: Path) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], log: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = dict(os.environ)
+    env.update(extra_env or {})
     n = str(spec["threads"])
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
@@ -549,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every run, both sides")
     ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
+    ap.add_argument("--rl-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for rewardlab's runs only, e.g. REWARDLAB_CPU_LINEAR=mkl")  # fmt: skip
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -573,7 +615,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"assets in {assets} ({time.perf_counter() - t0:.1f} s); threads per run: {args.threads}; "
           f"steps {steps} offline / {on_steps} on-policy, first {WARMUP} excluded; {args.repeats} repeats",
           flush=True)  # fmt: skip
-    results: dict[str, Any] = {"args": vars(args), "rows": []}
+    rl_env = dict(kv.split("=", 1) for kv in args.rl_env)
+    results: dict[str, Any] = {"args": vars(args), "machine": machine_description(), "rows": []}
+    print(f"machine: {results['machine']}", flush=True)
     base = {"assets": str(assets), "threads": args.threads}
     for trainer in only:
         for size in sizes:
@@ -583,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
             if trainer == "sampler":
                 spec = {**base, "trainer": "sampler", "size": size, "repeats": max(args.repeats, 3),
                         "sampler_calls": 3 if args.quick else 10}  # fmt: skip
-                res = run_child(spec, log)
+                res = run_child(spec, log, rl_env)
                 ratios = [a / b for a, b in zip(res["times"]["trl"], res["times"]["rewardlab"])]
                 row = {"row": "sampler", "size": size, "ratios": ratios, "greedy_identical": res["greedy_identical"],
                        "rewardlab": {"tokens_per_s": res["tokens_per_s"]["rewardlab"]},
@@ -601,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
                 for side in order:
                     who, what = side.split("/")
                     spec = {**base, "trainer": what, "side": who, "size": size, "steps": n_steps}
-                    res = run_child(spec, log)
+                    res = run_child(spec, log, rl_env if who == "rewardlab" else None)
                     runs[side].append(res)
                     print(f"  {side} {size} repeat {r}: {res['samples_per_s']:.1f} samples/s, "
                           f"{res['peak_rss_mib']:.0f} MiB, setup {res['setup_s']:.1f} s", flush=True)  # fmt: skip
@@ -616,7 +660,9 @@ def main(argv: list[str] | None = None) -> None:
     table = render_table(results["rows"])
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table + "\n")
-    print()
+    backends = sorted({r.get("cpu_linear", "?") for row in results["rows"] if isinstance(row["rewardlab"], list)
+                       for r in row["rewardlab"]})  # fmt: skip
+    print(f"\n{results['machine']}; {args.threads} thread(s) per run; rewardlab CPU linears: {backends}")
     print(table)
     print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
 
