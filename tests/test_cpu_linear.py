@@ -31,6 +31,14 @@ def test_onednn_linear_matches_f_linear_and_its_gradients(bias: bool) -> None:
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
 
 
+def test_row_padding_bounds_the_shapes_and_the_waste() -> None:
+    sizes = {cpu_linear._padded_rows(m) for m in range(513, 1025)}  # one octave: 576, 640, ..., 1024
+    assert len(sizes) == 2**cpu_linear._ROW_BITS  # a few GEMM shapes per octave of row counts
+    for m in (1, 7, 100, 543, 1000, 4097):
+        p = cpu_linear._padded_rows(m)
+        assert m <= p <= max(16, m * (1 + 2**-cpu_linear._ROW_BITS))
+
+
 def test_switch_is_scoped_and_leaves_the_model_as_it_was() -> None:
     tok = build_task_tokenizer(TASK_WORDS)
     model = build_causal_lm(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok)

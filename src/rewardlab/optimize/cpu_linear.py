@@ -72,25 +72,50 @@ def cpu_linear_backend() -> str:
     return "onednn" if best["mkl"] >= _AUTO_MIN_SPEEDUP * best["onednn"] else "mkl"
 
 
+def _padded_rows(m: int) -> int:
+    """``m`` rounded up to ``k * 2**j`` with ``k`` in ``[2**_ROW_BITS, 2**(_ROW_BITS + 1))``: at most
+    ``2**_ROW_BITS`` sizes per octave, at most ``2**-_ROW_BITS`` extra rows (and never below 16)."""
+    step = max(16, 1 << max(0, m.bit_length() - 1 - _ROW_BITS))
+    return -(-m // step) * step
+
+
+def _pad_rows(x: Tensor) -> Tensor:
+    """``x`` ``[M, K]`` with zero rows appended up to :func:`_padded_rows` ``(M)``.
+
+    oneDNN builds (JIT-compiles) and caches a primitive per GEMM shape, ~0.6-1 MB each; training
+    batches of varying sequence width give a new row count M at almost every step, which grew a
+    reward-model run by ~270 MB (RM, 1M params: 753 MiB peak RSS against 488 with MKL). Rounding
+    M up bounds the number of shapes (RM run: 536 MiB) for ~6% more rows on average.
+    """
+    extra = _padded_rows(x.shape[0]) - x.shape[0]
+    return torch.nn.functional.pad(x, (0, 0, 0, extra)) if extra else x
+
+
+_ROW_BITS = 3
+
+
 class OneDNNLinear(torch.autograd.Function):
     """``y = x W^T + b`` with forward and backward GEMMs through oneDNN (fp32, CPU)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        y = _mm(x.reshape(-1, x.shape[-1]), weight, bias)
+        y = _mm(_pad_rows(x2), weight, bias)[: x2.shape[0]]
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
+        m = g.shape[0]
         grad_x = grad_w = grad_b = None
+        gp = _pad_rows(g.contiguous())
         if ctx.needs_input_grad[0]:
-            grad_x = _mm(g, weight.t()).reshape(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = _mm(g.t(), x.reshape(-1, x.shape[-1]).t())
+            grad_x = _mm(gp, weight.t())[:m].reshape(x.shape)
+        if ctx.needs_input_grad[1]:  # zero rows add nothing to the sum over rows
+            grad_w = _mm(gp.t(), _pad_rows(x.reshape(-1, x.shape[-1])).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b
