@@ -124,3 +124,43 @@ def test_nan_loss_aborts_with_step_and_leaves_no_checkpoint(tmp_path):
         run_pretrain(cfg, quiet=True)
     assert not (tmp_path / "pretrain" / "model").exists()
     assert not list((tmp_path / "pretrain").glob(".model.tmp-*"))
+
+
+def test_parallel_arms_equal_serial_arms_and_record_timings(micro_run, tmp_path):
+    """The module's run trained both arms at once (2 worker processes, 1 thread each); running them one
+    after another in this process with 1 thread gives the same metrics, stage by stage."""
+    import shutil
+
+    first = json.loads((micro_run / "timings.json").read_text())[0]
+    assert first["arm_processes"] == 2
+    for key in ("pretrain", "sft", "time-pressed-s0/reward", "unbiased-s0/ppo", "report", "total"):
+        assert first["seconds"][key] > 0, key
+    for stage in ("pretrain", "sft"):
+        shutil.copytree(micro_run / stage, tmp_path / stage)
+    args = ["--set", "arm_processes=1", "--set", "threads=1", "--reuse", "--quiet"]
+    assert main(["run", str(MICRO), "--run-dir", str(tmp_path), *args]) == 0
+    assert json.loads((tmp_path / "timings.json").read_text())[0]["arm_processes"] == 1
+    for arm in ("time-pressed-s0", "unbiased-s0"):
+        for stage in ("reward", "ppo"):
+            assert _strip_time(read_metrics(tmp_path / arm / stage)) == _strip_time(
+                read_metrics(micro_run / arm / stage)
+            ), (arm, stage)
+        assert (tmp_path / arm / "bon" / "audit.jsonl").read_text() == (
+            micro_run / arm / "bon" / "audit.jsonl"
+        ).read_text()
+
+
+def test_failing_arm_in_a_worker_names_the_arm(micro_run, tmp_path):
+    import shutil
+
+    from rewardlab.utils import RewardlabError
+
+    for stage in ("pretrain", "sft"):
+        shutil.copytree(micro_run / stage, tmp_path / stage)
+    cfg = load_config(
+        MICRO, [f"run_dir={tmp_path}", "reward.init_path=/nonexistent/model", "arm_processes=2"]
+    )
+    from rewardlab.pipelines.run import run_pipeline
+
+    with pytest.raises(RewardlabError, match=r"arm (time-pressed|unbiased)-s0 failed: .*nonexistent"):
+        run_pipeline(cfg, reuse=True, quiet=True)

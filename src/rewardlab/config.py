@@ -414,6 +414,12 @@ class PipelineConfig(_Strict):
     resume: bool = Field(False, description="trainers continue from <stage_dir>/checkpoint when there is one")
     run_dir: str = "runs/default"
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
+    arm_processes: int = Field(
+        0,
+        ge=0,
+        description="arms `rewardlab run` trains at once, each in its own process with threads // arm_processes "
+        "torch threads; 0 = one per thread (2 with threads 2), 1 = one after another in this process",
+    )
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")
     controls: list[Literal["unbiased", "time-pressed", "sycophancy-prone"]] = Field(
         default_factory=lambda: ["unbiased"],

@@ -33,6 +33,37 @@ from rewardlab.utils import RewardlabError, atomic_write_text
 console = Console(stderr=True)
 T = TypeVar("T")
 
+#: Where a stage running in a worker process sends its progress and log lines (see ``set_relay``).
+_RELAY: tuple[Any, str] | None = None
+
+
+def set_relay(queue: Any, label: str) -> None:
+    """Send this process's stage progress and ``Run.info`` lines to ``queue`` as tuples tagged ``label``.
+
+    ``rewardlab run`` trains several arms at once in worker processes; each worker relays its progress so
+    that the parent draws one bar per arm instead of several processes writing to one terminal.
+    Messages: ``("progress", label, stage, description, completed, total, status)`` and
+    ``("info", label, stage, message)``.
+    """
+    global _RELAY
+    _RELAY = (queue, label)
+
+
+class _RelayProgress(Progress):
+    """A hidden ``Progress`` whose updates are forwarded to the relay queue."""
+
+    def __init__(self, stage: str, description: str) -> None:
+        super().__init__(disable=True)
+        self._stage, self._description = stage, description
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if _RELAY is not None:
+            task = self._tasks[task_id]
+            queue, label = _RELAY
+            queue.put(("progress", label, self._stage, self._description, task.completed, task.total,
+                       str(kwargs.get("status", ""))))  # fmt: skip
+
 
 class MetricSink(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
@@ -96,7 +127,9 @@ class Run:
 
     def info(self, msg: str) -> None:
         self.log.info(msg)
-        if not self.quiet:
+        if _RELAY is not None:
+            _RELAY[0].put(("info", _RELAY[1], self.stage, msg))
+        elif not self.quiet:
             console.print(f"[bold cyan]{self.stage}[/] {msg}", highlight=False)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -111,6 +144,12 @@ class Run:
 
     @contextmanager
     def progress(self, total: int, description: str) -> Iterator[Progress]:
+        if _RELAY is not None:
+            relayed = _RelayProgress(self.stage, description)
+            relayed.add_task(description, total=total, status="")
+            relayed.update(relayed.task_ids[0])
+            yield relayed
+            return
         prog = Progress(
             TextColumn(f"[bold cyan]{self.stage}[/] {description}"),
             BarColumn(),

@@ -12,11 +12,21 @@ model, so ``configs/compare.yaml`` puts them all on one gold-vs-sqrt(KL) figure 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rewardlab.config import PipelineConfig
 from rewardlab.runs import console
+from rewardlab.utils import RewardlabError, atomic_write_text
 
 ARM_STAGES = ("label", "reward", "ppo", "rloo", "grpo", "bon", "dpo", "dpo-iter", "modpo", "filtered-mle",
               "rwr", "reward-conditioned", "alol")  # fmt: skip
@@ -63,17 +73,123 @@ def run_method(arm: PipelineConfig, method: str, quiet: bool) -> None:
         OFFLINE_RECIPES[method](arm, quiet=quiet)
 
 
+def _arm_config(cfg: PipelineConfig, seed: int, preset: str) -> PipelineConfig:
+    arm = cfg.model_copy(deep=True)
+    arm.seed = seed
+    if preset != cfg.label.rater.preset:
+        arm.label.rater = type(cfg.label.rater).from_preset(preset)
+    return arm
+
+
+def run_arm(arm: PipelineConfig, methods: Sequence[str], wanted: set[str], reuse: bool,
+            quiet: bool) -> dict[str, float]:  # fmt: skip
+    """label -> reward model -> each method, for one arm; returns each stage's wall seconds."""
+    from rewardlab.distributed import main_process_only
+    from rewardlab.pipelines.label import run_label
+    from rewardlab.pipelines.reward import run_reward
+
+    times: dict[str, float] = {}
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("label", lambda: main_process_only(run_label)(arm, quiet=quiet)),
+        ("reward", lambda: run_reward(arm, quiet=quiet)),
+        *[(m, lambda m=m: run_method(arm, m, quiet)) for m in methods],
+    ]
+    for name, fn in steps:
+        if name in wanted and not (reuse and _done(arm, name)):
+            t = time.perf_counter()
+            fn()
+            times[f"{arm.arm}/{name}"] = time.perf_counter() - t
+    return times
+
+
+def _arm_worker(arm_json: str, methods: list[str], wanted: list[str], reuse: bool, queue: Any) -> None:
+    """Entry point of a worker process: one arm, its progress relayed to the parent through ``queue``."""
+    from rewardlab.runs import set_relay
+
+    arm = PipelineConfig.model_validate_json(arm_json)
+    set_relay(queue, arm.arm)
+    try:
+        times = run_arm(arm, methods, set(wanted), reuse, quiet=True)
+    except BaseException as e:  # the parent names the arm and re-raises
+        queue.put(("error", arm.arm, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise SystemExit(1) from None
+    queue.put(("done", arm.arm, times))
+
+
+def run_arms_parallel(arms: Sequence[PipelineConfig], processes: int, methods: Sequence[str],
+                      wanted: set[str], reuse: bool, quiet: bool) -> dict[str, float]:  # fmt: skip
+    """Run arms ``processes`` at a time, each in a fresh (spawned) process, with one progress bar per arm.
+
+    Each arm's results equal those of the same arm run alone with the same ``threads``: arms share only
+    the read-only pretrained and SFT models.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    pending = list(arms)
+    running: dict[str, Any] = {}
+    times: dict[str, float] = {}
+    prog = Progress(TextColumn("[bold]{task.fields[arm]}[/] {task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                    console=console, disable=quiet)  # fmt: skip
+    bars: dict[str, Any] = {}
+    try:
+        with prog:
+            while pending or running:
+                while pending and len(running) < processes:
+                    arm = pending.pop(0)
+                    proc = ctx.Process(target=_arm_worker, name=f"rewardlab-{arm.arm}", daemon=False,
+                                       args=(arm.model_dump_json(), list(methods), sorted(wanted), reuse, queue))  # fmt: skip
+                    proc.start()
+                    running[arm.arm] = proc
+                    bars[arm.arm] = prog.add_task("starting", total=None, arm=arm.arm, status="")
+                try:
+                    msg = queue.get(timeout=1.0)
+                except Empty:
+                    for name, proc in list(running.items()):
+                        if not proc.is_alive() and proc.exitcode != 0:
+                            raise RewardlabError(
+                                f"arm {name}: worker process died (exit code {proc.exitcode})"
+                            ) from None
+                    continue
+                kind, name = msg[0], msg[1]
+                if kind == "progress":
+                    _, _, stage, desc, done, total, status = msg
+                    prog.update(bars[name], description=f"{stage}: {desc}", completed=done, total=total,
+                                status=status)  # fmt: skip
+                elif kind == "info" and not quiet:
+                    prog.console.print(f"[bold]{name}[/] [cyan]{msg[2]}[/] {msg[3]}", highlight=False)
+                elif kind == "done":
+                    times.update(msg[2])
+                    running.pop(name).join()
+                    prog.update(bars[name], description="done", completed=1, total=1, status="")
+                elif kind == "error":
+                    raise RewardlabError(f"arm {name} failed: {msg[2]}")
+    finally:
+        for proc in running.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return times
+
+
+def arm_processes(cfg: PipelineConfig, n_arms: int) -> int:
+    """How many arms run at once: ``cfg.arm_processes``, or (0) as many as ``threads`` gives one thread each."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or n_arms <= 1:
+        return 1  # under torchrun every process runs every arm together (data-parallel)
+    n = cfg.arm_processes or max(cfg.threads, 1)
+    return max(1, min(n, n_arms))
+
+
 def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reuse: bool = False,
                  stages: Sequence[str] | None = None, quiet: bool = False) -> Path:  # fmt: skip
-    """Run every stage; with ``reuse``, stages whose output already exists are skipped."""
-    from rewardlab.distributed import main_process_only
-    from rewardlab.pipelines.label import run_label as _run_label
-    from rewardlab.pipelines.pretrain import run_pretrain
-    from rewardlab.pipelines.reward import run_reward
-    from rewardlab.pipelines.sft import run_sft
+    """Run every stage; with ``reuse``, stages whose output already exists are skipped.
 
-    # not trainers: with several processes (torchrun) the main one runs them and the others wait
-    run_label = main_process_only(_run_label)
+    Arms (rater preset x seed) run ``arm_processes`` at a time in worker processes, each with
+    ``threads // arm_processes`` torch threads. Each stage's wall time goes to ``<run_dir>/timings.json``.
+    """
+    from rewardlab.distributed import main_process_only
+    from rewardlab.pipelines.pretrain import run_pretrain
+    from rewardlab.pipelines.sft import run_sft
 
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))
     if not quiet:
@@ -82,32 +198,50 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
             f"{'/'.join(cfg.methods)} optimize the learned proxy: watch proxy rise while the hidden gold falls "
             f"(raters: {cfg.label.rater.preset}; control: {', '.join(cfg.controls) or 'none'})."
         )
+    t_start = time.perf_counter()
+    times: dict[str, float] = {}
     methods = [m for m in cfg.methods if m in wanted]
     for name, fn in (("pretrain", run_pretrain), ("sft", run_sft)):
         if name in wanted and not (reuse and _done(cfg, name)):
+            t = time.perf_counter()
             fn(cfg, quiet=quiet)
+            times[name] = time.perf_counter() - t
     presets = list(dict.fromkeys([cfg.label.rater.preset, *cfg.controls]))
-    for seed in seeds if seeds is not None else [cfg.seed]:
-        for preset in presets:
-            arm = cfg.model_copy(deep=True)
-            arm.seed = seed
-            arm.label.rater = (
-                type(cfg.label.rater).from_preset(preset)
-                if preset != cfg.label.rater.preset
-                else cfg.label.rater
-            )
+    arms = [_arm_config(cfg, seed, preset) for seed in (seeds if seeds is not None else [cfg.seed])
+            for preset in presets]  # fmt: skip
+    n_proc = arm_processes(cfg, len(arms))
+    if n_proc > 1:
+        for arm in arms:
+            arm.threads = max(1, cfg.threads // n_proc) if cfg.threads else 0
+            arm.arm_processes = 1
+        times.update(run_arms_parallel(arms, n_proc, methods, wanted, reuse, quiet))
+    else:
+        for arm in arms:
             if not quiet:
                 console.rule(f"[bold]arm {arm.arm}")
-            for name, fn in (("label", run_label), ("reward", run_reward)):
-                if name in wanted and not (reuse and _done(arm, name)):
-                    fn(arm, quiet=quiet)
-            for m in methods:
-                if not (reuse and _done(arm, m)):
-                    run_method(arm, m, quiet)
+            times.update(run_arm(arm, methods, wanted, reuse, quiet))
+    path = Path(cfg.run_dir)
     if "report" in wanted:
         from rewardlab.report.build import build_report
 
+        t = time.perf_counter()
         path = main_process_only(build_report)(Path(cfg.run_dir)) or Path(cfg.run_dir) / "report.html"
+        times["report"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_start
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write_timings(Path(cfg.run_dir), times, n_proc)
+    if "report" in wanted:
         console.print(f"[bold green]report:[/] {path}")
-        return path
-    return Path(cfg.run_dir)
+    return path
+
+
+def _write_timings(run_dir: Path, times: dict[str, float], n_proc: int) -> None:
+    """Append this invocation's stage times to ``<run_dir>/timings.json`` (one entry per invocation)."""
+    p = run_dir / "timings.json"
+    try:
+        history = json.loads(p.read_text(encoding="utf-8")) if p.exists() else []
+    except ValueError:
+        history = []
+    history.append({"arm_processes": n_proc, "seconds": {k: round(v, 2) for k, v in times.items()}})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, json.dumps(history, indent=2) + "\n")
