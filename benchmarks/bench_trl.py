@@ -454,6 +454,12 @@ def sampler_pair(spec: dict[str, Any], out: str) -> dict[str, Any]:
             for _ in range(runs):
                 fn()
             t[side].append(time.perf_counter() - t0)
+    if spec.get("profile"):  # cProfile three more calls of our sampler alone
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [run_sample() for _ in range(3)])
+        prof.dump_stats(spec["profile"])
     n_tok = runs * len(prompts) * NEW_TOKENS
     return {"times": t, "new_tokens_per_call": len(prompts) * NEW_TOKENS, "calls": runs,
             "tokens_per_s": {k: [n_tok / s for s in v] for k, v in t.items()}, "greedy_identical": check}  # fmt: skip
@@ -591,6 +597,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
     ap.add_argument("--rl-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for rewardlab's runs only, e.g. REWARDLAB_CPU_LINEAR=mkl")  # fmt: skip
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the table, cProfile one rewardlab run of every row that misses a target "
+        "(<out>/profiles/<row>-<size>.txt: top functions by own and by cumulative time)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -656,6 +668,8 @@ def main(argv: list[str] | None = None) -> None:
                 results["rows"].append({"row": name, "size": size, "ratios": ratios, "rewardlab": runs[side],
                                         "trl": runs[trl_side], "trl_name": trl_side})  # fmt: skip
                 print(f"{name} {size}: ratio {_fmt_ratio(ratios)}", flush=True)
+    if args.profile:
+        profile_missed(results["rows"], base, steps, on_steps, out, log, rl_env)
     results["elapsed_s"] = time.perf_counter() - t0
     table = render_table(results["rows"])
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -667,6 +681,52 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
 
 
+def missed(row: dict[str, Any]) -> list[str]:
+    """The targets a row misses: ``speed`` (median ratio below target) and/or ``memory`` (median peak RSS
+    above TRL's)."""
+    out = []
+    target = TARGETS.get((row["row"], row["size"]))
+    if target is not None and statistics.median(row["ratios"]) < target:
+        out.append("speed")
+    if row["row"] != "sampler" and _rss(row, "rewardlab") > _rss(row, "trl"):
+        out.append("memory")
+    return out
+
+
+def _rss(row: dict[str, Any], side: str) -> float:
+    return statistics.median(r["peak_rss_mib"] for r in row[side])
+
+
+def profile_missed(rows: list[dict[str, Any]], base: dict[str, Any], steps: int, on_steps: int, out: Path,
+                   log: Path, rl_env: dict[str, str]) -> None:  # fmt: skip
+    """cProfile one rewardlab run per row that misses a speed target; write the top functions as text."""
+    import pstats
+
+    folder = out / "profiles"
+    folder.mkdir(exist_ok=True)
+    for row in rows:
+        if "speed" not in missed(row):
+            continue
+        name, size = row["row"], row["size"]
+        stats_path = folder / f"{name}-{size}.prof"
+        if name == "sampler":
+            spec = {**base, "trainer": "sampler", "size": size, "repeats": 1, "sampler_calls": 1}
+        else:
+            spec = {**base, "trainer": name, "side": "rewardlab", "size": size,
+                    "steps": on_steps if name in ("grpo", "ppo") else steps}  # fmt: skip
+        run_child({**spec, "profile": str(stats_path)}, log, rl_env)
+        text = folder / f"{name}-{size}.txt"
+        with text.open("w") as f:
+            st = pstats.Stats(str(stats_path), stream=f)
+            st.strip_dirs()
+            f.write(f"# rewardlab {name} {size}: cProfile of one run (rates under the profiler are lower)\n")
+            f.write("\n## by own time\n")
+            st.sort_stats("tottime").print_stats(25)
+            f.write("\n## by cumulative time\n")
+            st.sort_stats("cumulative").print_stats(25)
+        print(f"profile of {name} {size}: {text}", flush=True)
+
+
 TRL_NAME = {"dpo": "DPOTrainer", "rm": "RewardTrainer", "sft": "SFTTrainer", "grpo": "GRPOTrainer",
             "ppo": "GRPOTrainer", "sampler": "model.generate"}  # fmt: skip
 UNIT = {"dpo": "pairs/s", "rm": "pairs/s", "sft": "seqs/s", "grpo": "completions/s", "ppo": "completions/s",
@@ -676,8 +736,8 @@ UNIT = {"dpo": "pairs/s", "rm": "pairs/s", "sft": "seqs/s", "grpo": "completions
 def render_table(rows: list[dict[str, Any]]) -> str:
     """One markdown table: medians per side and the ratio rewardlab/TRL min / median / max over repeats."""
     head = ("| rewardlab vs TRL | size | unit | rewardlab samples/s | TRL samples/s | rewardlab tok/s | TRL tok/s | "
-            "peak RSS MiB rl / TRL | setup s rl / TRL | ratio min / median / max | target | met |")  # fmt: skip
-    lines = [head, "|" + "---|" * 12]
+            "peak RSS MiB rl / TRL | setup s rl / TRL | ratio min / median / max | target | met | RSS <= TRL |")  # fmt: skip
+    lines = [head, "|" + "---|" * 13]
     for row in rows:
         name, size = row["row"], row["size"]
         target = TARGETS.get((name, size))
@@ -689,7 +749,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             trl_tok = statistics.median(row["trl"]["tokens_per_s"])
             same = "greedy identical" if row["greedy_identical"] else "GREEDY DIFFERS"
             lines.append(f"| {label} ({same}) | {size} | {UNIT[name]} | - | - | {rl_tok:,.0f} | {trl_tok:,.0f} | "
-                         f"- | - | {_fmt_ratio(row['ratios'])} | {target}x | {met} |")  # fmt: skip
+                         f"- | - | {_fmt_ratio(row['ratios'])} | {target}x | {met} | - |")  # fmt: skip
             continue
 
         def med_of(side: str, key: str, row: dict[str, Any] = row) -> float:
@@ -700,7 +760,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{med_of('trl', 'samples_per_s'):.1f} | {med_of('rewardlab', 'tokens_per_s'):,.0f} | "
             f"{med_of('trl', 'tokens_per_s'):,.0f} | {med_of('rewardlab', 'peak_rss_mib'):.0f} / "
             f"{med_of('trl', 'peak_rss_mib'):.0f} | {med_of('rewardlab', 'setup_s'):.1f} / "
-            f"{med_of('trl', 'setup_s'):.1f} | {_fmt_ratio(row['ratios'])} | {target}x | {met} |"
+            f"{med_of('trl', 'setup_s'):.1f} | {_fmt_ratio(row['ratios'])} | {target}x | {met} | "
+            f"{'**no**' if 'memory' in missed(row) else 'yes'} |"
         )
     return "\n".join(lines)
 

@@ -102,3 +102,17 @@ def test_greedy_equality_check_passes_and_can_fail(assets: Path, monkeypatch: py
 
     monkeypatch.setattr(sampling, "sample", off_by_one)
     assert not bench_trl.greedy_outputs_identical(model, tok, prompts, 12)
+
+
+def test_table_marks_missed_speed_and_memory_targets() -> None:
+    def side(rate: float, rss: float) -> list[dict[str, float]]:
+        return [{"samples_per_s": rate, "tokens_per_s": rate * 60, "peak_rss_mib": rss, "setup_s": 1.0}] * 3
+
+    fast_lean = {"row": "dpo", "size": "1m", "ratios": [2.1, 2.2, 2.3], "rewardlab": side(110, 500),
+                 "trl": side(50, 600)}  # fmt: skip
+    slow_fat = {"row": "rm", "size": "1m", "ratios": [1.2, 1.3, 1.6], "rewardlab": side(130, 700),
+                "trl": side(100, 600)}  # fmt: skip
+    assert bench_trl.missed(fast_lean) == [] and bench_trl.missed(slow_fat) == ["speed", "memory"]
+    lines = bench_trl.render_table([fast_lean, slow_fat]).splitlines()
+    assert lines[2].endswith("| 2.0x | yes | yes |") and "**2.20**" in lines[2]
+    assert lines[3].endswith("| 1.5x | **no** | **no** |") and "1.20 / **1.30** / 1.60" in lines[3]
