@@ -166,3 +166,30 @@ def test_reward_model_load_errors(tmp_path):
     (tmp_path / "ensemble.json").write_text('{"k": 1}')
     with pytest.raises(RewardlabError, match=r"not a model folder|does not exist"):
         RewardModel.load(tmp_path)
+
+
+def test_length_sorted_scoring_returns_scores_in_input_order(lm_dir):
+    """score() batches by length and scatters back: every (prompt, completion) keeps its own score,
+    whatever the batch size and the order of the inputs."""
+    from rewardlab.policies.models import load_causal_lm
+
+    rng = random.Random(0)
+    probs = [TASK.sample_problem(rng) for _ in range(23)]
+    prompts = [p.text for p in probs]
+    comps = [
+        rng.choice(["", "you are right . ", "well , well , "]) + f"the answer is {rng.randint(0, 999)} ."
+        for _ in probs
+    ]
+    members = [init_reward_backbone(lm_dir, TOK, seed=s) for s in (0, 1)]
+    for m in members:
+        m.config.verifier_weight = 0.7
+    rm = RewardModel(members, TOK, verifier=load_causal_lm(lm_dir))
+    one_by_one = torch.stack(
+        [rm.score([p], [c], batch_size=1).members[:, 0] for p, c in zip(prompts, comps, strict=True)], dim=1
+    )
+    batched = rm.score(prompts, comps, batch_size=5).members
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    perm = list(range(23))
+    rng.shuffle(perm)
+    shuffled = rm.score([prompts[i] for i in perm], [comps[i] for i in perm], batch_size=5).members
+    torch.testing.assert_close(shuffled, batched[:, perm], atol=1e-5, rtol=1e-5)

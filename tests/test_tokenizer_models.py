@@ -96,3 +96,32 @@ def test_bad_model_paths(tmp_path):
         load_causal_lm(tmp_path)
     with pytest.raises(RewardlabError, match="no saved tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_length_chunked_step_equals_the_whole_batch_step(tok):
+    """Pretraining's length-sorted micro-batches give the whole batch's token-mean loss and gradient."""
+    import random
+
+    from rewardlab.optimize.lm import chunked_lm_backward, collate_lm, length_chunks, lm_loss
+
+    model = build_causal_lm(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, seed=0
+    )
+    rng = random.Random(0)
+    words = [w for w in TASK_WORDS if w.isalpha()]
+    examples = [([1, 2], [tok.convert_tokens_to_ids(rng.choice(words)) for _ in range(rng.randint(1, 20))])
+                for _ in range(13)]  # fmt: skip
+    batch = collate_lm(examples, int(tok.pad_token_id), completion_only=False)
+    parts = length_chunks(batch, 4)
+    assert sum(p["input_ids"].shape[0] for p in parts) == 13
+    assert sum(p["input_ids"].numel() for p in parts) < batch["input_ids"].numel()  # less padding
+    assert sum(int(p["attention_mask"].sum()) for p in parts) == int(batch["attention_mask"].sum())
+
+    whole, n = lm_loss(model, batch)
+    whole.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    chunked, n2 = chunked_lm_backward(model, batch, 4, lambda loss: loss.backward())
+    assert n2 == n and torch.allclose(chunked, whole.detach(), atol=1e-6)
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)

@@ -7,7 +7,7 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ def set_threads(n: int | None) -> None:
     """Fix the number of torch threads (``None`` or 0 leaves torch's default)."""
     if n:
         torch.set_num_threads(n)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches of ``batch_size`` after a stable sort by length, so that each padded batch
+    wastes little compute on padding. Scoring functions batch with this and scatter results back."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def check_finite(value: float | torch.Tensor, what: str, step: int, stage: str) -> None:

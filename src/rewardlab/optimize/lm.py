@@ -115,6 +115,41 @@ def lm_loss(
     return loss, n
 
 
+def length_chunks(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+    """Split a right-padded batch into ``chunks`` micro-batches of similar length, each trimmed to its
+    longest row, so that little compute goes to padding. Rows are sorted by length (stable), so the
+    split depends only on the batch."""
+    lengths = batch["attention_mask"].sum(1)
+    order = torch.sort(lengths, stable=True).indices
+    out = []
+    for idx in torch.tensor_split(order, min(chunks, len(order))):
+        width = int(lengths[idx].max())
+        out.append({k: v[idx, :width] for k, v in batch.items()})
+    return out
+
+
+def chunked_lm_backward(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    chunks: int,
+    backward: Callable[[torch.Tensor], None],
+) -> tuple[torch.Tensor, int]:
+    """The token-mean loss of ``batch`` and its gradient, computed over length-sorted micro-batches.
+
+    Each micro-batch back-propagates ``sum of its token losses / tokens in the whole batch``, so the
+    accumulated gradient is that of the whole batch's token mean (equal up to float summation order).
+    Returns (detached loss, token count).
+    """
+    parts = length_chunks(batch, chunks)
+    n = int((batch["labels"][:, 1:] != IGNORE).sum())
+    total = torch.zeros(())
+    for part in parts:
+        loss_sum, _ = lm_loss(model, part, reduction="sum")
+        backward(loss_sum / max(n, 1))
+        total += loss_sum.detach()
+    return total / max(n, 1), n
+
+
 def local_lm_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], rank: int, world: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -197,13 +232,15 @@ def train_lm(
     accelerator: Accelerator | None = None,
     checkpoint: Checkpointer | None = None,
     data_state: Any = None,
+    chunks: int = 1,
 ) -> PreTrainedModel:
     """Train ``model`` for ``steps`` optimizer steps on ``next_batch(step)``; log, evaluate, check for NaN.
 
     ``next_batch(step)`` gives the *global* batch; with several processes each trains on its rows.
     ``evaluate`` runs on the main process only. With a ``checkpoint``, the weights, optimizer,
     schedule, ``data_state`` (an object with ``state_dict``, e.g. a :class:`BatchOrder`) and RNGs are
-    saved as it says and restored when resuming.
+    saved as it says and restored when resuming. ``chunks > 1`` computes each (single-process) step over
+    that many length-sorted micro-batches (:func:`chunked_lm_backward`): the same loss, less padding.
     """
     acc = accelerator or make_accelerator()
     world, rank = acc.num_processes, acc.process_index
@@ -221,14 +258,18 @@ def train_lm(
             advance(prog, n=start)
         for step in range(start + 1, steps + 1):
             batch = {k: v.to(acc.device) for k, v in next_batch(step).items()}
-            if world == 1:
+            if world == 1 and chunks > 1:
+                loss, n = chunked_lm_backward(model, batch, chunks, acc.backward)
+                logged = loss
+            elif world == 1:
                 loss, n = lm_loss(model, batch)
                 logged = loss
             else:
                 loss, local_sum, n = local_lm_loss(model, batch, rank, world)
                 logged = local_sum / max(n, 1)  # this process's share; the logged value is all-reduced below
             check_finite(loss, "loss", step, run.stage)
-            acc.backward(loss)
+            if not (world == 1 and chunks > 1):  # the chunked path has back-propagated already
+                acc.backward(loss)
             gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
             opt.step()
             sched.step()

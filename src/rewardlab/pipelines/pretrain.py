@@ -48,7 +48,8 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
         run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc
     )
     model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
-                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt)  # fmt: skip
+                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt,
+                     chunks=pc.length_chunks)  # fmt: skip
     out = run.dir / "model"
     if acc.is_main_process:
         out, _ = finish_lm_stage(

@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
 from rewardlab.rewards.verifier import verifier_features
-from rewardlab.utils import RewardlabError, atomic_dir
+from rewardlab.utils import RewardlabError, atomic_dir, length_sorted_batches
 
 
 def collate_sequences(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -109,15 +109,14 @@ class RewardModel:
             m.eval()
         ex = encode_examples(self.tokenizer, prompts, completions)
         feats = verifier_features(self.verifier, self.tokenizer, ex) if self.verifier is not None else None
-        outs = []
-        for i in range(0, len(ex), batch_size):
-            b = collate_sequences([p + c for p, c in ex[i : i + batch_size]], pad)
-            f = feats[i : i + batch_size] if feats is not None else None
+        members = torch.zeros(len(self.members), len(ex))
+        for idx in length_sorted_batches([len(p) + len(c) for p, c in ex], batch_size):
+            b = collate_sequences([ex[i][0] + ex[i][1] for i in idx], pad)
+            f = feats[idx] if feats is not None else None
             raw = self.raw_member_scores(
                 b["input_ids"].to(self.device), b["attention_mask"].to(self.device), f
             )
-            outs.append(self.normalize(raw) if normalized else raw)
-        members = torch.cat(outs, dim=1).cpu()
+            members[:, idx] = (self.normalize(raw) if normalized else raw).float().cpu()
         std = members.std(dim=0, unbiased=True) if len(self.members) > 1 else torch.zeros(members.shape[1])
         return RewardScores(mean=members.mean(dim=0), std=std, members=members)
 

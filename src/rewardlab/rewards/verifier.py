@@ -29,6 +29,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.losses import selective_log_softmax
+from rewardlab.utils import length_sorted_batches
 
 FEATURE_CAP = 20.0
 
@@ -72,8 +73,8 @@ def verifier_features(
     device = next(verifier.parameters()).device
     verifier.eval()
     feats = torch.full((len(examples),), -FEATURE_CAP)
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s : s + batch_size]
+    for idx in length_sorted_batches([len(p) + len(c) for p, c in examples], batch_size):
+        chunk = [examples[i] for i in idx]
         seqs = [p + c for p, c in chunk]
         width = max(len(q) for q in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -92,5 +93,5 @@ def verifier_features(
         logp = selective_log_softmax(logits, ids[:, 1:].to(device)).cpu()
         total = (logp * span[:, 1:]).sum(1).clamp(min=-FEATURE_CAP, max=0.0)
         hasv = torch.tensor(has)
-        feats[s : s + len(chunk)] = torch.where(hasv, total, torch.full_like(total, -FEATURE_CAP))
+        feats[idx] = torch.where(hasv, total, torch.full_like(total, -FEATURE_CAP))
     return feats
