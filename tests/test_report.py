@@ -221,6 +221,28 @@ def test_criteria_table_on_synthetic_run(full_run):
     assert rows[("ppo", "biased: full curve (rise >= 0.05, then fall >= 0.10)")] == "yes"
 
 
+def test_criteria_summary_counts_seeds_and_numbers_table(full_run):
+    from rewardlab.audit.criteria import criteria_rows, criteria_summary, numbers_table, report_text
+
+    root, _ = full_run
+    rows = criteria_rows(root)
+    seeds = sorted({r[0] for r in rows})
+    summary = {
+        (r.split("|")[1].strip(), r.split("|")[2].strip()): (r.split("|")[3].strip(), r.split("|")[4].strip())
+        for r in criteria_summary(root).splitlines()[2:]
+    }
+    for m, crit in {(r[1], r[2]) for r in rows}:
+        k = sum(r[4] for r in rows if (r[1], r[2]) == (m, crit))
+        assert summary[(m, crit)] == (f"{k} of {len(seeds)}", "yes" if 3 * k >= 2 * len(seeds) else "no")
+    assert summary[("ppo", "control: sycophancy does not rise")][1] == "no"
+    assert summary[("ppo", "biased: proxy rises")][1] == "yes"
+    numbers = numbers_table(root).splitlines()
+    assert len(numbers) == 2 + len(seeds) * 2  # ppo and bon per seed
+    assert all(line.count("->") == 4 for line in numbers[2:])
+    text = report_text(root)
+    assert text.index("Numbers per seed") < text.index("Criteria per seed") < text.index("Summary over seeds")
+
+
 def test_criteria_needs_summary(tmp_path):
     from rewardlab.audit.criteria import criteria_table
     from rewardlab.utils import RewardlabError

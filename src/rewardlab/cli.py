@@ -136,9 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "criteria":
-            from rewardlab.audit.criteria import criteria_table
+            from rewardlab.audit.criteria import report_text
 
-            print(criteria_table(args.run_dir))
+            print(report_text(args.run_dir))
             return 0
         if args.command == "report":
             from rewardlab.report.build import build_report
