@@ -24,8 +24,8 @@ trainer construction, TRL's reference precompute over all 2,000 pairs).
 
 Pairs: DPO (reference log-probs precomputed on both sides) vs ``DPOTrainer``; reward-model training
 vs ``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GRPO (advantage
-``grpo``, one update per rollout, no KL, like TRL's defaults) and full PPO (separate value model,
-2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
+``grpo``, one update per rollout, no KL, like TRL's defaults) and full PPO (a value head on the
+policy's trunk, GAE, 2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
 step); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
 outputs asserted identical).
 """
