@@ -56,7 +56,7 @@ from rewardlab.optimize.lm import BatchOrder, bucket_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
-from rewardlab.utils import RewardlabError, check_finite
+from rewardlab.utils import RewardlabError, check_finite, length_sorted_batches
 
 #: Bump when the packing or the log-prob computation changes, so stale caches are not reused.
 CACHE_VERSION = 1
@@ -227,12 +227,10 @@ def compute_logps(
     """
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: examples[i].packed_length)
     chosen = torch.zeros(len(examples))
     rejected = torch.zeros(len(examples))
     with onednn_linears(model):
-        for k in range(0, len(order), batch_size):
-            idx = order[k : k + batch_size]
+        for idx in length_sorted_batches([e.packed_length for e in examples], batch_size):
             batch = collate_pairs([examples[i] for i in idx], pad_id, packing).to(device)
             c, r = pair_logps(model, batch)
             chosen[idx], rejected[idx] = c.cpu(), r.cpu()

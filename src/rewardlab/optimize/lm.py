@@ -244,6 +244,7 @@ def train_lm(
     """
     acc = accelerator or make_accelerator()
     world, rank = acc.num_processes, acc.process_index
+    chunked = world == 1 and chunks > 1
     opt, sched = make_optimizer(model, optim, steps)
     model, opt = acc.prepare(model, opt)
     tokens, start = 0, 0
@@ -258,7 +259,7 @@ def train_lm(
             advance(prog, n=start)
         for step in range(start + 1, steps + 1):
             batch = {k: v.to(acc.device) for k, v in next_batch(step).items()}
-            if world == 1 and chunks > 1:
+            if chunked:  # back-propagates inside, one micro-batch at a time
                 loss, n = chunked_lm_backward(model, batch, chunks, acc.backward)
                 logged = loss
             elif world == 1:
@@ -268,7 +269,7 @@ def train_lm(
                 loss, local_sum, n = local_lm_loss(model, batch, rank, world)
                 logged = local_sum / max(n, 1)  # this process's share; the logged value is all-reduced below
             check_finite(loss, "loss", step, run.stage)
-            if not (world == 1 and chunks > 1):  # the chunked path has back-propagated already
+            if not chunked:
                 acc.backward(loss)
             gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
             opt.step()
