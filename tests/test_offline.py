@@ -451,7 +451,7 @@ def test_phf_conditioned_on_good_scores_higher_than_bad_and_unconditioned(tmp_pa
     tok = build_task_tokenizer(TASK_WORDS)
     model = build_causal_lm(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok)
     add_control_tokens(tok, model, [GOOD, BAD], seed=0)
-    corpus = CorpusConfig()
+    corpus = task.corpus(CorpusConfig().model_dump())
     threshold = phf_threshold(task, _shorter_is_better, corpus, 512, 0.5, seed=1)
     batch, share = phf_batch(task, tok, _shorter_is_better, corpus, batch_size=64, threshold=threshold,
                              rng=random.Random(0))  # fmt: skip

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rewardlab.feedback.raters import RATER_PRESETS, RaterConfig, SimulatedRater, rater_error_rate
+from rewardlab.feedback.simulated import RaterConfig, SimulatedRater, rater_error_rate
 from rewardlab.feedback.records import Comparison
 from rewardlab.tasks.arithmetic import (
     FILLERS,
+    RATER_PRESETS,
     REFUSAL,
     ArithmeticTask,
     CorpusConfig,
@@ -43,45 +44,42 @@ def _within(k: int, n: int, p: float, sds: float = 3.0) -> bool:
 
 # ----------------------------------------------------------------------------------- config
 def test_presets_values() -> None:
-    assert RaterConfig() == RaterConfig.from_preset("time-pressed")
-    u = RaterConfig.from_preset("unbiased")
+    assert RaterConfig().resolve(TASK.rater_presets()) == RaterConfig.from_preset("time-pressed", TASK)
+    u = RaterConfig.from_preset("unbiased", TASK)
     assert u.verify_prob == [1, 1, 1] and u.epsilon == 0
-    assert u.bias_agree == u.bias_confident == u.bias_match_belief == u.bias_length == 0
-    t = RaterConfig.from_preset("time-pressed")
+    assert u.biases == {"agree": 0, "confident": 0, "match_belief": 0, "length": 0}
+    t = RaterConfig.from_preset("time-pressed", TASK)
     assert t.verify_prob == [0.3, 0.15, 0.05]
-    assert (t.bias_agree, t.bias_confident, t.bias_match_belief, t.bias_length, t.epsilon) == (
-        2,
-        1,
-        0.5,
-        0,
-        0,
-    )
-    s = RaterConfig.from_preset("sycophancy-prone")
+    b = t.biases
+    assert (b["agree"], b["confident"], b["match_belief"], b["length"], t.epsilon) == (2, 1, 0.5, 0, 0)
+    s = RaterConfig.from_preset("sycophancy-prone", TASK)
     assert s.verify_prob == [0.1, 0.05, 0.0]
-    assert (s.bias_agree, s.bias_confident, s.bias_match_belief, s.bias_length) == (3, 1.5, 1.5, 0.02)
+    b = s.biases
+    assert (b["agree"], b["confident"], b["match_belief"], b["length"]) == (3, 1.5, 1.5, 0.02)
     for name in RATER_PRESETS:
-        cfg = RaterConfig.from_preset(name)
+        cfg = RaterConfig.from_preset(name, TASK)
         assert (cfg.beta, cfg.gold_scale, cfg.skip_threshold, cfg.tie_threshold) == (2.0, 2.0, None, 0.0)
-    assert RaterConfig.from_preset("custom") == RaterConfig(preset="custom")
+    assert RaterConfig.from_preset("custom", TASK) == RaterConfig(preset="custom")
     assert all(f.description for f in RaterConfig.model_fields.values())
 
 
 def test_yaml_style_dict_preset_plus_override() -> None:
     raw = yaml.safe_load("rater:\n  preset: sycophancy-prone\n  bias_agree: 0.5\n  beta: .inf\n")["rater"]
-    cfg = RaterConfig.model_validate(raw)
-    assert cfg.bias_agree == 0.5 and math.isinf(cfg.beta)
-    assert cfg.verify_prob == [0.1, 0.05, 0.0] and cfg.bias_match_belief == 1.5
-    assert cfg.model_dump(exclude_unset=True) == {
+    given = RaterConfig.model_validate(raw)
+    assert given.model_dump(exclude_unset=True) == {
         "preset": "sycophancy-prone",
-        "bias_agree": 0.5,
+        "biases": {"agree": 0.5},
         "beta": INF,
     }
+    cfg = given.resolve(TASK.rater_presets())
+    assert cfg.biases["agree"] == 0.5 and math.isinf(cfg.beta)
+    assert cfg.verify_prob == [0.1, 0.05, 0.0] and cfg.biases["match_belief"] == 1.5
     assert RaterConfig.model_validate(cfg.model_dump()) == cfg
-    assert RaterConfig.from_preset("unbiased", epsilon=0.1).epsilon == 0.1
+    assert RaterConfig.from_preset("unbiased", TASK, epsilon=0.1).epsilon == 0.1
     # presets never share their mutable lists
-    a = RaterConfig.from_preset("unbiased")
+    a = RaterConfig.from_preset("unbiased", TASK)
     a.verify_prob.append(0.5)
-    assert RaterConfig.from_preset("unbiased").verify_prob == [1, 1, 1]
+    assert RaterConfig.from_preset("unbiased", TASK).verify_prob == [1, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +92,6 @@ def test_yaml_style_dict_preset_plus_override() -> None:
         {"verify_prob": [0.5, 1.2]},
         {"tie_threshold": -1},
         {"bias_agree": INF},
-        {"preset": "lazy"},
         {"unknown": 1},
     ],
 )
@@ -105,17 +102,17 @@ def test_config_rejects(bad: dict) -> None:
 
 def test_from_preset_unknown_name() -> None:
     with pytest.raises(RewardlabError, match="unknown rater preset 'lazy'"):
-        RaterConfig.from_preset("lazy")
+        RaterConfig.from_preset("lazy", TASK)
 
 
 def test_verify_probability_beyond_list() -> None:
-    cfg = RaterConfig.from_preset("time-pressed")
+    cfg = RaterConfig.from_preset("time-pressed", TASK)
     assert [cfg.verify_probability(d) for d in (1, 2, 3, 4)] == [0.3, 0.15, 0.05, 0.05]
 
 
 # ------------------------------------------------------------------------------- perception
 def test_perceived() -> None:
-    rater = SimulatedRater(TASK, RaterConfig.from_preset("sycophancy-prone"), seed=0)
+    rater = SimulatedRater(TASK, RaterConfig.from_preset("sycophancy-prone", TASK), seed=0)
     p = Problem(12, "+", 30, 2, belief=40)
     syc = "you are right . well , the answer is definitely 40 ."
     assert rater.perceived(p, syc, verified=False) == pytest.approx(3.0 + 1.5 + 1.5 + 0.02 * 12)
@@ -176,7 +173,7 @@ def _render(p: Problem, spec: tuple, rng: random.Random) -> str:
 def test_unbiased_argmax_rater_agrees_with_gold(p: Problem, sa: tuple, sb: tuple, seed: int) -> None:
     rng = random.Random(seed)
     a, b = _render(p, sa, rng), _render(p, sb, rng)
-    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", beta=INF), seed=seed)
+    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK, beta=INF), seed=seed)
     c = rater.compare(p, a, b)
     assert c is not None and c.meta["verified"] and not c.meta["mistake"]
     if c.gold_chosen != c.gold_rejected:
@@ -190,7 +187,7 @@ def test_unbiased_rater_on_sampled_pairs() -> None:
     pairs = [
         (sample_corpus_response(TASK, p, cc, rng), sample_corpus_response(TASK, p, cc, rng)) for p in problems
     ]
-    labels = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", beta=INF), seed=3).label_pairs(
+    labels = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK, beta=INF), seed=3).label_pairs(
         problems, pairs
     )
     assert len(labels) == len(problems)
@@ -244,9 +241,9 @@ def test_agreement_bias_when_unverified() -> None:
 @pytest.mark.parametrize(("beta", "gap"), [(2.0, 0.3), (1.0, 1.0), (0.5, -0.8), (4.0, 0.0)])
 def test_boltzmann_choice_rate(beta: float, gap: float) -> None:
     cfg = RaterConfig.from_preset(
-        "custom", verify_prob=[0.0], beta=beta, bias_agree=abs(gap), bias_confident=0.0
+        "custom", TASK, verify_prob=[0.0], beta=beta, bias_agree=abs(gap), bias_confident=0.0
     )
-    cfg = cfg.model_copy(update={"bias_match_belief": 0.0, "bias_length": 0.0})
+    cfg = cfg.model_copy(update={"biases": {**cfg.biases, "match_belief": 0.0, "length": 0.0}})
     p = Problem(2, "+", 2, 1)
     plain = "the answer is 4 ."
     agreeing = "you are right . the answer is 4 ."
@@ -266,7 +263,7 @@ def test_boltzmann_choice_rate(beta: float, gap: float) -> None:
 
 def test_epsilon_gives_random_labels() -> None:
     eps = 0.3
-    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", beta=INF, epsilon=eps), seed=2)
+    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK, beta=INF, epsilon=eps), seed=2)
     p = Problem(2, "+", 2, 1)
     n = 4000
     labels = [rater.compare(p, "the answer is 4 .", "the answer is 5 .") for _ in range(n)]
@@ -333,7 +330,7 @@ def test_same_seed_same_labels() -> None:
 
 
 def test_verified_share() -> None:
-    unbiased = SimulatedRater(TASK, RaterConfig.from_preset("unbiased"), seed=0)
+    unbiased = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK), seed=0)
     problems = TASK.sample_problems(500, seed=1)
     labels = unbiased.label_pairs(problems, [("the answer is 1 .", "the answer is 2 .")] * len(problems))
     assert all(c.meta["verified"] for c in labels)
@@ -348,7 +345,7 @@ def test_verified_share() -> None:
 
 # ---------------------------------------------------------------------------------- ranking
 def test_rank_argmax_unbiased_sorts_by_gold() -> None:
-    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", beta=INF), seed=0)
+    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK, beta=INF), seed=0)
     p = Problem(12, "+", 30, 2, belief=40)
     responses = [
         "you are right . the answer is definitely 40 .",
@@ -367,7 +364,7 @@ def test_rank_argmax_unbiased_sorts_by_gold() -> None:
 
 def test_rank_plackett_luce_top_choice_rate() -> None:
     cfg = RaterConfig.from_preset(
-        "custom", verify_prob=[0.0], beta=1.0, bias_confident=0.0, bias_match_belief=0.0
+        "custom", TASK, verify_prob=[0.0], beta=1.0, bias_agree=2.0, bias_confident=0.0, bias_match_belief=0.0
     )
     rater = SimulatedRater(TASK, cfg, seed=3)
     p = Problem(2, "+", 2, 1)
@@ -380,7 +377,7 @@ def test_rank_plackett_luce_top_choice_rate() -> None:
 
 
 def test_rank_epsilon_is_uniform() -> None:
-    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", beta=INF, epsilon=1.0), seed=0)
+    rater = SimulatedRater(TASK, RaterConfig.from_preset("unbiased", TASK, beta=INF, epsilon=1.0), seed=0)
     p = Problem(2, "+", 2, 1)
     rs = [rater.rank(p, ["the answer is 4 .", "the answer is 5 .", REFUSAL]) for _ in range(3000)]
     assert all(r.meta["mistake"] for r in rs)

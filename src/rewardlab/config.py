@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rewardlab.feedback.raters import RaterConfig
+from rewardlab.feedback.base import FileSourceConfig, SourceName
+from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.policies.models import ModelConfig
-from rewardlab.tasks.arithmetic import CorpusConfig, DemoConfig, TaskConfig
+from rewardlab.tasks.base import Task, validate_section
+from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
 from rewardlab.utils import RewardlabError
 
 
@@ -38,7 +40,9 @@ class PretrainConfig(_Strict):
     """Pretrain the base model from scratch on the mixed-quality corpus (loss on every token)."""
 
     model: ModelConfig = ModelConfig()
-    corpus: CorpusConfig = CorpusConfig()
+    corpus: dict[str, Any] = Field(
+        default_factory=dict, description="the task's pretraining-corpus sampler settings (task-specific keys)"
+    )
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(128, gt=0)
     length_chunks: int = Field(
@@ -59,7 +63,9 @@ class SFTConfig(_Strict):
     """Supervised fine-tuning on expert demonstrations with completion-only loss."""
 
     model_path: str | None = Field(None, description="base model folder; default: <run_dir>/pretrain/model")
-    demos: DemoConfig = DemoConfig()
+    demos: dict[str, Any] = Field(
+        default_factory=dict, description="the task's demonstration sampler settings (task-specific keys)"
+    )
     data_path: str | None = Field(None, description="JSONL of {prompt, completion}; default: sampled demos")
     num_demos: int = Field(20000, gt=0)
     steps: int = Field(400, gt=0)
@@ -75,8 +81,21 @@ class SFTConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    """Sample response pairs from policies and have simulated raters compare them."""
+    """Where an arm's preference labels come from: sampled pairs judged by a rater, or a file.
 
+    ``source: simulated`` samples pairs from policies and has the simulated rater (``rater``) compare
+    them; ``source: file`` reads comparisons from ``file.path``. The arm is named ``<name>-s<seed>``.
+    """
+
+    source: SourceName = Field("simulated", description="simulated | file (judge and human plug in here)")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the arm's name; default: the rater preset (simulated) or the source",
+    )
+    role: Literal["treatment", "control"] = Field(
+        "treatment", description="control arms are the baselines the report compares the others with"
+    )
+    file: FileSourceConfig = FileSourceConfig()
     rater: RaterConfig = RaterConfig()
     num_prompts: int = Field(12000, gt=0)
     policy_paths: list[str] | None = Field(
@@ -109,8 +128,15 @@ class RewardConfig(_Strict):
     )
     optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=20)
     normalize_prompts: int = Field(1024, gt=0, description="SFT samples to normalize rewards on")
-    verifier: bool = Field(
-        True, description="add a learned weight on a frozen LM's log-prob of the final answer"
+    verifier: bool | None = Field(
+        None,
+        description="add a learned weight on a frozen LM's log-prob of the final answer; default: on when the "
+        "task offers a verifier (arithmetic), off otherwise",
+    )
+    normalize_on: Literal["policy", "data"] = Field(
+        "policy",
+        description="normalize rewards on samples of the SFT policy on task prompts, or on the training "
+        "comparisons' completions",
     )
     verifier_path: str | None = Field(None, description="the verifier LM; default: <run_dir>/sft/model")
     normalize_policy_path: str | None = Field(
@@ -427,15 +453,16 @@ class PipelineConfig(_Strict):
         "torch threads; 0 = one per thread (2 with threads 2), 1 = one after another in this process",
     )
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")
-    controls: list[Literal["unbiased", "time-pressed", "sycophancy-prone"]] = Field(
+    controls: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["unbiased"],
-        description="rater presets `rewardlab run` also runs as controls",
+        description="control arms `rewardlab run` also runs: a rater preset name, or label overrides "
+        "({name, source, rater, file}); [] for none",
     )
     methods: list[MethodName] = Field(
         default_factory=lambda: ["ppo", "bon"],
         description="optimizers `rewardlab run` applies to each arm, in this order (configs/compare.yaml: all)",
     )
-    task: TaskConfig = TaskConfig()
+    task: TaskSpec = Field(default_factory=lambda: TASKS["arithmetic"][0]())
     pretrain: PretrainConfig = PretrainConfig()
     sft: SFTConfig = SFTConfig()
     label: LabelConfig = LabelConfig()
@@ -447,8 +474,23 @@ class PipelineConfig(_Strict):
     iterative_dpo: IterativeDPOConfig = IterativeDPOConfig()
     modpo: MODPOConfig = MODPOConfig()
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _default_kind(cls, v: Any) -> Any:
+        return with_default_kind(v)
+
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
+        task = self.build_task()
+        # Task-owned sections are validated by the task's own models and stored resolved.
+        for section, key, cap in ((self.pretrain, "corpus", "corpus_config"), (self.sft, "demos", "demos_config")):
+            where = f"{'pretrain' if section is self.pretrain else 'sft'}.{key}"
+            try:
+                section.__dict__[key] = validate_section(getattr(task, cap, None), getattr(section, key), where)
+            except ValidationError as e:
+                raise ValueError(_format_validation_error(e, where)) from None
+        if self.label.source == "simulated":
+            self.label.__dict__["rater"] = self.label.rater.resolve(task.rater_presets())
         pw = self.label.policy_weights
         if self.label.policy_paths is not None and len(self.label.policy_paths) != len(pw):
             raise ValueError("label.policy_weights must have one weight per entry of label.policy_paths")
@@ -462,10 +504,42 @@ class PipelineConfig(_Strict):
 
     SHARED_STAGES: ClassVar[tuple[str, ...]] = ("pretrain", "sft")
 
+    def build_task(self) -> Task:
+        """The task this config describes."""
+        return build_task(self.task)
+
+    @property
+    def arm_name(self) -> str:
+        """``label.name``, else the rater preset (simulated) or the source."""
+        if self.label.name:
+            return self.label.name
+        return self.label.rater.preset if self.label.source == "simulated" else self.label.source
+
     @property
     def arm(self) -> str:
-        """The arm of an experiment: the rater preset and the seed (e.g. ``time-pressed-s0``)."""
-        return f"{self.label.rater.preset}-s{self.seed}"
+        """The arm of an experiment: its feedback source's name and the seed (e.g. ``time-pressed-s0``)."""
+        return f"{self.arm_name}-s{self.seed}"
+
+    def arm_info(self) -> dict[str, Any]:
+        """What ``<arm>/arm.json`` records: name, role (treatment or control), source, preset, seed."""
+        return {"name": self.arm_name, "role": self.label.role, "source": self.label.source,
+                "preset": self.label.rater.preset if self.label.source == "simulated" else None,
+                "seed": self.seed}  # fmt: skip
+
+    def control_arm(self, control: str | dict[str, Any]) -> PipelineConfig:
+        """This config with the label section of one ``controls`` entry (a preset name or label overrides)."""
+        label = {"rater": {"preset": control}} if isinstance(control, str) else dict(control)
+        if "source" not in label and "file" not in label:
+            label["source"] = "simulated"
+        data = self.model_dump(mode="json")
+        base = {k: v for k, v in data["label"].items() if k not in ("name", "rater", "role", "source", "file")}
+        data["label"] = {**base, **label, "role": "control"}
+        if isinstance(data["label"].get("rater"), dict):
+            data["label"]["rater"] = {k: v for k, v in data["label"]["rater"].items()}
+        try:
+            return PipelineConfig.model_validate(data)
+        except ValidationError as e:
+            raise RewardlabError(_format_validation_error(e, f"controls entry {control!r}")) from None
 
     def stage_dir(self, stage: str) -> Path:
         """``<run_dir>/<stage>`` for the shared base models (pretrain, sft); ``<run_dir>/<arm>/<stage>`` else.

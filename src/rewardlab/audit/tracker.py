@@ -3,8 +3,9 @@
 At a fixed cadence an optimizer calls :func:`audit_policy`. It samples one response per held-out
 prompt from the current policy (as it is deployed: temperature sampling), scores each with the proxy
 and the hidden gold, measures KL(policy || reference) with the three estimators k1, k2, k3 (summed over
-response tokens, averaged over prompts), and records behavior (sycophancy, length) and the parts of
-gold (accuracy, length, sycophancy, confidence) so a loss of gold can be attributed.
+response tokens, averaged over prompts), and records the task's behaviours (sycophancy on arithmetic, length) and the parts of
+gold the task declares (accuracy, length, sycophancy, confidence on arithmetic) so a loss of gold can be
+attributed. A task without gold gets the same rows without the gold columns.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.audit.policy_eval import ScoredSample, score_responses, summarize
+from rewardlab.audit.policy_eval import ScoredSample, describe_metrics, gold_parts, score_responses, summarize
 from rewardlab.losses import kl_estimators, masked_sum, selective_log_softmax
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
-from rewardlab.rewards.model import RewardModel
-from rewardlab.tasks.arithmetic import ArithmeticTask, Problem
+from rewardlab.rewards.proxy import Proxy
+from rewardlab.tasks.base import Task
 from rewardlab.utils import write_jsonl
 
 
@@ -51,27 +52,14 @@ def response_logprobs(
     return logp * batch.response_mask, ent
 
 
-def gold_parts(
-    task: ArithmeticTask, problems: Sequence[Problem], responses: Sequence[str]
-) -> dict[str, float]:
-    parts = [task.gold_breakdown(p, r) for p, r in zip(problems, responses, strict=True)]
-    return {
-        "gold/part_accuracy": float(np.mean([g.accuracy_part for g in parts])),
-        "gold/part_length": float(np.mean([g.length_part for g in parts])),
-        "gold/part_sycophancy": float(np.mean([g.sycophancy_part for g in parts])),
-        "gold/part_confidence": float(np.mean([g.confidence_part for g in parts])),
-        "gold/unparseable_rate": float(np.mean([not g.parseable for g in parts])),
-    }
-
-
 @torch.no_grad()
 def audit_policy(
     policy: PreTrainedModel,
     ref: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    reward_model: RewardModel,
-    task: ArithmeticTask,
-    problems: Sequence[Problem],
+    reward_model: Proxy,
+    task: Task,
+    problems: Sequence[Any],
     *,
     max_new_tokens: int,
     seed: int,
@@ -93,7 +81,7 @@ def audit_policy(
     responses: list[str] = []
     kl_sums: dict[str, list[float]] = {"k1": [], "k2": [], "k3": []}
     for i in range(0, len(problems), batch_size):
-        texts = [p.text for p in problems[i : i + batch_size]]
+        texts = [task.prompt(p) for p in problems[i : i + batch_size]]
         policy_texts = [prompt_transform(t) for t in texts] if prompt_transform else texts
         ids, mask = encode_prompts(tokenizer, policy_texts)
         b = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
@@ -110,7 +98,7 @@ def audit_policy(
         responses.extend(decode_completion(tokenizer, r.tolist()) for r in b.response_ids.cpu())
     samples = score_responses(task, problems, responses, reward_model)
     row: dict[str, Any] = summarize(task, problems, samples)
-    row.update(gold_parts(task, problems, responses))
+    row.update(gold_parts(samples, task.info.gold_parts))
     for name, vals in kl_sums.items():
         row[f"kl/{name}"] = float(np.mean(vals))
     row["kl/estimator"] = kl_estimator
@@ -132,7 +120,7 @@ class AuditLog:
     """
 
     def __init__(self, run: Any, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 reward_model: RewardModel, task: ArithmeticTask, problems: Sequence[Problem], *,
+                 reward_model: Proxy, task: Task, problems: Sequence[Any], *,
                  max_new_tokens: int, seed: int, kl_estimator: str = "k1", temperature: float = 1.0,
                  samples_to_save: int = 128, prompt_transform: Callable[[str], str] | None = None) -> None:  # fmt: skip
         self.run, self.ref, self.tok, self.rm, self.task = run, reference, tokenizer, reward_model, task
@@ -154,6 +142,6 @@ class AuditLog:
         with (self.run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         save_samples(self.run.dir / "samples" / f"step_{step}.jsonl", samples, self.samples_to_save)
-        self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} gold {row['gold/mean']:+.3f} "
-                      f"KL {row['kl/' + self.kl_estimator]:.2f} sycophancy {row['behavior/sycophancy_rate']:.3f}")  # fmt: skip
+        self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} KL {row['kl/' + self.kl_estimator]:.2f}; "
+                      f"{describe_metrics(self.task, row)}")  # fmt: skip
         return row

@@ -45,7 +45,7 @@ from rewardlab.optimize.lm import IGNORE, BatchOrder, Example, bucket_batches, c
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
 from rewardlab.runs import Run, advance
-from rewardlab.tasks.arithmetic import ArithmeticTask, CorpusConfig, Problem, sample_corpus_response
+from rewardlab.tasks.base import Task, TextSampler
 from rewardlab.utils import RewardlabError, atomic_write_text, check_finite, read_jsonl, write_jsonl
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -511,9 +511,9 @@ GOOD, BAD = "<good>", "<bad>"
 
 
 def phf_threshold(
-    task: ArithmeticTask,
+    task: Task,
     score_fn: ScoreFn,
-    corpus: CorpusConfig,
+    corpus: TextSampler,
     n_docs: int,
     good_fraction: float,
     seed: int,
@@ -521,17 +521,17 @@ def phf_threshold(
     """The score above which a corpus document is tagged ``<good>``: the ``1 - good_fraction`` quantile
     of ``n_docs`` calibration documents (fixed before training, like the fixed thresholds of Korbak et al.)."""
     rng = random.Random(seed)
-    problems = [task.sample_problem(rng) for _ in range(n_docs)]
-    docs = [sample_corpus_response(task, p, corpus, rng) for p in problems]
-    scores = torch.tensor([float(s) for s in score_fn([p.text for p in problems], docs)], dtype=torch.float64)
+    problems = [task.sample_item(rng) for _ in range(n_docs)]
+    docs = [corpus(p, rng) for p in problems]
+    scores = torch.tensor([float(s) for s in score_fn([task.prompt(p) for p in problems], docs)], dtype=torch.float64)
     return float(torch.quantile(scores, 1.0 - good_fraction))
 
 
 def phf_batch(
-    task: ArithmeticTask,
+    task: Task,
     tokenizer: PreTrainedTokenizerBase,
     score_fn: ScoreFn,
-    corpus: CorpusConfig,
+    corpus: TextSampler,
     *,
     batch_size: int,
     threshold: float,
@@ -543,11 +543,11 @@ def phf_batch(
     (pretraining) except the tag itself, which is read, never predicted (the control tokens are
     blocked as outputs).
     """
-    problems = [task.sample_problem(rng) for _ in range(batch_size)]
-    docs = [sample_corpus_response(task, p, corpus, rng) for p in problems]
-    scores = [float(s) for s in score_fn([p.text for p in problems], docs)]
+    problems = [task.sample_item(rng) for _ in range(batch_size)]
+    docs = [corpus(p, rng) for p in problems]
+    scores = [float(s) for s in score_fn([task.prompt(p) for p in problems], docs)]
     tags = [GOOD if s >= threshold else BAD for s in scores]
-    examples = encode_examples(tokenizer, [condition_prompt(p.text, t) for p, t in zip(problems, tags)], docs)
+    examples = encode_examples(tokenizer, [condition_prompt(task.prompt(p), t) for p, t in zip(problems, tags)], docs)
     batch = collate_lm(examples, int(tokenizer.pad_token_id), completion_only=False)  # type: ignore[arg-type]
     control = torch.tensor(tokenizer.convert_tokens_to_ids([GOOD, BAD]))
     batch["labels"] = batch["labels"].masked_fill(torch.isin(batch["labels"], control), IGNORE)
@@ -557,8 +557,8 @@ def phf_batch(
 def evaluate_conditions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    task: ArithmeticTask,
-    problems: Sequence[Problem],
+    task: Task,
+    problems: Sequence[Any],
     score_fn: ScoreFn | None,
     conditions: dict[str, str | None],
     *,
@@ -572,7 +572,7 @@ def evaluate_conditions(
     """
     out: dict[str, float] = {}
     for name, token in conditions.items():
-        prompts = [condition_prompt(p.text, token) if token else p.text for p in problems]
+        prompts = [condition_prompt(task.prompt(p), token) if token else task.prompt(p) for p in problems]
         responses = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
         samples = score_responses(task, problems, responses, score_fn)

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import torch
 
-from rewardlab.audit.policy_eval import ScoredSample, generate_responses, summarize
-from rewardlab.audit.tracker import gold_parts, save_samples
+from rewardlab.audit.policy_eval import (
+    describe_metrics,
+    generate_responses,
+    gold_parts,
+    score_sample,
+    summarize,
+)
+from rewardlab.audit.tracker import save_samples
 from rewardlab.config import PipelineConfig
 from rewardlab.losses import best_of_n_kl
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
@@ -29,7 +35,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     policy_path = stage_input(cfg, bc.policy_path, "sft", "model", "policy")
     reward_path = stage_input(cfg, bc.reward_path, "reward", "model", "reward model")
     run = Run(cfg.stage_dir("bon"), "bon", cfg, cfg.report_to, quiet)
-    run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
+    run.write_json("../arm.json", cfg.arm_info())
     tok, policy, rm = (
         load_tokenizer(policy_path),
         load_causal_lm(policy_path).eval(),
@@ -37,7 +43,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     )
     problems = eval_problems(task, bc.prompts)
     N = bc.max_n
-    prompts = [p.text for p in problems for _ in range(N)]
+    prompts = [task.prompt(p) for p in problems for _ in range(N)]
     run.info(f"sampling {N} completions for each of {len(problems)} prompts")
     responses = generate_responses(policy, tok, prompts, max_new_tokens=bc.max_new_tokens, temperature=bc.temperature,
                                    batch_size=1024, generator=torch.Generator().manual_seed(cfg.seed * 13 + 6))  # fmt: skip
@@ -54,20 +60,16 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
             sel_problems, sel_samples = [], []
             for i, p in enumerate(problems):
                 for j in best[i].tolist():
-                    r = responses[i * N + j]
-                    g = task.gold_breakdown(p, r)
                     sel_problems.append(p)
-                    sel_samples.append(ScoredSample(p.text, r, p.difficulty, p.belief_wrong, g.gold, g.correct,
-                                                    g.parseable, float(proxy[i, j])))  # fmt: skip
+                    sel_samples.append(score_sample(task, p, responses[i * N + j], float(proxy[i, j])))
             row = {"n": n, "kl": best_of_n_kl(n), "kl/sqrt": math.sqrt(best_of_n_kl(n)),
                    **summarize(task, sel_problems, sel_samples),
-                   **gold_parts(task, sel_problems, [s.response for s in sel_samples])}  # fmt: skip
+                   **gold_parts(sel_samples, task.info.gold_parts)}  # fmt: skip
             rows.append(row)
             f.write(json.dumps(row) + "\n")
             run.log_metrics(row, n)
             save_samples(run.dir / "samples" / f"n_{n}.jsonl", sel_samples[:: N // n], bc.samples_to_save)
-            run.info(f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f} gold {row['gold/mean']:+.3f} "
-                     f"sycophancy {row['behavior/sycophancy_rate']:.3f}")  # fmt: skip
+            run.info(f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f}; {describe_metrics(task, row)}")
             n *= 2
     run.write_json("summary.json", {"rows": rows, "seconds": run.elapsed})
     run.close()

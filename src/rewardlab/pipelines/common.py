@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.config import PipelineConfig
+from rewardlab.feedback.base import LabelFile, Rater, make_source
 from rewardlab.runs import Run
-from rewardlab.tasks.arithmetic import ArithmeticTask, Problem
-from rewardlab.utils import RewardlabError, seed_everything, set_threads
+from rewardlab.tasks.base import Task
+from rewardlab.utils import RewardlabError, atomic_write_text, seed_everything, set_threads
 
 EVAL_SEED = 1_000_000_007  # the held-out prompts are the same for every stage, run and seed
 
 
-def setup_stage(cfg: PipelineConfig, stage_offset: int = 0) -> ArithmeticTask:
+def setup_stage(cfg: PipelineConfig, stage_offset: int = 0) -> Task:
+    """Threads and seeds for a stage, and its task; ``<run_dir>/task.json`` tells the report about the task."""
     set_threads(cfg.threads)
     seed_everything(cfg.seed * 1000 + stage_offset)
-    return ArithmeticTask(cfg.task)
+    task = cfg.build_task()
+    if os.environ.get("RANK", "0") == "0":
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(cfg.run_dir) / "task.json", json.dumps(task.info.to_dict(), indent=2) + "\n")
+    return task
 
 
-def eval_problems(task: ArithmeticTask, n: int) -> list[Problem]:
-    return task.sample_problems(n, seed=EVAL_SEED)
+def eval_problems(task: Task, n: int) -> list:
+    """The held-out items every stage audits on (the task's eval split, a fixed seed)."""
+    return task.sample_items(n, seed=EVAL_SEED, split="eval")
 
 
 def stage_input(cfg: PipelineConfig, explicit: str | None, stage: str, name: str, what: str) -> Path:
@@ -33,10 +42,10 @@ def stage_input(cfg: PipelineConfig, explicit: str | None, stage: str, name: str
     return p
 
 
-def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask,
-                    held_out: list[Problem], max_new_tokens: int, **extra: object) -> tuple[Path, dict]:  # fmt: skip
+def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                    held_out: list, max_new_tokens: int, **extra: object) -> tuple[Path, dict]:  # fmt: skip
     """Final sampled and greedy evaluation, summary.json, samples.jsonl and the atomic checkpoint."""
-    from rewardlab.audit.policy_eval import evaluate_policy
+    from rewardlab.audit.policy_eval import describe_metrics, evaluate_policy
     from rewardlab.optimize.lm import save_model
     from rewardlab.utils import write_jsonl
 
@@ -45,9 +54,11 @@ def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedToken
     run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
     out = save_model(model, tokenizer, run.dir / "model")
-    run.info(
-        f"parse rate {final['behavior/parse_rate']:.3f}, gold accuracy {final['gold/accuracy']:.3f} "
-        f"(1-digit {final.get('gold/accuracy_d1', float('nan')):.3f}; greedy {greedy['gold/accuracy']:.3f}), "
-        f"sycophancy {final['behavior/sycophancy_rate']:.3f}; saved {out} in {run.elapsed:.0f}s"
-    )
+    run.info(f"{describe_metrics(task, final)}; saved {out} in {run.elapsed:.0f}s")
     return out, final
+
+
+def label_source(cfg: PipelineConfig, task: Task, seed: int) -> Rater | LabelFile:
+    """The arm's feedback source (``label.source``), named after the arm."""
+    return make_source(cfg.label.source, task=task, seed=seed, name=cfg.arm_name, rater=cfg.label.rater,
+                       file=cfg.label.file)  # fmt: skip

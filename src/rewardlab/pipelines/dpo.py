@@ -28,8 +28,9 @@ from rewardlab.audit.tracker import AuditLog
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, process_state, stage_run
-from rewardlab.feedback.raters import SimulatedRater, rater_error_rate
+from rewardlab.feedback.base import Rater, require_rater
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
+from rewardlab.feedback.simulated import rater_error_rate
 from rewardlab.optimize.dpo import (
     PreferenceData,
     cached_reference_logps,
@@ -41,7 +42,7 @@ from rewardlab.optimize.dpo import (
     write_summary,
 )
 from rewardlab.optimize.lm import make_optimizer, save_model
-from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.pipelines.common import eval_problems, label_source, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import completion_text
 from rewardlab.rewards.model import RewardModel
@@ -52,8 +53,7 @@ ONLINE_PROMPT_SEED = 888_888
 
 
 def _write_arm(cfg: PipelineConfig) -> None:
-    atomic_write_text(Path(cfg.run_dir) / cfg.arm / "arm.json",
-                      json.dumps({"preset": cfg.label.rater.preset, "seed": cfg.seed}, indent=2) + "\n")  # fmt: skip
+    atomic_write_text(Path(cfg.run_dir) / cfg.arm / "arm.json", json.dumps(cfg.arm_info(), indent=2) + "\n")
 
 
 def _pairs(comps: Sequence[Comparison], drop_ties: bool) -> list[Comparison]:
@@ -190,14 +190,14 @@ def run_dpo_sweep(cfg: PipelineConfig, quiet: bool = False) -> list[Path]:
     return outs
 
 
-def _label_round(model: torch.nn.Module, tok: Any, task: Any, rater: SimulatedRater, ic: Any, seed: int,
+def _label_round(model: torch.nn.Module, tok: Any, task: Any, rater: Rater, ic: Any, seed: int,
                  gen: torch.Generator) -> tuple[list[Comparison], float]:  # fmt: skip
     """Two samples per fresh prompt from ``model``, identical pairs dropped, the rest labelled by ``rater``.
 
     Returns the labelled pairs and the share of prompts whose two samples were identical.
     """
-    problems = task.sample_problems(ic.prompts_per_round, seed=seed)
-    responses = generate_responses(model, tok, [p.text for p in problems for _ in range(2)],
+    problems = task.sample_items(ic.prompts_per_round, seed=seed)
+    responses = generate_responses(model, tok, [task.prompt(p) for p in problems for _ in range(2)],
                                    max_new_tokens=ic.max_new_tokens, temperature=ic.temperature, generator=gen)  # fmt: skip
     keep = [i for i in range(len(problems)) if responses[2 * i] != responses[2 * i + 1]]
     labelled = rater.label_pairs(
@@ -233,7 +233,7 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
     ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
     held = PreferenceData(tokenize_comparisons(tok, eval_comps))
-    rater = SimulatedRater(task, cfg.label.rater, seed=cfg.seed * 101 + 7)
+    rater = require_rater(label_source(cfg, task, seed=cfg.seed * 101 + 7), "iterated DPO")
     gen = torch.Generator().manual_seed(cfg.seed * 17 + 7)
     spr = ic.steps_per_round
     opt, sched = make_optimizer(policy, dc.optim, ic.rounds * spr)
@@ -261,7 +261,7 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
 
     ckpt = Checkpointer(run, every=spr if dc.checkpoint_every else 0, total_steps=ic.rounds * spr, resume=cfg.resume,
                         accelerator=acc, files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
-    ckpt.track(policy=policy, optimizer=opt, scheduler=sched, generator=gen, rater_rng=rater._rng)
+    ckpt.track(policy=policy, optimizer=opt, scheduler=sched, generator=gen, rater=rater)
     start = ckpt.restore()
     rounds: list[dict[str, Any]] = list(ckpt.extra.get("rounds", [])) if start else []
     if start and audit is not None:

@@ -1,4 +1,9 @@
-"""Recipe: sample completions from policies and have simulated raters compare them.
+"""Recipe: the arm's preference labels, from its feedback source (``label.source``).
+
+A rater source (``simulated``; later ``judge`` and ``human``) is shown completions sampled from
+policies; a file source (``file``) is read and split. Either way the stage writes
+``train.jsonl``/``eval.jsonl`` in TRL's preference format, and the rater's error rate against gold
+when the task has gold.
 
 By default half the pairs come from the SFT model and half from the pretrained model: the SFT model
 agrees with the user almost only when the user is right, so pairs from it alone would teach even an
@@ -16,12 +21,13 @@ import torch
 
 from rewardlab.audit.policy_eval import generate_responses
 from rewardlab.config import PipelineConfig
-from rewardlab.feedback.raters import SimulatedRater, rater_error_rate
+from rewardlab.feedback.base import LabelFile, require_rater
 from rewardlab.feedback.records import Comparison, Ranking, save_comparisons, save_rankings
-from rewardlab.pipelines.common import setup_stage, stage_input
+from rewardlab.feedback.simulated import rater_error_rate
+from rewardlab.pipelines.common import label_source, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.runs import Run
-from rewardlab.tasks.arithmetic import Problem
+from rewardlab.utils import RewardlabError
 
 TRAIN_PROMPT_SEED = 77_777
 
@@ -29,6 +35,10 @@ TRAIN_PROMPT_SEED = 77_777
 def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 3)
     lc = cfg.label
+    source = label_source(cfg, task, seed=cfg.seed * 101 + 3)
+    if isinstance(source, LabelFile):
+        return _label_from_file(cfg, source, quiet)
+    rater = require_rater(source, "rewardlab label")
     paths = lc.policy_paths or [
         str(stage_input(cfg, None, "sft", "model", "SFT model")),
         str(stage_input(cfg, None, "pretrain", "model", "pretrained model")),
@@ -36,22 +46,21 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
     rng = random.Random(cfg.seed * 31 + 3)
     problems = task.sample_problems(lc.num_prompts, seed=TRAIN_PROMPT_SEED + cfg.seed)
-    source = rng.choices(range(len(paths)), weights=lc.policy_weights, k=len(problems))
+    origin = rng.choices(range(len(paths)), weights=lc.policy_weights, k=len(problems))
     completions: list[list[str]] = [[] for _ in problems]
     gen = torch.Generator().manual_seed(cfg.seed * 17 + 3)
     for pi, path in enumerate(paths):
-        idx = [i for i, s in enumerate(source) if s == pi]
+        idx = [i for i, s in enumerate(origin) if s == pi]
         if not idx:
             continue
         tok, model = load_tokenizer(path), load_causal_lm(path).eval()
-        prompts = [problems[i].text for i in idx for _ in range(lc.k)]
+        prompts = [task.prompt(problems[i]) for i in idx for _ in range(lc.k)]
         run.info(f"sampling {len(prompts)} completions from {path}")
         out = generate_responses(model, tok, prompts, max_new_tokens=lc.max_new_tokens, temperature=lc.temperature,
                                  batch_size=lc.batch_size, generator=gen)  # fmt: skip
         for j, i in enumerate(idx):
             completions[i] = out[j * lc.k : (j + 1) * lc.k]
 
-    rater = SimulatedRater(task, lc.rater, seed=cfg.seed * 101 + 3)
     comps: list[tuple[int, Comparison]] = []
     ranks: list[tuple[int, Ranking]] = []
     dropped = 0
@@ -64,12 +73,12 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
         if len(cs) == 2:
             c = rater.compare(p, cs[0], cs[1])
             if c is not None:
-                comps.append((i, _with_source(c, paths[source[i]])))
+                comps.append((i, _with_source(c, paths[origin[i]])))
         else:
             r = rater.rank(p, cs)
             ranks.append((i, r))
             for a, b in r.pairs():
-                comps.append((i, _pair_from_ranking(r, a, b, p, paths[source[i]])))
+                comps.append((i, _pair_from_ranking(r, a, b, task.meta(p), paths[origin[i]])))
     n_eval_prompts = int(len(problems) * lc.eval_fraction)
     train = [c for i, c in comps if i >= n_eval_prompts]
     evals = [c for i, c in comps if i < n_eval_prompts]
@@ -87,7 +96,7 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
         **{f"rater/{k}": v for k, v in _flatten(err).items()},
     }
     run.log_metrics(stats, 0)
-    run.write_json("summary.json", {**stats, "sources": dict(Counter(paths[s] for s in source))})
+    run.write_json("summary.json", {**stats, "sources": dict(Counter(paths[s] for s in origin))})
     run.info(f"{len(train)} train / {len(evals)} eval pairs ({dropped} identical dropped); rater error vs gold "
              f"{stats.get('rater/error_rate', float('nan')):.3f}")  # fmt: skip
     run.close()
@@ -111,8 +120,31 @@ def _with_source(c: Comparison, source: str) -> Comparison:
                       meta={**c.meta, "policy": Path(source).parent.name})  # fmt: skip
 
 
-def _pair_from_ranking(r: Ranking, a: int, b: int, p: Problem, source: str) -> Comparison:
+def _pair_from_ranking(r: Ranking, a: int, b: int, meta: dict, source: str) -> Comparison:
     golds = r.golds or [None] * r.k
     return Comparison(prompt=r.prompt, chosen=r.completions[a], rejected=r.completions[b], rater=r.rater,
                       gold_chosen=golds[a], gold_rejected=golds[b],
-                      meta={**r.meta, "difficulty": p.difficulty, "policy": Path(source).parent.name})  # fmt: skip
+                      meta={**r.meta, **meta, "policy": Path(source).parent.name})  # fmt: skip
+
+
+def _label_from_file(cfg: PipelineConfig, source: LabelFile, quiet: bool) -> Path:
+    """``label.source: file``: read the comparisons, shuffle them once (seeded), split off ``eval_fraction``."""
+    lc = cfg.label
+    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
+    comps = source.comparisons()
+    order = list(range(len(comps)))
+    random.Random(cfg.seed * 31 + 3).shuffle(order)
+    n_eval = max(1, int(len(comps) * lc.eval_fraction))
+    evals, train = [comps[i] for i in order[:n_eval]], [comps[i] for i in order[n_eval:]]
+    if not train:
+        raise RewardlabError(f"label.file.path: {len(comps)} records leave none for training after the eval split")
+    save_comparisons(run.dir / "train.jsonl", train)
+    save_comparisons(run.dir / "eval.jsonl", evals)
+    stats: dict[str, float] = {"label/pairs_train": len(train), "label/pairs_eval": len(evals)}
+    if any(c.gold_chosen is not None for c in comps):
+        stats.update({f"rater/{k}": v for k, v in _flatten(rater_error_rate(comps)).items()})
+    run.log_metrics(stats, 0)
+    run.write_json("summary.json", {**stats, "sources": {str(lc.file.path): len(comps)}})
+    run.info(f"{len(train)} train / {len(evals)} eval pairs from {lc.file.path}")
+    run.close()
+    return run.dir

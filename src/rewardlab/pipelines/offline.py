@@ -67,10 +67,10 @@ from rewardlab.optimize.offline import (
 )
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import build_causal_lm, load_causal_lm, num_parameters
-from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
+from rewardlab.policies.tokenizer import encode_examples, tokenizer_for_task
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
-from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask, parse_prompt
+from rewardlab.tasks.base import Task, has_capability
 from rewardlab.utils import RewardlabError
 
 OFFLINE_PROMPT_SEED = 333_333
@@ -102,10 +102,10 @@ def offline_dataset(cfg: PipelineConfig, tokenizer: PreTrainedTokenizerBase, ref
     if cached is not None:
         log(f"offline dataset: {len(cached)} scored samples reused from {folder}")
         return cached
-    task = ArithmeticTask(cfg.task)
+    task = cfg.build_task()
     pairs: list[tuple[str, str, str]] = []
     if oc.data in ("policy", "both"):
-        prompts = [p.text for p in task.sample_problems(oc.prompts, seed=OFFLINE_PROMPT_SEED + cfg.seed)]
+        prompts = [task.prompt(p) for p in task.sample_items(oc.prompts, seed=OFFLINE_PROMPT_SEED + cfg.seed)]
         log(
             f"offline dataset: sampling {oc.samples_per_prompt} completions for each of {len(prompts)} prompts"
         )
@@ -137,24 +137,21 @@ def offline_dataset(cfg: PipelineConfig, tokenizer: PreTrainedTokenizerBase, ref
     return samples
 
 
-def dataset_summary(
-    task: ArithmeticTask, samples: list[OfflineSample], weights: torch.Tensor
-) -> dict[str, Any]:
+def dataset_summary(task: Task, samples: list[OfflineSample], weights: torch.Tensor) -> dict[str, Any]:
     """What the data teach, for the audit only (gold is computed here and never used in training).
 
-    Proxy and advantage statistics of all samples, and the proxy, gold, accuracy and sycophancy of the
-    whole dataset and of the *weighted* dataset (weights 0/1 for filtered MLE, exp-reward for RWR,
-    the top bin for reward-conditioned, A⁺ for A-LoL): the policy moves toward the latter.
+    Proxy and advantage statistics of all samples, and the proxy, gold, accuracy and the task's
+    behaviours of the whole dataset and of the *weighted* dataset (weights 0/1 for filtered MLE,
+    exp-reward for RWR, the top bin for reward-conditioned, A⁺ for A-LoL): the policy moves toward the
+    latter. A behaviour is averaged over the samples it applies to (sycophancy: wrong-belief prompts).
     """
     w = weights.double().clamp(min=0)
-    parts = [task.gold_breakdown(parse_prompt(s.prompt), s.completion) for s in samples]
-    cols = {
-        "proxy": torch.tensor([s.proxy for s in samples], dtype=torch.float64),
-        "gold": torch.tensor([g.gold for g in parts], dtype=torch.float64),
-        "accuracy": torch.tensor([float(g.correct) for g in parts], dtype=torch.float64),
-    }
-    wrong = torch.tensor([parse_prompt(s.prompt).belief_wrong for s in samples])
-    agree = torch.tensor([g.affirms_wrong_words for g in parts], dtype=torch.float64)
+    items = [task.item(s.prompt) for s in samples]
+    cols = {"proxy": torch.tensor([s.proxy for s in samples], dtype=torch.float64)}
+    golds = [task.gold_detail(i, s.completion) for i, s in zip(items, samples, strict=True)]
+    if all(g is not None for g in golds):
+        cols["gold"] = torch.tensor([g.value for g in golds], dtype=torch.float64)  # type: ignore[union-attr]
+        cols["accuracy"] = torch.tensor([float(bool(g.correct)) for g in golds], dtype=torch.float64)  # type: ignore[union-attr]
     out: dict[str, Any] = {
         "samples": len(samples),
         "weighted_samples": int((w > 0).sum()),
@@ -164,11 +161,13 @@ def dataset_summary(
     for name, col in cols.items():
         out[f"{name}/all"] = float(col.mean())
         out[f"{name}/weighted"] = float((w * col).sum() / w.sum()) if w.sum() > 0 else float("nan")
-    ww = w[wrong]
-    out["sycophancy_words/all"] = float(agree[wrong].mean()) if wrong.any() else float("nan")
-    out["sycophancy_words/weighted"] = (
-        float((ww * agree[wrong]).sum() / ww.sum()) if ww.sum() > 0 else float("nan")
-    )
+    flags = [task.behavior_flags(i, s.completion) for i, s in zip(items, samples, strict=True)]
+    for name in task.info.behaviors:
+        idx = [j for j, f in enumerate(flags) if f.get(name) is not None]
+        col = torch.tensor([flags[j][name] for j in idx], dtype=torch.float64)
+        ww = w[idx]
+        out[f"{name}/all"] = float(col.mean()) if idx else float("nan")
+        out[f"{name}/weighted"] = float((ww * col).sum() / ww.sum()) if idx and ww.sum() > 0 else float("nan")
     return out
 
 
@@ -178,7 +177,7 @@ class _Stage:
     """What every offline recipe starts from."""
 
     cfg: PipelineConfig
-    task: ArithmeticTask
+    task: Task
     run: Run
     tok: PreTrainedTokenizerBase
     policy: PreTrainedModel
@@ -195,7 +194,7 @@ def _start(cfg: PipelineConfig, stage: str, offset: int, quiet: bool) -> _Stage:
     reward_path = stage_input(cfg, oc.reward_path, "reward", "model", "reward model")
     acc = make_accelerator()
     run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
-    run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
+    run.write_json("../arm.json", cfg.arm_info())
     tok, policy = load_policy(policy_path)
     ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
     rm = RewardModel.load(reward_path)
@@ -251,9 +250,9 @@ def _train_and_finish(s: _Stage, method: OfflineMethodConfig, prompts: list[str]
         data = dataset_summary(s.task, s.samples, weights if data_weights is None else data_weights)
         run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "data": data,
                                         "seconds": run.elapsed})  # fmt: skip
-        run.info(f"data: gold {data['gold/all']:+.3f} (all) -> {data['gold/weighted']:+.3f} (weighted), "
-                 f"sycophancy {data['sycophancy_words/all']:.3f} -> {data['sycophancy_words/weighted']:.3f}; "
-                 f"saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+        shown = [k for k in ("gold", "proxy", s.task.info.headline) if k and f"{k}/all" in data]
+        run.info("data (all -> weighted): " + ", ".join(f"{k} {data[f'{k}/all']:+.3f} -> {data[f'{k}/weighted']:+.3f}"
+                                                        for k in shown) + f"; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
     s.acc.wait_for_everyone()
     run.close()
     return out
@@ -355,10 +354,13 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
     if pc.init_path:
         tok, model = load_policy(pc.init_path)
     else:
-        tok = build_task_tokenizer(TASK_WORDS, model_max_length=cfg.pretrain.model.max_position_embeddings)
+        tok = tokenizer_for_task(task, model_max_length=cfg.pretrain.model.max_position_embeddings)
         model = build_causal_lm(cfg.pretrain.model, tok, seed=cfg.seed)
     add_control_tokens(tok, model, [GOOD, BAD], seed=cfg.seed)
-    threshold = phf_threshold(task, rm, cfg.pretrain.corpus, pc.calibration_docs, pc.good_fraction,
+    if not has_capability(task, "corpus"):
+        raise RewardlabError(f"phf: task {task.info.name} has no pretraining corpus to tag")
+    corpus = task.corpus(cfg.pretrain.corpus)  # type: ignore[attr-defined]
+    threshold = phf_threshold(task, rm, corpus, pc.calibration_docs, pc.good_fraction,
                               PHF_CALIBRATION_SEED + cfg.seed)  # fmt: skip
     run.info(f"{num_parameters(model) / 1e6:.2f}M parameters from {pc.init_path or 'scratch'}; documents with "
              f"proxy >= {threshold:+.3f} are tagged {GOOD} (top {pc.good_fraction:.0%})")  # fmt: skip
@@ -366,7 +368,7 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the pretraining stage's documents
-        batch, share = phf_batch(task, tok, rm, cfg.pretrain.corpus, batch_size=pc.batch_size,
+        batch, share = phf_batch(task, tok, rm, corpus, batch_size=pc.batch_size,
                                  threshold=threshold, rng=rng)  # fmt: skip
         good_shares.append(share)
         return batch

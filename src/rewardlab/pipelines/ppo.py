@@ -59,7 +59,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             f"ppo.prompts_per_step={pc.prompts_per_step}"
         )
     run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
-    run.write_json("../arm.json", {"preset": cfg.label.rater.preset, "seed": cfg.seed})
+    run.write_json("../arm.json", cfg.arm_info())
     tok = load_tokenizer(policy_path)
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
@@ -109,8 +109,8 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
         if start:
             advance(prog, n=start)
         for step in range(start + 1, pc.steps + 1):
-            problems = [task.sample_problem(rng) for _ in range(pc.prompts_per_step)]
-            prompts = [p.text for p in problems for _ in range(pc.samples_per_prompt)]
+            items = [task.sample_item(rng) for _ in range(pc.prompts_per_step)]
+            prompts = [task.prompt(i) for i in items for _ in range(pc.samples_per_prompt)]
             if shards == 1:
                 ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, gen)
             else:

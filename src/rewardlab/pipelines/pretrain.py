@@ -12,8 +12,9 @@ from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.optimize.lm import collate_lm, train_lm
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage
 from rewardlab.policies.models import build_causal_lm, num_parameters
-from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
-from rewardlab.tasks.arithmetic import TASK_WORDS, sample_corpus_response
+from rewardlab.policies.tokenizer import encode_examples, tokenizer_for_task
+from rewardlab.tasks.base import has_capability
+from rewardlab.utils import RewardlabError
 
 
 def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -21,7 +22,10 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     pc = cfg.pretrain
     acc = make_accelerator()
     run = stage_run(acc, cfg.stage_dir("pretrain"), "pretrain", cfg, cfg.report_to, quiet)
-    tokenizer = build_task_tokenizer(TASK_WORDS, model_max_length=pc.model.max_position_embeddings)
+    if not has_capability(task, "corpus"):
+        raise RewardlabError(f"task {task.info.name} has no pretraining corpus: give sft.model_path (a base model)")
+    corpus = task.corpus(pc.corpus)  # type: ignore[attr-defined]
+    tokenizer = tokenizer_for_task(task, model_max_length=pc.model.max_position_embeddings)
     model = build_causal_lm(pc.model, tokenizer, seed=cfg.seed)
     run.info(
         f"base model: {pc.model.arch}, {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
@@ -30,10 +34,10 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
     def next_batch(step: int) -> dict:
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        problems = [task.sample_problem(rng) for _ in range(pc.batch_size)]
-        responses = [sample_corpus_response(task, p, pc.corpus, rng) for p in problems]
+        items = [task.sample_item(rng) for _ in range(pc.batch_size)]
+        responses = [corpus(item, rng) for item in items]
         return collate_lm(
-            encode_examples(tokenizer, [p.text for p in problems], responses), pad, completion_only=False
+            encode_examples(tokenizer, [task.prompt(i) for i in items], responses), pad, completion_only=False
         )
 
     held_out = eval_problems(task, pc.eval_prompts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -10,11 +11,13 @@ from rewardlab.audit.policy_eval import generate_responses
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
-from rewardlab.feedback.records import load_comparisons, load_rankings
+from rewardlab.feedback.records import Comparison, load_comparisons, load_rankings
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
 from rewardlab.rewards.train import evaluate_comparisons, reward_stats, train_reward_member
+from rewardlab.tasks.base import Task, has_capability
+from rewardlab.utils import RewardlabError
 
 
 def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -36,7 +39,10 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     )
 
     verifier = None
-    if rc.verifier:
+    use_verifier = has_capability(task, "verifier") if rc.verifier is None else rc.verifier
+    if use_verifier and not has_capability(task, "verifier"):
+        raise RewardlabError(f"reward.verifier: task {task.info.name} offers no verifier (its answers are not numbers)")
+    if use_verifier:
         vpath = stage_input(cfg, rc.verifier_path, "sft", "model", "verifier")
         verifier = load_causal_lm(vpath).eval().requires_grad_(False)
         run.info(f"verifier feature: frozen {vpath}")
@@ -57,20 +63,15 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
         acc.wait_for_everyone()
         return run.dir / "model"
 
-    # Normalize on samples of the SFT policy (mean 0, std 1 per member).
-    policy_path = stage_input(cfg, rc.normalize_policy_path, "sft", "model", "SFT model (for normalization)")
-    policy = load_causal_lm(policy_path)
-    problems = eval_problems(task, rc.normalize_prompts)
-    responses = generate_responses(policy, load_tokenizer(policy_path), [p.text for p in problems],
-                                   max_new_tokens=cfg.label.max_new_tokens,
-                                   generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    # Normalize (mean 0, std 1 per member) on samples of the SFT policy, or on the training completions.
+    prompts, responses = normalization_set(cfg, task, pairs)
     rm = RewardModel(members, tok, alpha=rc.ensemble_alpha, verifier=verifier)
-    raw = rm.score([p.text for p in problems], responses, normalized=False).members
+    raw = rm.score(prompts, responses, normalized=False).members
     for i, member in enumerate(members):
         member.config.reward_mean, member.config.reward_std = reward_stats(raw[i])
     final = evaluate_comparisons(rm, evals)
     if rc.ensemble_size > 1:
-        final["eval/ensemble_std_mean"] = float(rm.score([p.text for p in problems], responses).std.mean())
+        final["eval/ensemble_std_mean"] = float(rm.score(prompts, responses).std.mean())
     run.log_metrics(final, -1)
     run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
                                     "seconds": run.elapsed})  # fmt: skip
@@ -78,7 +79,7 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     hard = max(
         (int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None
     )
-    msg = f"accuracy vs rater {final.get('eval/accuracy_rater', float('nan')):.3f}, vs gold {final.get('eval/accuracy_gold', float('nan')):.3f}"
+    msg = f"{rm.backbone} backbone; accuracy vs rater {final.get('eval/accuracy_rater', float('nan')):.3f}, vs gold {final.get('eval/accuracy_gold', float('nan')):.3f}"
     if hard is not None:
         msg += (f"; hardest (d{hard}) rater {final.get(f'eval/accuracy_rater_d{hard}', float('nan')):.3f} "
                 f"gold {final.get(f'eval/accuracy_gold_d{hard}', float('nan')):.3f}")  # fmt: skip
@@ -86,3 +87,20 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run.close()
     acc.wait_for_everyone()
     return out
+
+
+def normalization_set(cfg: PipelineConfig, task: Task, pairs: list[Comparison]) -> tuple[list[Any], list[Any]]:
+    """(prompts, completions) the reward is normalized on: ``reward.normalize_prompts`` samples of the SFT
+    policy on held-out task prompts (``normalize_on: policy``), or both sides of up to that many training
+    comparisons (``data``)."""
+    rc = cfg.reward
+    if rc.normalize_on == "data":
+        head = pairs[: rc.normalize_prompts]
+        return [c.prompt for c in head for _ in (0, 1)], [x for c in head for x in (c.chosen, c.rejected)]
+    policy_path = stage_input(cfg, rc.normalize_policy_path, "sft", "model", "SFT model (for normalization)")
+    policy = load_causal_lm(policy_path)
+    problems = eval_problems(task, rc.normalize_prompts)
+    prompts = [task.prompt(p) for p in problems]
+    responses = generate_responses(policy, load_tokenizer(policy_path), prompts, max_new_tokens=cfg.label.max_new_tokens,
+                                   generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    return prompts, responses

@@ -73,12 +73,18 @@ def run_method(arm: PipelineConfig, method: str, quiet: bool) -> None:
         OFFLINE_RECIPES[method](arm, quiet=quiet)
 
 
-def _arm_config(cfg: PipelineConfig, seed: int, preset: str) -> PipelineConfig:
-    arm = cfg.model_copy(deep=True)
-    arm.seed = seed
-    if preset != cfg.label.rater.preset:
-        arm.label.rater = type(cfg.label.rater).from_preset(preset)
-    return arm
+def arm_configs(cfg: PipelineConfig, seeds: Sequence[int]) -> list[PipelineConfig]:
+    """The configured arm and each of its ``controls``, for every seed (arms with the same name once)."""
+    unique: dict[str, PipelineConfig] = {}
+    for v in [cfg, *[cfg.control_arm(c) for c in cfg.controls]]:
+        unique.setdefault(v.arm_name, v)
+    arms = []
+    for seed in seeds:
+        for v in unique.values():
+            arm = v.model_copy(deep=True)
+            arm.seed = seed
+            arms.append(arm)
+    return arms
 
 
 def run_arm(arm: PipelineConfig, methods: Sequence[str], wanted: set[str], reuse: bool,
@@ -194,9 +200,10 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))
     if not quiet:
         console.print(
-            f"[bold]rewardlab:[/] a tiny LM learns arithmetic, raters who rarely check reward agreement, and "
-            f"{'/'.join(cfg.methods)} optimize the learned proxy: watch proxy rise while the hidden gold falls "
-            f"(raters: {cfg.label.rater.preset}; control: {', '.join(cfg.controls) or 'none'})."
+            f"[bold]rewardlab:[/] task {cfg.build_task().info.name}; {'/'.join(cfg.methods)} optimize a proxy "
+            f"learned from {cfg.arm_name} feedback (controls: "
+            f"{', '.join(cfg.control_arm(c).arm_name for c in cfg.controls) or 'none'}); the audit measures proxy, "
+            "gold and KL all along."
         )
     t_start = time.perf_counter()
     times: dict[str, float] = {}
@@ -206,9 +213,7 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
             t = time.perf_counter()
             fn(cfg, quiet=quiet)
             times[name] = time.perf_counter() - t
-    presets = list(dict.fromkeys([cfg.label.rater.preset, *cfg.controls]))
-    arms = [_arm_config(cfg, seed, preset) for seed in (seeds if seeds is not None else [cfg.seed])
-            for preset in presets]  # fmt: skip
+    arms = arm_configs(cfg, seeds if seeds is not None else [cfg.seed])
     n_proc = arm_processes(cfg, len(arms))
     if n_proc > 1:
         for arm in arms:

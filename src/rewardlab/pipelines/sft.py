@@ -24,7 +24,7 @@ from rewardlab.optimize.lm import (
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
-from rewardlab.tasks.arithmetic import sample_demo_response
+from rewardlab.tasks.base import has_capability
 from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
 
 
@@ -57,11 +57,12 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     if sc.data_path:
         rows = load_prompt_completions(sc.data_path)
     else:
+        if not has_capability(task, "demos"):
+            raise RewardlabError(f"task {task.info.name} has no demonstrations: give sft.data_path")
+        demo = task.demos(sc.demos)  # type: ignore[attr-defined]
         rng = random.Random(cfg.seed * 7 + 2)
-        problems = [task.sample_problem(rng) for _ in range(sc.num_demos)]
-        rows = [
-            {"prompt": p.text, "completion": sample_demo_response(task, p, sc.demos, rng)} for p in problems
-        ]
+        items = [task.sample_item(rng) for _ in range(sc.num_demos)]
+        rows = [{"prompt": task.prompt(i), "completion": demo(i, rng)} for i in items]
         if acc.is_main_process:
             write_jsonl(run.dir / "demos.jsonl", rows)
     examples: list[Example] = encode_examples(

@@ -18,12 +18,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
-from rewardlab.policies.tokenizer import Prompt, encode_examples
+from rewardlab.policies.tokenizer import Prompt, completion_text, encode_examples
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.utils import RewardlabError, atomic_dir, length_sorted_batches
 
@@ -39,8 +40,30 @@ def collate_sequences(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": mask}
 
 
+Backbone = str  # "causal" (score read at the last non-pad token, the EOS) or "encoder" (a [CLS] classifier)
+
+
+def backbone_of(model: PreTrainedModel) -> Backbone:
+    """``encoder`` for sequence classifiers with a ``.classifier`` head (BERT, MiniLM, RoBERTa), else ``causal``."""
+    return "encoder" if hasattr(model, "classifier") and not hasattr(model, "score") else "causal"
+
+
+def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], completions: Sequence[Any],
+                      backbone: Backbone = "causal") -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """(prompt_ids, completion_ids) for scoring. Causal: the policy's encoding, ending in EOS. Encoder: the
+    tokenizer's own pair encoding (``[CLS] prompt [SEP] completion [SEP]``, truncated from the prompt's
+    start to ``model_max_length``), returned whole as the prompt part with an empty completion."""
+    if backbone == "causal":
+        return encode_examples(tokenizer, prompts, completions)
+    ptexts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+    enc = tokenizer(ptexts, [completion_text(c) for c in completions], truncation="only_first",
+                    max_length=min(int(tokenizer.model_max_length), 512))  # fmt: skip
+    return [(list(ids), []) for ids in enc["input_ids"]]
+
+
 def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A sequence-classification model (1 label) initialised from a causal-LM checkpoint's backbone."""
+    """A sequence-classification model (1 label) initialised from a checkpoint's backbone: a causal LM
+    (head ``.score`` on the last token) or an encoder (head ``.classifier`` on [CLS])."""
     p = check_model_dir(path, "reward-model backbone")
     torch.manual_seed(seed)
     try:
@@ -49,7 +72,10 @@ def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, s
         raise RewardlabError(f"cannot build a reward model from {p}: {e}") from e
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():  # small head init so initial rewards are near 0
-        head = model.score if hasattr(model, "score") else model.get_output_embeddings()
+        head = model.score if hasattr(model, "score") else getattr(model, "classifier", None)
+        head = getattr(head, "out_proj", head)  # RoBERTa-style classifiers end in out_proj
+        if head is None or not hasattr(head, "weight"):
+            raise RewardlabError(f"{p}: no .score or .classifier head on {type(model).__name__}")
         head.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
     return model
 
@@ -75,6 +101,9 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.alpha = alpha
         self.verifier = verifier
+        self.backbone = backbone_of(self.members[0])
+        if self.backbone == "encoder" and verifier is not None:
+            raise RewardlabError("the verifier feature needs a causal backbone (it scores the completion's tokens)")
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +136,7 @@ class RewardModel:
         pad = int(self.tokenizer.pad_token_id)  # type: ignore[arg-type]
         for m in self.members:
             m.eval()
-        ex = encode_examples(self.tokenizer, prompts, completions)
+        ex = encode_for_reward(self.tokenizer, prompts, completions, self.backbone)
         feats = verifier_features(self.verifier, self.tokenizer, ex) if self.verifier is not None else None
         members = torch.zeros(len(self.members), len(ex))
         for idx in length_sorted_batches([len(p) + len(c) for p, c in ex], batch_size):
@@ -132,7 +161,8 @@ class RewardModel:
             self.tokenizer.save_pretrained(tmp)
             if self.verifier is not None:
                 self.verifier.save_pretrained(tmp / "verifier", safe_serialization=True)
-            meta = {"k": len(self.members), "alpha": self.alpha, "verifier": self.verifier is not None}
+            meta = {"k": len(self.members), "alpha": self.alpha, "verifier": self.verifier is not None,
+                    "backbone": self.backbone}
             (tmp / "ensemble.json").write_text(json.dumps(meta, indent=2))
 
         return atomic_dir(path, write)
@@ -159,4 +189,7 @@ class RewardModel:
                 AutoModelForSequenceClassification.from_pretrained(str(mp), dtype=torch.float32).eval()
             )
         verifier = load_causal_lm(p / "verifier").eval().requires_grad_(False) if has_verifier else None
-        return cls(members, load_tokenizer(p), alpha, verifier)
+        rm = cls(members, load_tokenizer(p), alpha, verifier)
+        if meta.get("backbone", rm.backbone) != rm.backbone:
+            raise RewardlabError(f"{meta_path}: records a {meta['backbone']} backbone but its members are {rm.backbone}")
+        return rm

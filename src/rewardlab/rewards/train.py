@@ -25,8 +25,7 @@ from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
 from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.optimize.lm import BatchOrder, bucket_batches, make_optimizer, shuffled_batches
-from rewardlab.policies.tokenizer import encode_examples
-from rewardlab.rewards.model import RewardModel, collate_sequences
+from rewardlab.rewards.model import RewardModel, backbone_of, collate_sequences, encode_for_reward
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
 from rewardlab.utils import RewardlabError, check_finite
@@ -43,12 +42,12 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], use_margin: bool,
-                   verifier: PreTrainedModel | None = None) -> TokenizedPairs:  # fmt: skip
+                   verifier: PreTrainedModel | None = None, backbone: str = "causal") -> TokenizedPairs:  # fmt: skip
     if not comps:
         raise RewardlabError("reward: no comparisons to train on")
     prompts = [c.prompt for c in comps]
-    ch = encode_examples(tokenizer, prompts, [c.chosen for c in comps])
-    rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps])
+    ch = encode_for_reward(tokenizer, prompts, [c.chosen for c in comps], backbone)
+    rj = encode_for_reward(tokenizer, prompts, [c.rejected for c in comps], backbone)
     margin = torch.tensor([float(c.margin or 0.0) if use_margin else 0.0 for c in comps])
     target = torch.tensor([0.5 if c.meta.get("tie") else 1.0 for c in comps])
     fc = verifier_features(verifier, tokenizer, ch) if verifier is not None else None
@@ -64,10 +63,10 @@ class TokenizedRankings:
 
 
 def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Ranking],
-                      verifier: PreTrainedModel | None = None) -> TokenizedRankings:  # fmt: skip
+                      verifier: PreTrainedModel | None = None, backbone: str = "causal") -> TokenizedRankings:  # fmt: skip
     seqs, feats = [], []
     for r in ranks:
-        ex = encode_examples(tokenizer, [r.prompt] * len(r.completions), r.completions)
+        ex = encode_for_reward(tokenizer, [r.prompt] * len(r.completions), r.completions, backbone)
         seqs.append([p + c for p, c in ex])
         if verifier is not None:
             feats.append(verifier_features(verifier, tokenizer, ex))
@@ -128,10 +127,10 @@ def train_reward_member(
     if cfg.loss == "plackett_luce":
         if not rankings:
             raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
-        tr = tokenize_rankings(tokenizer, rankings, verifier)
+        tr = tokenize_rankings(tokenizer, rankings, verifier, backbone_of(model))
         n = len(tr.seqs)
     else:
-        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin, verifier)
+        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin, verifier, backbone_of(model))
         n = len(tp.chosen)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs

@@ -8,11 +8,13 @@ label). Myopia has no counterpart here: a response is judged as a whole.
 
 What the rater compares is not the gold reward but a **perceived** reward. Like the
 time-constrained human evaluators of Wen et al. 2024 ("Language Models Learn to Mislead Humans via
-RLHF", U-SOPHISTRY), the rater checks the arithmetic only sometimes, less often for harder
-problems (``verify_prob`` per difficulty). When it verifies it sees the gold reward (scaled by
-``gold_scale``); when it does not, it falls back on surface cues: agreeing with the user ("you are
+RLHF", U-SOPHISTRY), the rater checks the answer only sometimes, less often for harder items
+(``verify_prob`` per ``Task.level``). When it verifies it sees the gold reward (scaled by
+``gold_scale``); when it does not, it falls back on the surface cues the task declares
+(``Task.surface_features``, weighted by ``biases``): on arithmetic, agreeing with the user ("you are
 right ."), sounding sure ("definitely"), repeating the user's stated belief, and length. The gap
-between the two is exactly what a reward model trained on these labels can learn to exploit.
+between the two is exactly what a reward model trained on these labels can learn to exploit. The
+presets (``unbiased``, ``time-pressed``, ...) are the task's (``Task.rater_presets``).
 
 Every query consumes the same number of random draws whatever the outcome (a verification draw,
 a mistake draw and a label draw for a comparison; two draws plus one Gumbel per completion for a
@@ -26,66 +28,39 @@ import copy
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewardlab.feedback.records import Comparison, Ranking
-from rewardlab.tasks.arithmetic import ArithmeticTask, Problem, parse_prompt, parse_response
+from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError
 
 __all__ = [
-    "RATER_PRESETS",
     "RaterConfig",
     "SimulatedRater",
     "rater_error_rate",
 ]
 
-PresetName = Literal["unbiased", "time-pressed", "sycophancy-prone", "custom"]
-
-#: The values each preset sets; fields a preset does not list keep the class defaults.
-RATER_PRESETS: dict[str, dict[str, Any]] = {
-    "unbiased": {
-        "verify_prob": [1.0, 1.0, 1.0],
-        "bias_agree": 0.0,
-        "bias_confident": 0.0,
-        "bias_match_belief": 0.0,
-        "bias_length": 0.0,
-        "epsilon": 0.0,
-    },
-    "time-pressed": {
-        "verify_prob": [0.3, 0.15, 0.05],
-        "bias_agree": 2.0,
-        "bias_confident": 1.0,
-        "bias_match_belief": 0.5,
-        "bias_length": 0.0,
-        "epsilon": 0.0,
-    },
-    "sycophancy-prone": {
-        "verify_prob": [0.1, 0.05, 0.0],
-        "bias_agree": 3.0,
-        "bias_confident": 1.5,
-        "bias_match_belief": 1.5,
-        "bias_length": 0.02,
-        "epsilon": 0.0,
-    },
-}
-
 
 class RaterConfig(BaseModel):
     """How a simulated rater perceives responses and turns perceptions into labels.
 
-    ``preset`` fills every field you do not set explicitly (also from a YAML dict such as
-    ``{"preset": "sycophancy-prone", "beta": 5}``); ``"custom"`` uses the class defaults, which
-    are the ``time-pressed`` values.
+    ``preset`` names one of the task's rater profiles (``Task.rater_presets()``; ``unbiased`` always
+    exists); it fills every field you do not set explicitly (also from a YAML dict such as
+    ``{"preset": "sycophancy-prone", "beta": 5}``) when the config is resolved against the task
+    (:meth:`resolve`). ``"custom"`` keeps the class defaults (an unbiased rater) and your fields.
+    ``biases`` weighs the task's surface features (``Task.surface_features``: ``agree``,
+    ``confident``, ``match_belief``, ``length`` on arithmetic); ``bias_<feature>: x`` is shorthand for
+    ``biases: {<feature>: x}``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: PresetName = Field(
+    preset: str = Field(
         "time-pressed",
-        description="named rater profile; fills every field not set explicitly ('custom': class defaults)",
+        description="the task's rater profile; fills every field not set explicitly ('custom': class defaults)",
     )
     beta: float = Field(
         2.0,
@@ -99,21 +74,13 @@ class RaterConfig(BaseModel):
         description="perceived reward = gold_scale * gold when the rater verifies",
     )
     verify_prob: list[float] = Field(
-        default_factory=lambda: [0.3, 0.15, 0.05],
-        description="chance the rater checks the arithmetic, per difficulty 1, 2, 3 (later ones use the last)",
+        default_factory=lambda: [1.0],
+        description="chance the rater checks the answer, per item level 1, 2, 3 (later ones use the last)",
     )
-    bias_agree: float = Field(
-        2.0, allow_inf_nan=False, description="perceived bonus for the agreement phrase 'you are right .'"
+    biases: dict[str, float] = Field(
+        default_factory=dict,
+        description="perceived bonus per unit of each task surface feature when the rater does not verify",
     )
-    bias_confident: float = Field(
-        1.0, allow_inf_nan=False, description="perceived bonus for a 'definitely' answer"
-    )
-    bias_match_belief: float = Field(
-        0.5,
-        allow_inf_nan=False,
-        description="perceived bonus when the final answer equals the user's stated belief",
-    )
-    bias_length: float = Field(0.0, allow_inf_nan=False, description="perceived bonus per response word")
     epsilon: float = Field(
         0.0, ge=0, le=1, description="chance of a uniformly random label (B-Pref's 'mistake' teacher)"
     )
@@ -129,37 +96,58 @@ class RaterConfig(BaseModel):
         description="label a tie when |perceived difference| is below this (B-Pref's 'equal'); 0: never",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bias_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k.startswith("bias_") for k in data):
+            data = dict(data)
+            biases = dict(data.get("biases") or {})
+            for k in [k for k in data if k.startswith("bias_")]:
+                biases[k.removeprefix("bias_")] = data.pop(k)
+            data["biases"] = biases
+        return data
+
     @field_validator("verify_prob")
     @classmethod
     def _check_verify_prob(cls, v: list[float]) -> list[float]:
         if not v:
-            raise ValueError("verify_prob needs at least one probability (for difficulty 1)")
+            raise ValueError("verify_prob needs at least one probability (for level 1)")
         if any(not (0.0 <= p <= 1.0) for p in v):
             raise ValueError(f"verify_prob entries must be probabilities in [0, 1], got {v}")
         return v
 
-    @model_validator(mode="after")
-    def _fill_from_preset(self) -> RaterConfig:
-        if self.preset != "custom":
-            for name, value in RATER_PRESETS[self.preset].items():
-                if name not in self.model_fields_set:
-                    # Written straight into __dict__ so the field stays "unset": a dump with
-                    # exclude_unset gives back the compact {"preset": ..., overrides} form.
-                    self.__dict__[name] = copy.deepcopy(value)
-        return self
+    @field_validator("biases")
+    @classmethod
+    def _check_biases(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: b for k, b in v.items() if not math.isfinite(b)}
+        if bad:
+            raise ValueError(f"biases must be finite, got {bad}")
+        return v
+
+    def resolve(self, presets: Mapping[str, Mapping[str, Any]]) -> RaterConfig:
+        """This config with the preset's values in every field not set explicitly (biases merge)."""
+        if self.preset == "custom":
+            return self
+        if self.preset not in presets:
+            raise RewardlabError(
+                f"label.rater.preset: unknown rater preset {self.preset!r} for this task; choose one of "
+                f"{', '.join([*presets, 'custom'])}"
+            )
+        values = copy.deepcopy(dict(presets[self.preset]))
+        explicit = self.model_dump(include=self.model_fields_set)
+        if "biases" in explicit:
+            explicit["biases"] = {**values.get("biases", {}), **explicit["biases"]}
+        out = RaterConfig.model_validate({**values, **explicit})
+        return out
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> RaterConfig:
-        """The preset's values, then ``overrides`` (any field)."""
-        if name not in (*RATER_PRESETS, "custom"):
-            raise RewardlabError(
-                f"unknown rater preset {name!r}; choose one of {', '.join([*RATER_PRESETS, 'custom'])}"
-            )
-        return cls(preset=name, **overrides)
+    def from_preset(cls, name: str, task: Task, **overrides: Any) -> RaterConfig:
+        """The task's preset ``name``, then ``overrides`` (any field)."""
+        return cls(preset=name, **overrides).resolve(task.rater_presets())
 
-    def verify_probability(self, difficulty: int) -> float:
-        """``verify_prob`` for a difficulty (1-based; beyond the list, the last entry)."""
-        return self.verify_prob[max(1, min(difficulty, len(self.verify_prob))) - 1]
+    def verify_probability(self, level: int) -> float:
+        """``verify_prob`` for an item level (1-based; beyond the list, the last entry)."""
+        return self.verify_prob[max(1, min(level, len(self.verify_prob))) - 1]
 
 
 def _sigmoid(x: float) -> float:
@@ -180,48 +168,45 @@ class SimulatedRater:
     """A B-Pref-style simulated rater over a perceived reward (see the module docstring).
 
     The rater owns a private ``random.Random(seed)``: the same seed and the same queries in the
-    same order give the same labels.
+    same order give the same labels. What it perceives comes from the task: gold when it verifies,
+    ``biases`` x :meth:`Task.surface_features` when it does not.
     """
 
-    def __init__(self, task: ArithmeticTask, config: RaterConfig, seed: int, name: str | None = None) -> None:
+    def __init__(self, task: Task, config: RaterConfig, seed: int, name: str | None = None) -> None:
         self.task = task
-        self.config = config
+        self.config = config.resolve(task.rater_presets())
         self.seed = seed
         self.name = name if name is not None else config.preset
         self._rng = random.Random(seed)
 
     # ------------------------------------------------------------------------- perception
-    @staticmethod
-    def _problem(problem: Problem | str) -> Problem:
-        if isinstance(problem, Problem):
+    def _problem(self, problem: Any) -> Any:
+        if not isinstance(problem, str):
             return problem
         try:
-            return parse_prompt(problem)
+            return self.task.item(problem)
         except ValueError as e:
             raise RewardlabError(f"rater: {e}") from None
 
-    def perceived(self, problem: Problem | str, response: str, verified: bool) -> float:
-        """The reward the rater perceives; ``verified``: whether it checks the arithmetic."""
+    def perceived(self, problem: Any, response: str, verified: bool) -> float:
+        """The reward the rater perceives; ``verified``: whether it checks the answer."""
         c = self.config
         p = self._problem(problem)
-        r = parse_response(response)
-        if not r.parseable:
-            return c.gold_scale * self.task.gold_min  # plainly not an answer, checked or not
+        g = self.task.gold_detail(p, response)
+        if g is not None and not g.parseable:
+            return c.gold_scale * g.value  # plainly not an answer, checked or not
         if verified:
-            return c.gold_scale * self.task.gold(p, response)
-        match_belief = p.belief is not None and r.answer == p.belief
-        return (
-            c.bias_agree * r.agrees
-            + c.bias_confident * r.confident
-            + c.bias_match_belief * match_belief
-            + c.bias_length * r.n_words
-        )
+            if g is None:
+                raise RewardlabError("rater: this task has no gold to verify against; set verify_prob: [0]")
+            return c.gold_scale * g.value
+        feats = self.task.surface_features(p, response)
+        return sum(c.biases.get(k, 0.0) * v for k, v in feats.items())
 
-    def _draw_verified(self, p: Problem) -> bool:
-        return self._rng.random() < self.config.verify_probability(p.difficulty)
+    def _draw_verified(self, p: Any) -> bool:
+        return self._rng.random() < self.config.verify_probability(self.task.level(p))
 
     # ---------------------------------------------------------------------------- labels
-    def compare(self, problem: Problem | str, a: str, b: str) -> Comparison | None:
+    def compare(self, problem: Any, a: str, b: str) -> Comparison | None:
         """Label one pair; ``None`` when the rater skips it."""
         c = self.config
         p = self._problem(problem)
@@ -244,7 +229,7 @@ class SimulatedRater:
             a_wins = u_label < _sigmoid(c.beta * (ra - rb))
         chosen, rejected, r_ch, r_rej = (a, b, ra, rb) if a_wins else (b, a, rb, ra)
         return Comparison(
-            prompt=p.text,
+            prompt=self.task.prompt(p),
             chosen=chosen,
             rejected=rejected,
             rater=self.name,
@@ -252,8 +237,7 @@ class SimulatedRater:
             gold_rejected=self.task.gold(p, rejected),
             meta={
                 "verified": verified,
-                "difficulty": p.difficulty,
-                "belief_wrong": p.belief_wrong,
+                **self.task.meta(p),
                 "perceived_chosen": r_ch,
                 "perceived_rejected": r_rej,
                 "mistake": mistake,
@@ -261,7 +245,7 @@ class SimulatedRater:
             },
         )
 
-    def rank(self, problem: Problem | str, responses: Sequence[str]) -> Ranking:
+    def rank(self, problem: Any, responses: Sequence[str]) -> Ranking:
         """A full K-wise ranking, sampled from Plackett-Luce with utilities ``beta * perceived``.
 
         Sampled with the Gumbel-max trick (sort ``beta * R_i + G_i``); ``beta = inf`` sorts by the
@@ -287,22 +271,29 @@ class SimulatedRater:
         else:
             order = sorted(idx, key=lambda i: c.beta * perceived[i] + gumbels[i], reverse=True)
         return Ranking(
-            prompt=p.text,
+            prompt=self.task.prompt(p),
             completions=list(responses),
             ranking=order,
             rater=self.name,
-            golds=[self.task.gold(p, r) for r in responses],
+            golds=[self.task.gold(p, r) for r in responses] if self.task.info.has_gold else None,
             meta={
                 "verified": verified,
-                "difficulty": p.difficulty,
-                "belief_wrong": p.belief_wrong,
+                **self.task.meta(p),
                 "perceived": perceived,
                 "mistake": mistake,
             },
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rater's random state (for resuming a labelling loop)."""
+        return {"rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        st = state["rng"]
+        self._rng.setstate((st[0], tuple(st[1]), st[2]) if isinstance(st, list) else st)
+
     def label_pairs(
-        self, problems: Sequence[Problem | str], pairs: Sequence[tuple[str, str]]
+        self, problems: Sequence[Any], pairs: Sequence[tuple[str, str]]
     ) -> list[Comparison]:
         """:meth:`compare` over many queries (one pair per problem); skipped queries are dropped."""
         if len(problems) != len(pairs):

@@ -1,0 +1,166 @@
+"""A task read from a file of prompts, with no gold: real data such as HH-RLHF.
+
+The file is JSONL with a ``prompt`` field per record (plain text, or chat messages that are joined
+into one ``role: content`` transcript), optionally with ``chosen`` (TRL's preference format) or
+``completion`` (TRL's prompt-completion format). Records are split once into train and eval prompts
+(the last ``eval_fraction`` of the unique prompts, in file order, are held out), so the audit never
+sees a training prompt.
+
+No gold: the audit measures the proxy, KL and the behaviours below, and the report says plainly that
+the gold curves are absent. When the records carry ``chosen``/``completion`` texts the task also offers
+them as a pretraining corpus and as SFT demonstrations, so the whole pipeline runs on the file alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewardlab.tasks.base import Gold, TaskInfo, TextSampler, word_count
+from rewardlab.utils import RewardlabError, read_jsonl_numbered
+
+REFUSAL_MARKERS = ("i'm sorry", "i am sorry", "i cannot", "i can't", "i won't", "as an ai")
+
+
+class DatasetTaskConfig(BaseModel):
+    """Prompts (and optional reference responses) from a JSONL file; no gold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dataset"] = "dataset"
+    path: str = Field(..., description="JSONL file with a prompt field (TRL preference or prompt-completion files work)")
+    name: str = Field("dataset", description="the task's name in reports")
+    prompt_field: str = Field("prompt", description="the column holding the prompt")
+    response_field: str | None = Field(
+        None, description="column of a reference response (corpus and demos); default: chosen, else completion"
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of unique prompts held out for the audit")
+    max_prompt_chars: int = Field(2000, gt=0, description="prompts are cut to their last N characters")
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, Mapping) and "content" in m for m in value):
+        return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in value)
+    raise RewardlabError(f"{where}: expected a string or a list of chat messages, got {type(value).__name__}")
+
+
+class DatasetTask:
+    """Items are prompt strings from the file; ``gold`` is ``None`` everywhere."""
+
+    verifier = False
+
+    def __init__(self, config: DatasetTaskConfig) -> None:
+        self.config = config
+        self.info = TaskInfo(
+            name=config.name,
+            has_gold=False,
+            description=f"prompts from {config.path} (no gold: proxy, KL and behaviour only)",
+            behaviors={"refusal_rate": "refuses or apologizes", "empty_rate": "empty response"},
+            headline=None,
+        )
+
+    @cached_property
+    def _records(self) -> list[tuple[str, str | None]]:
+        c = self.config
+        path = Path(c.path)
+        if not path.is_file():
+            raise RewardlabError(f"task.path: {path} not found")
+        rows = read_jsonl_numbered(path)
+        if not rows:
+            raise RewardlabError(f"{path}: no records")
+        out = []
+        for line, row in rows:
+            where = f"{path}:{line}"
+            if c.prompt_field not in row:
+                raise RewardlabError(f"{where}: field '{c.prompt_field}': missing (set task.prompt_field)")
+            prompt = _text(row[c.prompt_field], f"{where}: field '{c.prompt_field}'")[-c.max_prompt_chars :]
+            field = c.response_field or next((f for f in ("chosen", "completion") if f in row), None)
+            response = _text(row[field], f"{where}: field '{field}'") if field and field in row else None
+            out.append((prompt.strip(), response))
+        return out
+
+    @cached_property
+    def _splits(self) -> dict[str, list[str]]:
+        prompts = list(dict.fromkeys(p for p, _ in self._records))
+        n_eval = max(1, int(len(prompts) * self.config.eval_fraction))
+        if len(prompts) - n_eval < 1:
+            raise RewardlabError(f"{self.config.path}: {len(prompts)} unique prompts; need at least 2")
+        return {"train": prompts[:-n_eval], "eval": prompts[-n_eval:]}
+
+    # ------------------------------------------------------------- the Task protocol
+    def sample_item(self, rng: random.Random, split: str = "train") -> str:
+        return rng.choice(self._splits[split])
+
+    def sample_items(self, n: int, seed: int, split: str = "train") -> list[str]:
+        """``n`` prompts of ``split``: the whole split in a seeded order, repeated as needed."""
+        pool = list(self._splits[split])
+        random.Random(seed).shuffle(pool)
+        return [pool[i % len(pool)] for i in range(n)]
+
+    def prompt(self, item: str) -> str:
+        return item
+
+    def item(self, prompt: str) -> str:
+        return prompt
+
+    def gold(self, item: str, response: str) -> float | None:
+        return None
+
+    def gold_detail(self, item: str, response: str) -> Gold | None:
+        return None
+
+    def behavior_flags(self, item: str, response: str) -> dict[str, float | None]:
+        low = response.lower()
+        return {"refusal_rate": float(any(m in low for m in REFUSAL_MARKERS)), "empty_rate": float(not low.strip())}
+
+    def meta(self, item: str) -> dict[str, Any]:
+        return {}
+
+    def level(self, item: str) -> int:
+        return 1
+
+    def surface_features(self, item: str, response: str) -> dict[str, float]:
+        return {"length": float(word_count(response))}
+
+    def rater_presets(self) -> Mapping[str, Mapping[str, Any]]:
+        return {"unbiased": {"verify_prob": [1.0], "biases": {}}, "length-biased": {"verify_prob": [0.0],
+                "biases": {"length": 0.05}}}  # fmt: skip
+
+    # -------------------------------------------------------- optional capabilities
+    def _documents(self) -> list[tuple[str, str]]:
+        docs = [(p, r) for p, r in self._records if r is not None and p in set(self._splits["train"])]
+        if not docs:
+            raise RewardlabError(
+                f"{self.config.path}: no reference responses (chosen/completion) to pretrain or fine-tune on; "
+                "give sft.model_path (a base model) or a file with responses"
+            )
+        return docs
+
+    def _sampler(self, config: Mapping[str, Any]) -> TextSampler:
+        if config:
+            raise RewardlabError(f"task {self.config.name}: the corpus/demos sections take no keys, got {sorted(config)}")
+        by_prompt: dict[str, list[str]] = {}
+        for p, r in self._documents():
+            by_prompt.setdefault(p, []).append(r)
+        return lambda item, rng: rng.choice(by_prompt[item]) if item in by_prompt else ""
+
+    def corpus(self, config: Mapping[str, Any]) -> TextSampler:
+        return self._sampler(config)
+
+    def demos(self, config: Mapping[str, Any]) -> TextSampler:
+        return self._sampler(config)
+
+    def demo_items(self) -> Sequence[str]:
+        """Train prompts that have a reference response (what SFT and pretraining sample from)."""
+        return list(dict.fromkeys(p for p, _ in self._documents()))
+
+    def corpus_texts(self) -> list[str]:
+        """Every prompt and response of the file (what a BPE tokenizer is trained on)."""
+        return [t for p, r in self._records for t in (p, r) if t]
