@@ -8,7 +8,8 @@ import pytest
 
 from rewardlab.cli import main
 from rewardlab.config import load_config
-from rewardlab.pipelines.run import _done, method_folders
+from rewardlab.methods import method
+from rewardlab.pipelines.run import _done
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs/micro.yaml"
@@ -18,8 +19,8 @@ METHODS = ["ppo", "bon", "dpo", "dpo-iter", "filtered-mle", "rwr", "reward-condi
 def test_compare_config_names_every_method_and_its_folders(tmp_path):
     cfg = load_config(ROOT / "configs/compare.yaml", [f"run_dir={tmp_path}"])
     assert cfg.methods == METHODS and cfg.controls == []
-    assert method_folders(cfg, "dpo") == ["dpo-b0.05", "dpo-b0.1", "dpo-b0.3"]
-    assert method_folders(cfg, "alol") == ["alol"]
+    assert method("dpo").folders(cfg) == ["dpo-b0.05", "dpo-b0.1", "dpo-b0.3"]
+    assert method("alol").folders(cfg) == ["alol"]
     # a sweep is done only when every beta's folder is finished
     for f in ("dpo-b0.05", "dpo-b0.1"):
         (cfg.stage_dir(f) / "model").mkdir(parents=True)

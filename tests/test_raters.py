@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rewardlab.feedback.simulated import RaterConfig, SimulatedRater, rater_error_rate
 from rewardlab.feedback.records import Comparison
+from rewardlab.feedback.simulated import RaterConfig, SimulatedRater, rater_error_rate
 from rewardlab.tasks.arithmetic import (
     FILLERS,
     RATER_PRESETS,

@@ -127,7 +127,7 @@ def test_report_html(full_run):
 def test_report_pngs_and_summary(full_run):
     root, _ = full_run
     pngs = sorted((root / "plots").glob("*.png"))
-    assert {p.name for p in pngs} == {"goodhart.png", "sycophancy.png", "gold_parts.png", "side_by_side.png"}
+    assert {p.name for p in pngs} == {"goodhart.png", "behavior.png", "gold_parts.png", "side_by_side.png"}
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC
     summary = json.loads((root / "summary.json").read_text())
@@ -141,7 +141,7 @@ def test_report_pngs_and_summary(full_run):
     assert ppo["law"]["a"] == pytest.approx(0.5, rel=0.1) and ppo["law"]["b"] == pytest.approx(0.35, rel=0.1)
     assert ppo["law"]["r2"] > 0.95 and ppo["law"]["kl_peak"] > 0
     assert ppo["gold_start"] < ppo["gold_peak"] and ppo["gold_end"] < ppo["gold_peak"]
-    assert ppo["sycophancy_end"] > ppo["sycophancy_start"]
+    assert ppo["behavior_end"] > ppo["behavior_start"] and ppo["behavior"] == "behavior/sycophancy_rate"
     att = ppo["attribution"]
     assert sum(att.values()) == pytest.approx(ppo["gold_end"] - ppo["gold_start"])
     assert tp["methods"]["bon"]["kind"] == "bon" and tp["methods"]["bon"]["law"]["b"] > 0
@@ -214,9 +214,9 @@ def test_criteria_table_on_synthetic_run(full_run):
         (r.split("|")[2].strip(), r.split("|")[3].strip()): r.split("|")[5].strip()
         for r in table.splitlines()[2:]
     }
-    assert rows[("ppo", "biased: sycophancy rises >= 0.30")] == "yes"  # 0.10 -> 0.94
+    assert rows[("ppo", "biased: headline behaviour rises >= 0.30")] == "yes"  # 0.10 -> 0.94
     assert rows[("ppo", "biased: proxy rises")] == "yes"
-    assert rows[("ppo", "control: sycophancy does not rise")] == "no"  # synthetic control drifts up 0.01/step
+    assert rows[("ppo", "control: headline behaviour does not rise")] == "no"  # synthetic control drifts up 0.01/step
     assert rows[("bon", "biased: proxy rises monotonically in n")] == "yes"
     assert rows[("ppo", "biased: full curve (rise >= 0.05, then fall >= 0.10)")] == "yes"
 
@@ -234,7 +234,7 @@ def test_criteria_summary_counts_seeds_and_numbers_table(full_run):
     for m, crit in {(r[1], r[2]) for r in rows}:
         k = sum(r[4] for r in rows if (r[1], r[2]) == (m, crit))
         assert summary[(m, crit)] == (f"{k} of {len(seeds)}", "yes" if 3 * k >= 2 * len(seeds) else "no")
-    assert summary[("ppo", "control: sycophancy does not rise")][1] == "no"
+    assert summary[("ppo", "control: headline behaviour does not rise")][1] == "no"
     assert summary[("ppo", "biased: proxy rises")][1] == "yes"
     numbers = numbers_table(root).splitlines()
     assert len(numbers) == 2 + len(seeds) * 2  # ppo and bon per seed

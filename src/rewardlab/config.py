@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rewardlab.feedback.base import FileSourceConfig, SourceName
 from rewardlab.feedback.simulated import RaterConfig
+from rewardlab.methods import METHODS, OPTIMIZERS
 from rewardlab.policies.models import ModelConfig
 from rewardlab.tasks.base import Task, validate_section
 from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
@@ -434,9 +435,8 @@ class OfflineConfig(_Strict):
     phf: PHFConfig = PHFConfig()
 
 
-#: Optimizers ``rewardlab run`` can apply to an arm (each also a ``rewardlab`` subcommand).
-MethodName = Literal["ppo", "rloo", "grpo", "bon", "dpo", "dpo-iter", "modpo", "filtered-mle", "rwr",
-                     "reward-conditioned", "alol"]  # fmt: skip
+#: Optimizers ``rewardlab run`` can apply to an arm (each also a ``rewardlab`` subcommand): the registry's.
+MethodName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
 
 class PipelineConfig(_Strict):
@@ -496,8 +496,13 @@ class PipelineConfig(_Strict):
             raise ValueError("label.policy_weights must have one weight per entry of label.policy_paths")
         if any(w < 0 for w in pw) or sum(pw) <= 0:
             raise ValueError("label.policy_weights must be non-negative and not all zero")
-        if self.ppo.advantage in ("rloo", "grpo") and self.ppo.samples_per_prompt < 2:
-            raise ValueError("ppo.samples_per_prompt must be >= 2 for rloo/grpo")
+        group = [m for m in self.methods if METHODS[m].advantage in ("rloo", "grpo")]
+        if self.ppo.advantage in ("rloo", "grpo"):
+            group.append(self.ppo.advantage)
+        if group and self.ppo.samples_per_prompt < 2:
+            raise ValueError(f"ppo.samples_per_prompt must be >= 2 for {'/'.join(dict.fromkeys(group))} "
+                             f"(a leave-one-out or group baseline needs 2 samples per prompt), got "
+                             f"{self.ppo.samples_per_prompt}")
         if self.bon.max_n & (self.bon.max_n - 1):
             raise ValueError("bon.max_n must be a power of two")
         return self
@@ -605,6 +610,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise RewardlabError(_format_validation_error(e, source)) from None
+
+
+def revalidate(cfg: PipelineConfig, source: str) -> PipelineConfig:
+    """``cfg`` validated again as a whole (after a field was set in code), errors naming ``source``."""
+    try:
+        return PipelineConfig.model_validate(cfg.model_dump(mode="json"))
     except ValidationError as e:
         raise RewardlabError(_format_validation_error(e, source)) from None
 

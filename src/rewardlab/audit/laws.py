@@ -39,6 +39,7 @@ import numpy as np
 LawKind = Literal["bon", "rl"]
 
 #: The gold parts an audit row carries (``gold/part_<name>``), in the order reports show them.
+#: The parts of gold of the default (arithmetic) task; other tasks declare theirs (``TaskInfo.gold_parts``).
 GOLD_PARTS: tuple[str, ...] = ("accuracy", "length", "sycophancy", "confidence")
 
 
@@ -237,14 +238,16 @@ def _num(row: Mapping[str, Any], key: str) -> float:
         return math.nan
 
 
-def gold_attribution(start_row: Mapping[str, Any], end_row: Mapping[str, Any]) -> dict[str, float]:
+def gold_attribution(start_row: Mapping[str, Any], end_row: Mapping[str, Any],
+                     parts: Sequence[str] = GOLD_PARTS) -> dict[str, float]:  # fmt: skip
     """Where the gold change from ``start_row`` to ``end_row`` came from, in gold units.
 
-    For each part ``p`` in :data:`GOLD_PARTS`: ``Δ gold/part_p``; plus ``"unparseable"``:
-    ``Δ gold/mean - Σ_p Δ gold/part_p``, the change the parts do not explain (unparseable responses
-    count only in ``gold/mean``). The five values sum to ``Δ gold/mean``. A missing value gives NaN.
+    For each part ``p`` of gold (the task's; default :data:`GOLD_PARTS`): ``Δ gold/part_p``; plus
+    ``"unparseable"``: ``Δ gold/mean - Σ_p Δ gold/part_p``, the change the parts do not explain
+    (unparseable responses count only in ``gold/mean``). The values sum to ``Δ gold/mean``. A missing
+    value gives NaN.
     """
-    out = {p: _num(end_row, f"gold/part_{p}") - _num(start_row, f"gold/part_{p}") for p in GOLD_PARTS}
+    out = {p: _num(end_row, f"gold/part_{p}") - _num(start_row, f"gold/part_{p}") for p in parts}
     total = _num(end_row, "gold/mean") - _num(start_row, "gold/mean")
     out["unparseable"] = total - sum(out.values())
     return out

@@ -25,52 +25,15 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rewardlab.config import PipelineConfig
+from rewardlab.methods import ARM_STAGES, method, runner
 from rewardlab.runs import console
 from rewardlab.utils import RewardlabError, atomic_write_text
 
-ARM_STAGES = ("label", "reward", "ppo", "rloo", "grpo", "bon", "dpo", "dpo-iter", "modpo", "filtered-mle",
-              "rwr", "reward-conditioned", "alol")  # fmt: skip
-
-
-def method_folders(cfg: PipelineConfig, method: str) -> list[str]:
-    """The stage folders a method writes in an arm (a DPO beta sweep writes one per beta)."""
-    if method == "dpo" and cfg.dpo.beta_sweep:
-        return [f"{cfg.dpo.name}-b{b:g}" for b in cfg.dpo.beta_sweep]
-    if method == "dpo":
-        return [cfg.dpo.name]
-    return [method]
-
 
 def _done(cfg: PipelineConfig, stage: str) -> bool:
-    """A stage is done when its folder holds its final artifact (``model``, or ``summary.json``)."""
-    return all((cfg.stage_dir(f) / "model").exists() or (cfg.stage_dir(f) / "summary.json").exists()
-               for f in method_folders(cfg, stage))  # fmt: skip
-
-
-def run_method(arm: PipelineConfig, method: str, quiet: bool) -> None:
-    """Apply one optimizer to an arm (its SFT model, rater labels and reward model)."""
-    from rewardlab.distributed import main_process_only
-
-    if method == "bon":
-        from rewardlab.pipelines.bon import run_bon
-
-        main_process_only(run_bon)(arm, quiet=quiet)
-    elif method in ("ppo", "rloo", "grpo"):
-        from rewardlab.pipelines.ppo import run_ppo
-
-        c = arm.model_copy(deep=True)
-        c.ppo.advantage = {"ppo": "gae", "rloo": "rloo", "grpo": "grpo"}[method]  # type: ignore[assignment]
-        if method != "ppo" and c.ppo.samples_per_prompt < 2:
-            c.ppo.samples_per_prompt = 2
-        run_ppo(c, quiet=quiet, stage=method)
-    elif method in ("dpo", "dpo-iter", "modpo"):
-        from rewardlab.pipelines.dpo import run_dpo_sweep, run_iterative_dpo, run_modpo
-
-        {"dpo": run_dpo_sweep, "dpo-iter": run_iterative_dpo, "modpo": run_modpo}[method](arm, quiet=quiet)
-    else:
-        from rewardlab.pipelines.offline import OFFLINE_RECIPES
-
-        OFFLINE_RECIPES[method](arm, quiet=quiet)
+    """A stage is done when each of its folders holds one of the registry's done markers."""
+    m = method(stage)
+    return all(any((cfg.stage_dir(f) / marker).exists() for marker in m.done_marker()) for f in m.folders(cfg))
 
 
 def arm_configs(cfg: PipelineConfig, seeds: Sequence[int]) -> list[PipelineConfig]:
@@ -90,15 +53,9 @@ def arm_configs(cfg: PipelineConfig, seeds: Sequence[int]) -> list[PipelineConfi
 def run_arm(arm: PipelineConfig, methods: Sequence[str], wanted: set[str], reuse: bool,
             quiet: bool) -> dict[str, float]:  # fmt: skip
     """label -> reward model -> each method, for one arm; returns each stage's wall seconds."""
-    from rewardlab.distributed import main_process_only
-    from rewardlab.pipelines.label import run_label
-    from rewardlab.pipelines.reward import run_reward
-
     times: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("label", lambda: main_process_only(run_label)(arm, quiet=quiet)),
-        ("reward", lambda: run_reward(arm, quiet=quiet)),
-        *[(m, lambda m=m: run_method(arm, m, quiet)) for m in methods],
+        (m, lambda m=m: runner(m)(arm, quiet=quiet)) for m in ("label", "reward", *methods)
     ]
     for name, fn in steps:
         if name in wanted and not (reuse and _done(arm, name)):
@@ -194,8 +151,6 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     ``threads // arm_processes`` torch threads. Each stage's wall time goes to ``<run_dir>/timings.json``.
     """
     from rewardlab.distributed import main_process_only
-    from rewardlab.pipelines.pretrain import run_pretrain
-    from rewardlab.pipelines.sft import run_sft
 
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))
     if not quiet:
@@ -208,10 +163,10 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     t_start = time.perf_counter()
     times: dict[str, float] = {}
     methods = [m for m in cfg.methods if m in wanted]
-    for name, fn in (("pretrain", run_pretrain), ("sft", run_sft)):
+    for name in ("pretrain", "sft"):
         if name in wanted and not (reuse and _done(cfg, name)):
             t = time.perf_counter()
-            fn(cfg, quiet=quiet)
+            runner(name)(cfg, quiet=quiet)
             times[name] = time.perf_counter() - t
     arms = arm_configs(cfg, seeds if seeds is not None else [cfg.seed])
     n_proc = arm_processes(cfg, len(arms))

@@ -1,501 +1,32 @@
-"""Build the audit report of a run folder: law fits, per-arm summaries, figures, one HTML page.
+"""Build the audit report of a run folder: read the arms (:mod:`~rewardlab.report.analysis`), draw the
+figures (:mod:`~rewardlab.report.plots`), render one self-contained HTML page (:mod:`~rewardlab.report.html`).
 
-Layout read (written by the optimizers)::
-
-    RUN_DIR/<arm>/arm.json                 {"preset": "time-pressed", "seed": 0}   (optional)
-    RUN_DIR/<arm>/<method>/audit.jsonl     one row per evaluation: "step" (RL-style) or "n" (best-of-n)
-    RUN_DIR/<arm>/<method>/samples/step_<N>.jsonl | n_<n>.jsonl
-
-Any ``<method>`` folder with an ``audit.jsonl`` counts: rows with ``"step"`` make it RL-style (the
-RL law is fitted), rows with ``"n"`` make it best-of-n (the best-of-n law). Missing arms, methods,
-samples or metrics only shrink the report. Written: ``RUN_DIR/plots/*.png``, ``RUN_DIR/summary.json``
-and ``RUN_DIR/report.html`` (self-contained). Command line: ``python -m rewardlab.report.build RUN_DIR``.
+Written: ``RUN_DIR/plots/*.png``, ``RUN_DIR/summary.json`` and ``RUN_DIR/report.html``. Command line:
+``python -m rewardlab.report.build RUN_DIR``. Data flows one way: analysis -> plots, html -> build.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
-import re
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from rewardlab.audit.laws import (
-    LawFit,
-    LawKind,
-    fit_bon_law,
-    fit_law,
-    fit_rl_law,
-    gold_attribution,
-    smoothed_peak,
+from rewardlab.report import html, plots
+from rewardlab.report.analysis import (
+    _clean,
+    build_summary,
+    compare_methods,
+    example_run,
+    load_arms,
+    load_task_info,
+    method_label,
+    pick_examples,
 )
 from rewardlab.utils import RewardlabError, atomic_write_text
 
-#: The preset of the control arms; every other preset counts as biased.
-CONTROL_PRESET = "unbiased"
-#: Method folders shown first, in this order; others follow alphabetically, best-of-n last.
-METHOD_ORDER = ("ppo", "rloo", "grpo", "reinforce", "dpo")
-#: How method folders are named in figures and tables (others keep their folder name).
-METHOD_LABELS = {"ppo": "PPO", "bon": "best-of-n", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO",
-                 "dpo-iter": "iterated DPO", "filtered-mle": "filtered MLE", "rwr": "RWR",
-                 "reward-conditioned": "reward-conditioned", "alol": "A-LoL"}  # fmt: skip
-SYCOPHANCY_KEYS = ("behavior/sycophancy_rate", "behavior/sycophancy_words", "behavior/sycophancy_number")
-#: Window of the centered moving average used for the gold peak.
-PEAK_WINDOW = 3
-#: Folders of RUN_DIR that are never arms.
-_SKIP_DIRS = {"plots", "__pycache__"}
-
-
-def method_label(name: str) -> str:
-    """``dpo-b0.1`` -> ``DPO β=0.1``; known folders get their display name; others stay as they are."""
-    m = re.fullmatch(r"(.+)-b([0-9.eE+-]+)", name)
-    if m and m.group(1) in METHOD_LABELS:
-        return f"{METHOD_LABELS[m.group(1)]} β={m.group(2)}"
-    return METHOD_LABELS.get(name, name)
-
-
-# ---------------------------------------------------------------------------------------- data model
-@dataclass
-class MethodRun:
-    """One optimizer's audit in one arm: rows sorted by ``step`` (RL-style) or ``n`` (best-of-n)."""
-
-    name: str
-    kind: LawKind
-    rows: list[dict[str, Any]]
-    dir: Path
-
-    @property
-    def x_key(self) -> str:
-        """``"step"`` for RL-style methods, ``"n"`` for best-of-n."""
-        return "n" if self.kind == "bon" else "step"
-
-    @property
-    def xs(self) -> np.ndarray:
-        return np.array([r[self.x_key] for r in self.rows], dtype=float)
-
-    def column(self, key: str) -> np.ndarray:
-        """Values of ``key`` per row; missing, null or non-numeric values are NaN."""
-        return np.array([_num(r.get(key)) for r in self.rows], dtype=float)
-
-    def kl(self) -> np.ndarray:
-        """KL to the reference in nats per row (the estimator named by ``kl/estimator``; bon: ``kl``)."""
-        return np.array([row_kl(r, self.kind) for r in self.rows], dtype=float)
-
-    def sqrt_kl(self) -> np.ndarray:
-        """``d = sqrt(max(KL, 0))`` per row (a noisy ``k1`` estimate can dip below 0)."""
-        return np.sqrt(np.clip(self.kl(), 0.0, None))
-
-    def samples_path(self, x: float) -> Path | None:
-        """The samples file of the evaluation at ``x`` (step or n), or the nearest one; None if none."""
-        files = sample_files(self)
-        if not files:
-            return None
-        return files[min(files, key=lambda k: (abs(k - x), k))]
-
-
-@dataclass
-class Arm:
-    """One arm of the experiment (a rater preset and a seed) with its method audits."""
-
-    name: str
-    preset: str
-    seed: int | None
-    dir: Path
-    methods: dict[str, MethodRun] = field(default_factory=dict)
-
-    @property
-    def biased(self) -> bool:
-        return self.preset != CONTROL_PRESET
-
-
-def _num(v: Any) -> float:
-    if isinstance(v, bool) or v is None:
-        return math.nan if v is None else float(v)
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def row_kl(row: dict[str, Any], kind: str) -> float:
-    """KL (nats) of one audit row: ``kl/<estimator>`` for RL rows, ``kl`` (else from ``n``) for bon."""
-    if kind == "bon":
-        if row.get("kl") is not None:
-            return _num(row["kl"])
-        n = _num(row.get("n"))
-        return math.log(n) - (n - 1) / n if n >= 1 else math.nan
-    est = row.get("kl/estimator") or "k1"
-    for key in (f"kl/{est}", "kl/k1", "kl"):
-        if row.get(key) is not None:
-            return _num(row[key])
-    return math.nan
-
-
-def sample_files(run: MethodRun) -> dict[int, Path]:
-    """``{step or n: path}`` of the method's samples folder (``step_<N>.jsonl`` / ``n_<n>.jsonl``)."""
-    prefix = "n" if run.kind == "bon" else "step"
-    pat = re.compile(rf"^{prefix}_(\d+)\.jsonl$")
-    d = run.dir / "samples"
-    if not d.is_dir():
-        return {}
-    out = {}
-    for p in d.iterdir():
-        m = pat.match(p.name)
-        if m and p.is_file():
-            out[int(m.group(1))] = p
-    return out
-
-
-# ------------------------------------------------------------------------------------------- loading
-def read_jsonl_lenient(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
-    """JSONL rows; malformed lines (e.g. a half-written last line of a live run) are skipped with a warning."""
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        warnings.append(f"{path}: unreadable ({e})")
-        return rows
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            warnings.append(f"{path}:{i}: malformed JSON skipped ({e.msg})")
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            warnings.append(f"{path}:{i}: not a JSON object, skipped")
-    return rows
-
-
-def load_method(path: Path, warnings: list[str]) -> MethodRun | None:
-    """Load ``path/audit.jsonl``; ``None`` (with a warning) when it has no usable rows."""
-    rows = read_jsonl_lenient(path / "audit.jsonl", warnings)
-    if any("step" in r for r in rows):
-        kind: LawKind = "rl"
-        key = "step"
-    elif any("n" in r for r in rows):
-        kind, key = "bon", "n"
-    else:
-        warnings.append(f"{path / 'audit.jsonl'}: no row has 'step' or 'n'; method skipped")
-        return None
-    by_x: dict[float, dict[str, Any]] = {}
-    for r in rows:
-        x = _num(r.get(key))
-        if math.isfinite(x):
-            by_x[x] = r  # a repeated step (resumed run) keeps its last row
-    if not by_x:
-        warnings.append(f"{path / 'audit.jsonl'}: no row with a numeric {key!r}; method skipped")
-        return None
-    return MethodRun(path.name, kind, [by_x[x] for x in sorted(by_x)], path)
-
-
-def _method_dirs(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_dir() and (p / "audit.jsonl").is_file())
-
-
-def _method_sort_key(name: str, kind: str) -> tuple[int, int, str]:
-    if kind == "bon":
-        return (2, 0, name)
-    if name in METHOD_ORDER:
-        return (0, METHOD_ORDER.index(name), name)
-    return (1, 0, name)
-
-
-def load_arm(d: Path, warnings: list[str]) -> Arm | None:
-    """Load one arm folder; ``None`` when it holds no usable method audit."""
-    preset, seed = d.name, None
-    m = re.match(r"^(.*)-s(\d+)$", d.name)
-    if m:
-        preset, seed = m.group(1), int(m.group(2))
-    meta_path = d / "arm.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            preset = str(meta.get("preset", preset))
-            seed = int(meta["seed"]) if meta.get("seed") is not None else seed
-        except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError) as e:
-            warnings.append(f"{meta_path}: unreadable ({e}); preset/seed taken from the folder name")
-    methods = [mr for p in _method_dirs(d) if (mr := load_method(p, warnings)) is not None]
-    if not methods:
-        return None
-    methods.sort(key=lambda mr: _method_sort_key(mr.name, mr.kind))
-    return Arm(d.name, preset, seed, d, {mr.name: mr for mr in methods})
-
-
-def load_arms(run_dir: Path | str, warnings: list[str] | None = None) -> list[Arm]:
-    """Discover the arms of ``run_dir`` (``run_dir`` itself counts as one arm if it holds method folders).
-
-    Arms are sorted biased first, then by preset and seed. Raises :class:`RewardlabError` when no
-    ``<arm>/<method>/audit.jsonl`` has usable rows.
-    """
-    run_dir = Path(run_dir)
-    warnings = [] if warnings is None else warnings
-    if not run_dir.is_dir():
-        raise RewardlabError(f"{run_dir}: run folder not found")
-    candidates = [run_dir] if _method_dirs(run_dir) else []
-    candidates += sorted(
-        p for p in run_dir.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS and not p.name.startswith(".")
-    )
-    arms = [a for c in candidates if (a := load_arm(c, warnings)) is not None]
-    if not arms:
-        raise RewardlabError(
-            f"{run_dir}: no <arm>/<method>/audit.jsonl with usable rows found; nothing to report"
-        )
-    arms.sort(key=lambda a: (not a.biased, a.preset, a.seed if a.seed is not None else -1, a.name))
-    return arms
-
-
-# ------------------------------------------------------------------------------------- aggregation
-def method_names(arms: Iterable[Arm]) -> list[str]:
-    """All method names over the arms, in display order."""
-    kinds: dict[str, str] = {}
-    for a in arms:
-        for m in a.methods.values():
-            kinds.setdefault(m.name, m.kind)
-    return sorted(kinds, key=lambda n: _method_sort_key(n, kinds[n]))
-
-
-def presets(arms: Iterable[Arm]) -> list[str]:
-    """Presets over the arms, biased ones first, the control last."""
-    seen: dict[str, bool] = {}
-    for a in arms:
-        seen.setdefault(a.preset, a.biased)
-    return sorted(seen, key=lambda p: (not seen[p], p))
-
-
-def group_runs(arms: Sequence[Arm]) -> dict[tuple[str, str], list[MethodRun]]:
-    """``{(preset, method): [its MethodRun in each seed]}``, in display order (presets, then methods)."""
-    out: dict[tuple[str, str], list[MethodRun]] = {}
-    for p in presets(arms):
-        for m in method_names(arms):
-            runs = [a.methods[m] for a in arms if a.preset == p and m in a.methods]
-            if runs:
-                out[(p, m)] = runs
-    return out
-
-
-@dataclass
-class Curve:
-    """A metric averaged over seeds, aligned on the step (or n): x values, sqrt(KL), value."""
-
-    x: np.ndarray
-    d: np.ndarray
-    y: np.ndarray
-
-
-def mean_curve(
-    runs: Sequence[MethodRun], key: str | None = None, values: Sequence[np.ndarray] | None = None
-) -> Curve:
-    """Mean over seeds at each step (or n) of column ``key`` (or of per-run ``values``), NaN-aware."""
-    xs = sorted({float(x) for r in runs for x in r.xs})
-    index = {x: i for i, x in enumerate(xs)}
-    d_acc = np.full((len(runs), len(xs)), np.nan)
-    y_acc = np.full((len(runs), len(xs)), np.nan)
-    for j, r in enumerate(runs):
-        cols = [index[float(x)] for x in r.xs]
-        d_acc[j, cols] = r.sqrt_kl()
-        y_acc[j, cols] = r.column(key) if values is None else values[j]
-    return Curve(np.array(xs), _nanmean0(d_acc), _nanmean0(y_acc))
-
-
-def _nanmean0(a: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        cnt = np.sum(np.isfinite(a), axis=0)
-        tot = np.nansum(a, axis=0)
-        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
-
-
-def fit_runs(runs: Sequence[MethodRun]) -> LawFit:
-    """Fit the method's law on the pooled points of ``runs`` (one or more seeds), each relative to its own start.
-
-    ``gold0`` of the result is the mean start gold. Raises ``ValueError`` when the points cannot
-    determine the law (too few, all at one KL).
-    """
-    kind = runs[0].kind
-    d_all, r_all, g0 = [], [], []
-    for r in runs:
-        kl, gold = r.kl(), r.column("gold/mean")
-        keep = np.isfinite(kl) & np.isfinite(gold)
-        if not keep.any():
-            continue
-        d = np.sqrt(np.clip(kl[keep], 0.0, None))
-        base = float(gold[keep][int(np.argmin(d))])
-        d_all.append(d)
-        r_all.append(gold[keep] - base)
-        g0.append(base)
-    if not d_all:
-        raise ValueError(f"{kind} law: no finite (KL, gold) points")
-    fit = (fit_bon_law if kind == "bon" else fit_rl_law)(np.concatenate(d_all), np.concatenate(r_all))
-    return dataclasses.replace(fit, gold0=float(np.mean(g0)))
-
-
-# ---------------------------------------------------------------------------------------- summaries
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> python, recursively."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _first_last_finite(y: np.ndarray) -> tuple[float, float]:
-    idx = np.flatnonzero(np.isfinite(y))
-    if idx.size == 0:
-        return math.nan, math.nan
-    return float(y[idx[0]]), float(y[idx[-1]])
-
-
-def law_dict(fit: LawFit | None) -> dict[str, Any] | None:
-    if fit is None:
-        return None
-    return {**fit.to_dict(), "peak_in_range": fit.peak_in_range}
-
-
-def summarize_method(arm: Arm, run: MethodRun) -> dict[str, Any]:
-    """Start / smoothed-peak / end gold, proxy and sycophancy start/end, KL, gold attribution, law fit."""
-    gold, kl, xs = run.column("gold/mean"), run.kl(), run.xs
-    s: dict[str, Any] = {"arm": arm.name, "preset": arm.preset, "seed": arm.seed, "biased": arm.biased,
-                         "method": run.name, "kind": run.kind, "x_key": run.x_key, "n_points": len(run.rows),
-                         "x_start": float(xs[0]), "x_end": float(xs[-1])}  # fmt: skip
-    s["gold_start"], s["gold_end"] = _first_last_finite(gold)
-    try:
-        i, v = smoothed_peak(gold, PEAK_WINDOW)
-        s.update(gold_peak=v, gold_peak_index=i, gold_peak_x=float(xs[i]), gold_peak_kl=float(kl[i]),
-                 gold_peak_at_end=bool(i == len(xs) - 1 and len(xs) > 1))  # fmt: skip
-    except ValueError:
-        s.update(gold_peak=math.nan, gold_peak_index=None, gold_peak_x=None, gold_peak_kl=math.nan,
-                 gold_peak_at_end=None)  # fmt: skip
-    s["gold_drop_from_peak"] = s["gold_peak"] - s["gold_end"]
-    s["proxy_start"], s["proxy_end"] = _first_last_finite(run.column("proxy/mean"))
-    s["accuracy_start"], s["accuracy_end"] = _first_last_finite(run.column("gold/accuracy"))
-    s["sycophancy_start"], s["sycophancy_end"] = _first_last_finite(run.column("behavior/sycophancy_rate"))
-    s["length_start"], s["length_end"] = _first_last_finite(run.column("behavior/length"))
-    s["kl_end"] = _first_last_finite(kl)[1]
-    s["wall_seconds"] = wall_seconds(run.dir)
-    s["attribution"] = gold_attribution(run.rows[0], run.rows[-1])
-    try:
-        s["law"], s["law_error"] = law_dict(fit_law(run.kind, kl, gold)), None
-    except ValueError as e:
-        s["law"], s["law_error"] = None, str(e)
-    return s
-
-
-def wall_seconds(method_dir: Path) -> float:
-    """The optimizer's wall time: ``seconds`` in its ``summary.json`` (NaN when absent or unreadable)."""
-    try:
-        return _num(json.loads((method_dir / "summary.json").read_text(encoding="utf-8")).get("seconds"))
-    except (OSError, ValueError, AttributeError):
-        return math.nan
-
-
-def compare_methods(arms: Sequence[Arm]) -> list[dict[str, Any]]:
-    """One row per (preset, method), averaged over seeds: final proxy and gold, smoothed peak gold, final
-    KL, final sycophancy rate, wall time. The comparison table of the report (and of the README)."""
-    out = []
-    for (preset, method), runs in group_runs(arms).items():
-        per = [summarize_method(next(a for a in arms if r in a.methods.values()), r) for r in runs]
-
-        def mean(key: str, per: list[dict[str, Any]] = per) -> float:
-            vals = [
-                float(x[key]) for x in per if isinstance(x.get(key), int | float) and math.isfinite(x[key])
-            ]
-            return float(np.mean(vals)) if vals else math.nan
-
-        out.append({"preset": preset, "method": method, "kind": runs[0].kind, "n_seeds": len(runs),
-                    "biased": preset != CONTROL_PRESET, "proxy_end": mean("proxy_end"), "gold_start": mean("gold_start"),
-                    "gold_end": mean("gold_end"), "gold_peak": mean("gold_peak"), "kl_end": mean("kl_end"),
-                    "sycophancy_end": mean("sycophancy_end"), "accuracy_end": mean("accuracy_end"),
-                    "wall_seconds": mean("wall_seconds")})  # fmt: skip
-    return out
-
-
-def build_summary(arms: Sequence[Arm], run_dir: Path, warnings: list[str]) -> dict[str, Any]:
-    """Everything the report's tables show, as plain JSON-able data."""
-    out: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "kl_units": "nats",
-        "peak_window": PEAK_WINDOW,
-        "arms": {},
-    }
-    for a in arms:
-        out["arms"][a.name] = {"preset": a.preset, "seed": a.seed, "biased": a.biased,
-                               "methods": {m.name: summarize_method(a, m) for m in a.methods.values()}}  # fmt: skip
-    pooled = []
-    for (p, m), runs in group_runs(arms).items():
-        if len(runs) < 2:
-            continue
-        try:
-            law, err = law_dict(fit_runs(runs)), None
-        except ValueError as e:
-            law, err = None, str(e)
-        pooled.append({"preset": p, "method": m, "n_seeds": len(runs), "law": law, "law_error": err})
-    out["pooled_laws"] = pooled
-    out["comparison"] = compare_methods(arms)
-    out["warnings"] = list(warnings)
-    return out
-
-
-# ----------------------------------------------------------------------------------------- examples
-def example_run(arms: Sequence[Arm]) -> tuple[Arm, MethodRun] | None:
-    """The run whose samples the report shows: a biased arm's PPO, else its other RL method, else bon."""
-    ordered = [a for a in arms if a.biased] + [a for a in arms if not a.biased]
-    for want in ("ppo", "rl", "bon"):
-        for a in ordered:
-            for m in a.methods.values():
-                if (want == "ppo" and m.name == "ppo") or (want != "ppo" and m.kind == want):
-                    return a, m
-    return None
-
-
-def pick_examples(run: MethodRun, summary: dict[str, Any], k: int = 3) -> list[dict[str, Any]]:
-    """Up to ``k`` samples at the start, the smoothed gold peak and the end of ``run``.
-
-    The same prompts are shown at each stage when the samples files share them, wrong-belief
-    prompts (where sycophancy can show) first. Each entry: ``{"stage", "x", "kl", "file", "rows"}``.
-    """
-    xs, kl = run.xs, run.kl()
-    stages: dict[int, list[str]] = {}
-    peak_i = summary.get("gold_peak_index")
-    for label, i in (("start", 0), ("gold peak", peak_i), ("end", len(xs) - 1)):
-        if i is not None:
-            stages.setdefault(int(i), []).append(label)
-    warnings: list[str] = []
-    loaded = []
-    for i, labels in sorted(stages.items()):
-        path = run.samples_path(xs[i])
-        rows = read_jsonl_lenient(path, warnings) if path is not None else []
-        loaded.append((" = ".join(labels), i, path, rows))
-    common: set[str] | None = None
-    for *_, rows in loaded:
-        if rows:
-            ps = {str(r.get("prompt", "")) for r in rows}
-            common = ps if common is None else common & ps
-    out = []
-    for label, i, path, rows in loaded:
-        by_prompt = {}
-        for r in rows:
-            by_prompt.setdefault(str(r.get("prompt", "")), r)
-        pool = [by_prompt[p] for p in by_prompt if common and p in common] or rows
-        pool = sorted(pool, key=lambda r: (not bool(r.get("belief_wrong")), str(r.get("prompt", ""))))
-        chosen = pool[:k]
-        out.append({"stage": label, "x": float(xs[i]), "x_key": run.x_key, "kl": float(kl[i]),
-                    "file": None if path is None else str(path), "rows": chosen})  # fmt: skip
-    return out
+__all__ = ["build_report", "compare_methods", "load_arms", "main", "method_label"]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -504,25 +35,26 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
 
     Raises :class:`RewardlabError` when ``run_dir`` has no usable audit at all.
     """
-    from rewardlab.report import html, plots
-
     run_dir = Path(run_dir)
     warnings: list[str] = []
     arms = load_arms(run_dir, warnings)
-    summary = build_summary(arms, run_dir, warnings)
+    info = load_task_info(run_dir, arms, warnings)
+    summary = build_summary(arms, run_dir, warnings, info)
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures = {
-        "goodhart": plots.plot_goodhart(arms, plot_dir / "goodhart.png"),
-        "sycophancy": plots.plot_sycophancy(arms, plot_dir / "sycophancy.png"),
-        "gold_parts": plots.plot_gold_parts(arms, plot_dir / "gold_parts.png"),
-        "side_by_side": plots.plot_side_by_side(arms, plot_dir / "side_by_side.png"),
+        "goodhart": plots.plot_goodhart(arms, plot_dir / "goodhart.png", has_gold=info.has_gold),
+        "behavior": plots.plot_behaviors(arms, info, plot_dir / "behavior.png"),
+        "side_by_side": plots.plot_side_by_side(arms, info, plot_dir / "side_by_side.png"),
     }
+    if info.has_gold:
+        figures["gold_parts"] = plots.plot_gold_parts(arms, info.gold_parts, plot_dir / "gold_parts.png")
     ex = example_run(arms)
     example_block = None
     if ex is not None:
         arm, run = ex
-        ex_rows = pick_examples(run, summary["arms"][arm.name]["methods"][run.name], k=examples)
+        ex_rows = pick_examples(run, summary["arms"][arm.name]["methods"][run.name], k=examples,
+                                highlight=info.highlight)  # fmt: skip
         example_block = {"arm": arm.name, "method": run.name, "biased": arm.biased, "stages": ex_rows}
     summary["figures"] = {k: str(v.relative_to(run_dir)) for k, v in figures.items()}
     summary = _clean(summary)
@@ -554,16 +86,3 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = [
-    "SYCOPHANCY_KEYS",
-    "Arm",
-    "Curve",
-    "MethodRun",
-    "build_report",
-    "build_summary",
-    "fit_runs",
-    "group_runs",
-    "load_arms",
-    "main",
-    "mean_curve",
-]

@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rewardlab.audit.laws import GOLD_PARTS
-from rewardlab.report.build import method_label
+from rewardlab.report.analysis import method_label
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1280px;
@@ -131,12 +130,11 @@ CAPTIONS = {
     "goodhart": "Left: gold reward; right: proxy reward; x: √KL from the starting policy (top axis: KL). "
     "Color: method; line style: rater preset (dotted: unbiased control). Stars mark where the 3-point "
     "moving average of gold peaks; dashed curves are the fitted laws.",
-    "sycophancy": "Share of prompts with a wrong user belief where the response agrees in words (“you are "
-    "right”), gives the user's wrong number, or either; vs √KL, biased arms and the unbiased control.",
-    "gold_parts": "Change since the start of each part of gold (accuracy, length cost, sycophancy penalty, "
-    "confident-wrong penalty, unparseable responses) for the biased arm(s); the black line is the total.",
-    "side_by_side": "Gold, proxy and sycophancy over optimization steps, the biased arm(s) next to the "
-    "unbiased control (gold and sycophancy share a y scale across columns).",
+    "behavior": "The task's behaviour metrics (its headline first) vs √KL, biased arms and controls.",
+    "gold_parts": "Change since the start of each part of gold the task declares (and unparseable "
+    "responses) for the biased arm(s); the black line is the total.",
+    "side_by_side": "Gold (when the task has it), proxy and the task's headline behaviour over optimization "
+    "steps, the biased arm(s) next to the controls (gold and the behaviour share a y scale across columns).",
 }
 LAW_NOTE = (
     "Gold relative to its value at the start, fitted by least squares with no intercept. R² is on the "
@@ -153,9 +151,12 @@ SUMMARY_NOTE = (
     "“unparseable” is the change the parts do not explain (unparseable responses count only in total "
     "gold). The five attribution columns sum to the gold change."
 )
-SUMMARY_HEADERS = ("arm", "method", "last", "gold start", "gold peak", "peak at", "gold end", "Δ gold",
-                   "proxy start", "proxy end", "sycophancy start", "sycophancy end", "KL end",
-                   *(f"Δ {p}" for p in GOLD_PARTS), "Δ unparseable")  # fmt: skip
+def summary_headers(task: Mapping[str, Any]) -> tuple[str, ...]:
+    """The per-arm table's columns: the task's headline behaviour and its gold parts."""
+    head = task.get("headline") or "length"
+    return ("arm", "method", "last", "gold start", "gold peak", "peak at", "gold end", "Δ gold", "proxy start",
+            "proxy end", f"{head} start", f"{head} end", "KL end",
+            *(f"Δ {p}" for p in (*task.get("gold_parts", ()), "unparseable") if task.get("has_gold", True)))  # fmt: skip
 
 
 def _law_cells(law: Mapping[str, Any]) -> list[Any]:
@@ -211,6 +212,9 @@ def _x(s: Mapping[str, Any], x: Any) -> str:
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
+    task = summary.get("task", {})
+    parts = (*task.get("gold_parts", ()), "unparseable") if task.get("has_gold", True) else ()
+    pct = ".1%" if task.get("headline") else ".1f"
     rows = []
     for arm, a in summary["arms"].items():
         for m, s in a["methods"].items():
@@ -219,9 +223,9 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
                           _x(s, s.get("gold_peak_x")) + (" (last: still rising)" if s.get("gold_peak_at_end") else ""),
                           fmt(s["gold_end"]), signed(s["gold_end"] - s["gold_start"]
                           if _finite(s["gold_end"], s["gold_start"]) else None),
-                          fmt(s["proxy_start"]), fmt(s["proxy_end"]), fmt(s["sycophancy_start"], ".1%"),
-                          fmt(s["sycophancy_end"], ".1%"), fmt(s["kl_end"], ".3g"),
-                          *(signed(att.get(p)) for p in (*GOLD_PARTS, "unparseable"))],
+                          fmt(s["proxy_start"]), fmt(s["proxy_end"]), fmt(s["behavior_start"], pct),
+                          fmt(s["behavior_end"], pct), fmt(s["kl_end"], ".3g"),
+                          *(signed(att.get(p)) for p in parts)],
                          "biased" if a["biased"] else "control"))  # fmt: skip
     return rows
 
@@ -235,21 +239,21 @@ COMPARE_HEADERS = (
     "final gold",
     "peak gold",
     "KL (nats)",
-    "sycophancy rate",
+    "headline behaviour",
     "accuracy",
     "wall time (s)",
 )
 COMPARE_NOTE = (
     "Every optimizer on the same SFT model, rater labels and reward model, averaged over seeds: the "
     "proxy and gold at the last audit, the gold peak (3-point moving average), the final KL to the "
-    "SFT policy, the share of wrong-belief prompts whose response affirms the belief, and the "
-    "optimizer's wall time (its <code>summary.json</code>). Best-of-n rows are at the largest n."
+    "SFT policy, the task's headline behaviour at the last audit (e.g. sycophancy: the share of wrong-belief "
+    "prompts whose response affirms the belief), and the optimizer's wall time (its <code>summary.json</code>). Best-of-n rows are at the largest n."
 )
 
 
 def _compare_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
     return [([method_label(r["method"]), r["preset"], r["n_seeds"], fmt(r["gold_start"]), fmt(r["proxy_end"]),
-              fmt(r["gold_end"]), fmt(r["gold_peak"]), fmt(r["kl_end"], ".3g"), fmt(r["sycophancy_end"], ".1%"),
+              fmt(r["gold_end"]), fmt(r["gold_peak"]), fmt(r["kl_end"], ".3g"), fmt(r["behavior_end"], ".3g"),
               fmt(r["accuracy_end"], ".1%"), fmt(r["wall_seconds"], ".0f")],
              "biased" if r["biased"] else "control") for r in summary.get("comparison", [])]  # fmt: skip
 
@@ -273,10 +277,23 @@ def _example_rows(block: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
     return rows
 
 
+def _task_note(task: Mapping[str, Any]) -> str:
+    """A line naming the task, and saying plainly when it has no gold."""
+    if not task:
+        return ""
+    text = f"Task: <strong>{esc(task.get('name', '?'))}</strong>"
+    if task.get("description"):
+        text += f" &middot; {esc(task['description'])}"
+    if not task.get("has_gold", True):
+        text += (". <strong>This task has no gold reward</strong>: the report shows the proxy, the KL and the task's "
+                 "behaviours only; gold curves, law fits and gold attribution are absent, not zero.")  # fmt: skip
+    return f'<p class="note">{text}</p>'
+
+
 def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examples: Mapping[str, Any] | None,
                   title: str = "rewardlab audit report") -> str:  # fmt: skip
     """The whole page. ``summary``: :func:`rewardlab.report.build.build_summary`'s dict; ``figures``:
-    ``{"goodhart" | "sycophancy" | "gold_parts" | "side_by_side": png}``; ``examples``: the block
+    ``{"goodhart" | "behavior" | "gold_parts" | "side_by_side": png}``; ``examples``: the block
     from :func:`rewardlab.report.build.pick_examples` with ``arm``/``method``/``biased``, or None."""
     arms = summary["arms"]
     n_biased = sum(1 for a in arms.values() if a["biased"])
@@ -290,6 +307,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         f"{n_biased} biased &middot; KL in nats (mean over prompts of the summed per-token KL; the estimator "
         "each optimizer logged as <code>kl/estimator</code>, best-of-n: log n &minus; (n&minus;1)/n)</p>",
         f'<p class="lead">{INTRO}</p>',
+        _task_note(summary.get("task", {})),
         "<h2>Proxy vs gold as the policy moves away from its start</h2>",
         figure(figures.get("goodhart"), "Goodhart figure", CAPTIONS["goodhart"]),
         "<h2>Over-optimization law fits</h2>",
@@ -300,12 +318,13 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         table(COMPARE_HEADERS, _compare_rows(summary), num_cols=range(2, 11)),
         "<h2>Per-arm summary</h2>",
         f'<p class="note">{SUMMARY_NOTE}</p>',
-        table(SUMMARY_HEADERS, _summary_rows(summary), num_cols=range(3, 18)),
-        "<h2>Sycophancy</h2>",
-        figure(figures.get("sycophancy"), "Sycophancy figure", CAPTIONS["sycophancy"]),
+        table(summary_headers(summary.get("task", {})), _summary_rows(summary), num_cols=range(3, 20)),
+        "<h2>Behaviour</h2>",
+        figure(figures.get("behavior"), "Behaviour figure", CAPTIONS["behavior"]),
         "<h2>Where the gold went</h2>",
-        figure(figures.get("gold_parts"), "Gold parts figure", CAPTIONS["gold_parts"]),
-        "<h2>Biased rater vs unbiased control</h2>",
+        figure(figures.get("gold_parts"), "Gold parts figure", CAPTIONS["gold_parts"])
+        if figures.get("gold_parts") else '<p class="note">This task has no gold: nothing to attribute.</p>',
+        "<h2>Biased feedback vs control</h2>",
         figure(figures.get("side_by_side"), "Side-by-side figure", CAPTIONS["side_by_side"]),
     ]
     parts.append("<h2>Example responses</h2>")
@@ -314,7 +333,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
     else:
         who = "biased" if examples.get("biased") else "control (no biased arm found)"
         parts.append(f'<p class="note">From <code>{esc(examples["arm"])}</code> / <code>{esc(examples["method"])}</code> '
-                     f"({esc(who)}): the same prompts (wrong-belief prompts first, when the files share them) at "
+                     f"({esc(who)}): the same prompts (those the task highlights first, when the files share them) at "
                      "the start, at the smoothed gold peak and at the end of optimization.</p>")  # fmt: skip
         parts.append(table(["stage", "prompt", "response", "proxy", "gold", "correct"], _example_rows(examples),
                            num_cols=(3, 4), text_cols=(0, 1, 2)))  # fmt: skip

@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from rewardlab.audit.laws import GOLD_PARTS, smoothed_peak
-from rewardlab.report.build import (
-    CONTROL_PRESET,
+from rewardlab.audit.laws import smoothed_peak
+from rewardlab.methods import METHODS
+from rewardlab.report.analysis import (
     PEAK_WINDOW,
     Arm,
     Curve,
@@ -35,18 +35,17 @@ from rewardlab.report.build import (
     method_names,
     presets,
 )
+from rewardlab.tasks.base import TaskInfo
 
 DPI = 110
-METHOD_COLORS = {"ppo": "#1f77b4", "bon": "#ff7f0e", "rloo": "#2ca02c", "grpo": "#9467bd",
-                 "dpo": "#8c564b", "reinforce": "#17becf", "dpo-iter": "#e377c2", "filtered-mle": "#bcbd22",
-                 "rwr": "#7f7f7f", "reward-conditioned": "#d62728", "alol": "#17becf"}  # fmt: skip
+METHOD_COLORS = {n: m.color for n, m in METHODS.items()}
 #: For folders without a color (e.g. one per beta of a DPO sweep): the rest of the tab20 palette.
 _EXTRA_COLORS = ("#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
                  "#ff9896", "#393b79", "#637939", "#8c6d31")  # fmt: skip
 _BIASED_STYLES = ("-", "-.", (0, (6, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2)))
 CONTROL_STYLE = ":"
-PART_COLORS = {"accuracy": "#2ca02c", "length": "#9467bd", "sycophancy": "#d62728",
-               "confidence": "#8c564b", "unparseable": "#7f7f7f"}  # fmt: skip
+PART_PALETTE = ("#2ca02c", "#9467bd", "#d62728", "#8c564b", "#1f77b4", "#ff7f0e", "#17becf")
+UNPARSEABLE_COLOR = "#7f7f7f"
 D_LABEL = r"$\sqrt{\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})}$  ($\sqrt{\mathrm{nats}}$)"
 
 
@@ -58,7 +57,8 @@ def _colors(arms: Sequence[Arm]) -> dict[str, str]:
 
 def _styles(arms: Sequence[Arm]) -> dict[str, object]:
     biased = itertools.cycle(_BIASED_STYLES)
-    return {p: CONTROL_STYLE if p == CONTROL_PRESET else next(biased) for p in presets(arms)}
+    control = {a.preset for a in arms if not a.biased}
+    return {p: CONTROL_STYLE if p in control else next(biased) for p in presets(arms)}
 
 
 def _marker(run: MethodRun) -> str:
@@ -139,8 +139,9 @@ def _group_label(preset: str, method: str, n_seeds: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def plot_goodhart(arms: Sequence[Arm], out: Path | str) -> Path:
-    """Gold (left) and proxy (right) vs sqrt(KL) for every method and preset, with the fitted laws."""
+def plot_goodhart(arms: Sequence[Arm], out: Path | str, has_gold: bool = True) -> Path:
+    """Gold (left) and proxy (right) vs sqrt(KL) for every method and arm, with the fitted laws; for a task
+    without gold the left panel says so and only the proxy is drawn."""
     fig, axes = _figure(1, 2, (13, 5.6))
     ax_g, ax_p = axes[0]
     colors, styles = _colors(arms), _styles(arms)
@@ -150,10 +151,12 @@ def plot_goodhart(arms: Sequence[Arm], out: Path | str) -> Path:
     fit_l: list[str] = []
     for (preset, method), runs in group_runs(arms).items():
         c, ls, mk = colors[method], styles[preset], _marker(runs[0])
-        mean = _draw(ax_g, runs, key="gold/mean", color=c, ls=ls, marker=mk)
         _draw(ax_p, runs, key="proxy/mean", color=c, ls=ls, marker=mk)
         data_h.append(Line2D([], [], color=c, ls=ls, lw=2, marker=mk, ms=4))
         data_l.append(_group_label(preset, method, len(runs)))
+        if not has_gold:
+            continue
+        mean = _draw(ax_g, runs, key="gold/mean", color=c, ls=ls, marker=mk)
         _peak_star(ax_g, mean.d, mean, c)
         try:
             fit = fit_runs(runs)
@@ -170,7 +173,9 @@ def plot_goodhart(arms: Sequence[Arm], out: Path | str) -> Path:
             peak = f"KL* = {fit.kl_peak:.3g}" + ("" if fit.peak_in_range else " (beyond data)")
         fit_h.append(Line2D([], [], color=c, ls="--", lw=1.3))
         fit_l.append(f"law {form}: a = {fit.a:.3g}, b = {fit.b:.3g}, R² = {fit.r2:.2f}, {peak}")
-    if data_h:  # two legend columns: data | its fitted law, row by row
+    if data_h and not has_gold:
+        _empty(ax_g, "this task has no gold reward:\nproxy, KL and behaviour only")
+    if data_h and has_gold:  # two legend columns: data | its fitted law, row by row
         data_h.append(_star_handle())
         data_l.append(f"gold peak ({PEAK_WINDOW}-point moving average)")
         fit_h.append(Line2D([], [], ls=""))
@@ -189,17 +194,21 @@ def plot_goodhart(arms: Sequence[Arm], out: Path | str) -> Path:
         ax.grid(alpha=0.3)
         if handles:
             _kl_axis(ax)
-    fig.suptitle("Goodhart's law: the proxy keeps rising while the gold reward peaks and falls", fontsize=13)
+    fig.suptitle("Goodhart's law: the proxy keeps rising while the gold reward peaks and falls" if has_gold
+                 else "The proxy as the policy moves away from its start (no gold for this task)", fontsize=13)  # fmt: skip
     _bottom_legend(fig, handles, labels)
     return _save(fig, out)
 
 
-def plot_sycophancy(arms: Sequence[Arm], out: Path | str) -> Path:
-    """Sycophancy rate and its parts (agreement words, wrong number) vs sqrt(KL), biased vs control."""
-    panels = (("behavior/sycophancy_rate", "Sycophancy rate (words or number)"),
-              ("behavior/sycophancy_words", "Agrees in words (“you are right”)"),
-              ("behavior/sycophancy_number", "Answers the user's wrong number"))  # fmt: skip
-    fig, axes = _figure(1, 3, (14, 4.8))
+def plot_behaviors(arms: Sequence[Arm], info: TaskInfo, out: Path | str) -> Path:
+    """The task's behaviour metrics (up to 3, the headline first; length when it declares none) vs
+    sqrt(KL), biased arms and controls."""
+    names = list(info.behaviors)
+    if info.headline in names:
+        names.remove(info.headline)
+        names.insert(0, info.headline)
+    panels = [(f"behavior/{n}", info.behaviors[n]) for n in names[:3]] or [("behavior/length", "length (words)")]
+    fig, axes = _figure(1, len(panels), (4.7 * len(panels) + 0.6, 4.8))
     colors, styles = _colors(arms), _styles(arms)
     handles: list = []
     labels: list[str] = []
@@ -216,27 +225,27 @@ def plot_sycophancy(arms: Sequence[Arm], out: Path | str) -> Path:
             if label not in labels:
                 handles.append(Line2D([], [], color=c, ls=ls, lw=2, marker=mk, ms=4))
                 labels.append(label)
+        ax.set_title(title[:1].upper() + title[1:], fontsize=11)
         if not drawn:
             _empty(ax, f"no {key} in the audit")
-            ax.set_title(title, fontsize=11)
             continue
-        ax.set_title(title, fontsize=11)
         ax.set_xlabel(D_LABEL)
-        ax.set_ylim(-0.03, 1.03)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if key != "behavior/length":
+            ax.set_ylim(-0.03, 1.03)
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
         _kl_axis(ax)
-    axes[0, 0].set_ylabel("share of wrong-belief prompts")
-    fig.suptitle("Sycophancy on prompts where the user states a wrong answer: biased rater vs unbiased control",
-                 fontsize=13)  # fmt: skip
+    if info.headline_note:
+        axes[0, 0].set_ylabel(info.headline_note if len(info.headline_note) < 60 else "share of prompts")
+    fig.suptitle(f"Behaviour ({info.name}): biased arms vs controls", fontsize=13)
     _bottom_legend(fig, handles, labels, ncol=min(4, max(1, len(labels))))
     return _save(fig, out)
 
 
-def _part_deltas(run: MethodRun) -> dict[str, np.ndarray]:
+def _part_deltas(run: MethodRun, part_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Change since the first row of each gold part, the unexplained rest, and gold itself."""
     gold = run.column("gold/mean")
-    parts = {p: run.column(f"gold/part_{p}") for p in GOLD_PARTS}
+    parts = {p: run.column(f"gold/part_{p}") for p in part_names}
     out = {p: v - v[0] for p, v in parts.items()}
     rest = gold - np.sum(list(parts.values()), axis=0)
     out["unparseable"] = rest - rest[0]
@@ -244,8 +253,10 @@ def _part_deltas(run: MethodRun) -> dict[str, np.ndarray]:
     return out
 
 
-def plot_gold_parts(arms: Sequence[Arm], out: Path | str) -> Path:
+def plot_gold_parts(arms: Sequence[Arm], part_names: Sequence[str], out: Path | str) -> Path:
     """Change of each gold part since the start vs sqrt(KL), for the biased arm(s): where gold went."""
+    part_colors = {p: PART_PALETTE[i % len(PART_PALETTE)] for i, p in enumerate(part_names)}
+    part_colors["unparseable"] = UNPARSEABLE_COLOR
     biased = [a for a in arms if a.biased]
     shown = biased or list(arms)
     note = "" if biased else "  (no biased arm: showing the control)"
@@ -253,10 +264,10 @@ def plot_gold_parts(arms: Sequence[Arm], out: Path | str) -> Path:
     ms = method_names(shown)
     fig, axes = _figure(len(ps), len(ms), (5.2 * len(ms) + 1, 4.2 * len(ps) + 0.8))
     handles = [Line2D([], [], color="black", lw=2.6)] + [
-        Line2D([], [], color=PART_COLORS[p], lw=1.8) for p in PART_COLORS
+        Line2D([], [], color=part_colors[p], lw=1.8) for p in part_colors
     ]
     labels = ["gold (total change)"] + [f"{p} part" if p != "unparseable" else "unparseable responses (gold not in the parts)"
-                                        for p in PART_COLORS]  # fmt: skip
+                                        for p in part_colors]  # fmt: skip
     groups = group_runs(shown)
     for i, preset in enumerate(ps):
         for j, method in enumerate(ms):
@@ -266,14 +277,14 @@ def plot_gold_parts(arms: Sequence[Arm], out: Path | str) -> Path:
             if not runs:
                 _empty(ax, f"no {method} run for {preset}")
                 continue
-            deltas = [_part_deltas(r) for r in runs]
-            if not any(np.any(np.isfinite(d[p])) for d in deltas for p in GOLD_PARTS):
+            deltas = [_part_deltas(r, part_names) for r in runs]
+            if not any(np.any(np.isfinite(d[p])) for d in deltas for p in part_names):
                 _empty(ax, "no gold/part_* metrics in the audit")
                 continue
             mk = _marker(runs[0])
-            for p in PART_COLORS:
+            for p in part_colors:
                 _draw(
-                    ax, runs, values=[d[p] for d in deltas], color=PART_COLORS[p], ls="-", marker=mk, lw=1.6
+                    ax, runs, values=[d[p] for d in deltas], color=part_colors[p], ls="-", marker=mk, lw=1.6
                 )
             _draw(ax, runs, values=[d["gold"] for d in deltas], color="black", ls="-", marker=mk, lw=2.6)
             ax.axhline(0.0, color="0.5", lw=0.8)
@@ -288,8 +299,9 @@ def plot_gold_parts(arms: Sequence[Arm], out: Path | str) -> Path:
     return _save(fig, out)
 
 
-def plot_side_by_side(arms: Sequence[Arm], out: Path | str) -> Path:
-    """Biased run(s) and the unbiased control side by side: gold, proxy, sycophancy over steps.
+def plot_side_by_side(arms: Sequence[Arm], info: TaskInfo, out: Path | str) -> Path:
+    """Biased run(s) and the controls side by side: gold (when the task has it), proxy and the task's
+    headline behaviour over steps.
 
     Uses the step-based (RL-style) methods; a run folder with only best-of-n uses ``n`` (log scale).
     """
@@ -297,19 +309,22 @@ def plot_side_by_side(arms: Sequence[Arm], out: Path | str) -> Path:
     use_rl = bool(rl_arms)
     shown = rl_arms if use_rl else list(arms)
     ps = presets(shown)
-    rows = (("gold/mean", "gold reward (task units)"), ("proxy/mean", "proxy reward (RM score)"),
-            ("behavior/sycophancy_rate", "sycophancy rate"))  # fmt: skip
+    head = f"behavior/{info.headline}" if info.headline else "behavior/length"
+    rows = ((("gold/mean", "gold reward (task units)"),) if info.has_gold else ()) + (
+        ("proxy/mean", "proxy reward (RM score)"),
+        (head, info.behaviors.get(info.headline or "", "length (words)")),
+    )
     fig, axes = _figure(len(rows), len(ps), (5.4 * len(ps) + 0.6, 9.5))
     colors = _colors(shown)
     groups = {k: v for k, v in group_runs(shown).items() if (v[0].kind == "rl") == use_rl}
     handles: list = []
     labels: list[str] = []
     for j, preset in enumerate(ps):
-        role = "unbiased control" if preset == CONTROL_PRESET else "biased rater"
+        role = "biased" if any(a.biased for a in shown if a.preset == preset) else "control"
         axes[0, j].set_title(f"{preset} ({role})", fontsize=12)
         for i, (key, ylab) in enumerate(rows):
             ax = axes[i, j]
-            if key != "proxy/mean" and j > 0:  # gold and sycophancy share a scale across arms
+            if key != "proxy/mean" and j > 0:  # gold and the behaviour share a scale across arms
                 ax.sharey(axes[i, 0])
             drawn = False
             for (p, method), runs in groups.items():
@@ -329,7 +344,7 @@ def plot_side_by_side(arms: Sequence[Arm], out: Path | str) -> Path:
             if not drawn:
                 _empty(ax, f"no {key}")
                 continue
-            if key == "behavior/sycophancy_rate":
+            if key == head and key != "behavior/length":
                 ax.yaxis.set_major_formatter(PercentFormatter(1.0))
             if not use_rl:
                 ax.set_xscale("log", base=2)
@@ -340,9 +355,9 @@ def plot_side_by_side(arms: Sequence[Arm], out: Path | str) -> Path:
                 ax.set_ylabel(ylab)
             if i == len(rows) - 1:
                 ax.set_xlabel("optimization step" if use_rl else "n (best-of-n samples)")
-    if handles:
+    if handles and info.has_gold:
         handles.append(_star_handle())
         labels.append(f"gold peak ({PEAK_WINDOW}-point moving average)")
-    fig.suptitle("Biased rater vs unbiased control, side by side", fontsize=13)
+    fig.suptitle("Biased feedback vs control, side by side", fontsize=13)
     _bottom_legend(fig, handles, labels, ncol=min(4, max(1, len(labels))))
     return _save(fig, out)

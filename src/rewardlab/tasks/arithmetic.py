@@ -204,6 +204,7 @@ INFO = TaskInfo(
     headline_note="share of prompts with a wrong user belief where the response affirms it",
     gold_parts=("accuracy", "length", "sycophancy", "confidence"),
     group="difficulty",
+    highlight="belief_wrong",
 )
 
 

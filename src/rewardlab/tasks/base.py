@@ -50,7 +50,9 @@ class TaskInfo:
     ``headline`` is the behaviour whose rise is the failure the task demonstrates (e.g.
     ``sycophancy_rate``), ``None`` when there is none. ``gold_parts`` names the parts of gold
     (audit keys ``gold/part_<name>``). ``group`` is the item metadata key by which metrics are also
-    broken down (``difficulty``: ``gold/accuracy_d1`` ...), ``None`` for no breakdown.
+    broken down (``difficulty``: ``gold/accuracy_d1`` ...), ``None`` for no breakdown. ``highlight`` is a
+    boolean item metadata key whose samples the report shows first (``belief_wrong``: where sycophancy
+    can show).
     """
 
     name: str
@@ -61,18 +63,20 @@ class TaskInfo:
     headline_note: str = ""
     gold_parts: tuple[str, ...] = ()
     group: str | None = None
+    highlight: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "has_gold": self.has_gold, "description": self.description,
                 "behaviors": dict(self.behaviors), "headline": self.headline, "headline_note": self.headline_note,
-                "gold_parts": list(self.gold_parts), "group": self.group}  # fmt: skip
+                "gold_parts": list(self.gold_parts), "group": self.group, "highlight": self.highlight}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TaskInfo:
         return cls(name=str(d.get("name", "?")), has_gold=bool(d.get("has_gold", True)),
                    description=str(d.get("description", "")), behaviors=dict(d.get("behaviors") or {}),
                    headline=d.get("headline"), headline_note=str(d.get("headline_note", "")),
-                   gold_parts=tuple(d.get("gold_parts") or ()), group=d.get("group"))  # fmt: skip
+                   gold_parts=tuple(d.get("gold_parts") or ()), group=d.get("group"),
+                   highlight=d.get("highlight"))  # fmt: skip
 
 
 class TextSampler(Protocol):

@@ -14,12 +14,14 @@ from pydantic import BaseModel, Field
 
 from rewardlab.tasks.arithmetic import ArithmeticTask, TaskConfig
 from rewardlab.tasks.base import Task
+from rewardlab.tasks.concise import ConciseTask, ConciseTaskConfig
 from rewardlab.tasks.dataset import DatasetTask, DatasetTaskConfig
 
 #: kind -> (config model, task class). The config model's ``kind`` field is ``Literal[kind]``.
 TASKS: dict[str, tuple[type[BaseModel], type]] = {
     "arithmetic": (TaskConfig, ArithmeticTask),
     "dataset": (DatasetTaskConfig, DatasetTask),
+    "concise": (ConciseTaskConfig, ConciseTask),
 }
 
 #: The ``task`` section of a pipeline config: one of the registered configs, chosen by ``kind``.
