@@ -146,9 +146,10 @@ def _seq_tokens(rows: list[dict[str, str]], tok: Any, key: str) -> float:
 def rl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     import random
 
-    from rewardlab.optimize.lm import bucket_batches, collate_lm, train_lm
+    from rewardlab.optimize.lm import collate_lm, train_lm
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.policies.tokenizer import encode_examples
+    from rewardlab.training import bucket_batches
 
     assets = Path(spec["assets"])
     tok = load_tokenizer(assets / "tokenizer")
@@ -244,8 +245,8 @@ def rl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     from rewardlab.config import DPOConfig
     from rewardlab.feedback.records import Comparison
     from rewardlab.optimize.dpo import PreferenceData, cached_reference_logps, tokenize_comparisons, train_dpo
-    from rewardlab.optimize.lm import make_optimizer
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
+    from rewardlab.training import make_optimizer
 
     assets = Path(spec["assets"])
     path = assets / "models" / spec["size"]
@@ -309,10 +310,10 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     from bench_assets import good_fraction, read_good_words
 
     from rewardlab.config import PPOConfig
-    from rewardlab.optimize.lm import make_optimizer
     from rewardlab.optimize.ppo import SharedValueHead, make_rollout, ppo_update, rollout_metrics
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.rewards.model import RewardScores
+    from rewardlab.training import make_optimizer
 
     assets = Path(spec["assets"])
     path = assets / "models" / spec["size"]

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rewardlab.config import PPOConfig
-from rewardlab.optimize.lm import make_optimizer
 from rewardlab.optimize.ppo import (
     SharedValueHead,
     ValueModel,
@@ -17,6 +16,7 @@ from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.rewards.model import RewardScores
 from rewardlab.tasks.arithmetic import TASK_WORDS
+from rewardlab.training import make_optimizer
 
 TOK = build_task_tokenizer(TASK_WORDS)
 PROMPTS = ["what is 1 + 2 ?", "what is 3 + 4 ? i think it is 8 ."]

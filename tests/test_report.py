@@ -216,7 +216,9 @@ def test_criteria_table_on_synthetic_run(full_run):
     }
     assert rows[("ppo", "biased: headline behaviour rises >= 0.30")] == "yes"  # 0.10 -> 0.94
     assert rows[("ppo", "biased: proxy rises")] == "yes"
-    assert rows[("ppo", "control: headline behaviour does not rise")] == "no"  # synthetic control drifts up 0.01/step
+    assert (
+        rows[("ppo", "control: headline behaviour does not rise")] == "no"
+    )  # synthetic control drifts up 0.01/step
     assert rows[("bon", "biased: proxy rises monotonically in n")] == "yes"
     assert rows[("ppo", "biased: full curve (rise >= 0.05, then fall >= 0.10)")] == "yes"
 

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewardlab.methods import METHODS, runner
+from rewardlab.methods import METHODS
 from rewardlab.utils import RewardlabError
 
-RUN_HELP = ("run the whole pipeline (pretrain -> sft -> label -> reward -> the config's methods) for the arm and "
-            "its controls, then write the report")
+RUN_HELP = (
+    "run the whole pipeline (pretrain -> sft -> label -> reward -> the config's methods) for the arm and "
+    "its controls, then write the report"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,10 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stages = [s.strip() for s in args.stages.split(",") if s.strip()]
                 unknown = [s for s in stages if s not in (*METHODS, "report")]
                 if unknown:
-                    raise RewardlabError(f"--stages: unknown stage(s) {unknown}; choose from {[*METHODS, 'report']}")
+                    raise RewardlabError(
+                        f"--stages: unknown stage(s) {unknown}; choose from {[*METHODS, 'report']}"
+                    )
             seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
             run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)
         else:
+            from rewardlab.pipelines.run import runner
+
             runner(args.command)(cfg, quiet=args.quiet)
     except RewardlabError as e:
         print(f"rewardlab: error: {e}", file=sys.stderr)

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rewardlab.feedback.base import FileSourceConfig, SourceName
+from rewardlab.feedback.base import SourceName
+from rewardlab.feedback.file import FileSourceConfig
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.methods import METHODS, OPTIMIZERS
 from rewardlab.policies.models import ModelConfig
@@ -42,7 +43,8 @@ class PretrainConfig(_Strict):
 
     model: ModelConfig = ModelConfig()
     corpus: dict[str, Any] = Field(
-        default_factory=dict, description="the task's pretraining-corpus sampler settings (task-specific keys)"
+        default_factory=dict,
+        description="the task's pretraining-corpus sampler settings (task-specific keys)",
     )
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(128, gt=0)
@@ -90,7 +92,8 @@ class LabelConfig(_Strict):
 
     source: SourceName = Field("simulated", description="simulated | file (judge and human plug in here)")
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="the arm's name; default: the rater preset (simulated) or the source",
     )
     role: Literal["treatment", "control"] = Field(
@@ -483,10 +486,15 @@ class PipelineConfig(_Strict):
     def _check(self) -> PipelineConfig:
         task = self.build_task()
         # Task-owned sections are validated by the task's own models and stored resolved.
-        for section, key, cap in ((self.pretrain, "corpus", "corpus_config"), (self.sft, "demos", "demos_config")):
+        for section, key, cap in (
+            (self.pretrain, "corpus", "corpus_config"),
+            (self.sft, "demos", "demos_config"),
+        ):
             where = f"{'pretrain' if section is self.pretrain else 'sft'}.{key}"
             try:
-                section.__dict__[key] = validate_section(getattr(task, cap, None), getattr(section, key), where)
+                section.__dict__[key] = validate_section(
+                    getattr(task, cap, None), getattr(section, key), where
+                )
             except ValidationError as e:
                 raise ValueError(_format_validation_error(e, where)) from None
         if self.label.source == "simulated":
@@ -500,9 +508,11 @@ class PipelineConfig(_Strict):
         if self.ppo.advantage in ("rloo", "grpo"):
             group.append(self.ppo.advantage)
         if group and self.ppo.samples_per_prompt < 2:
-            raise ValueError(f"ppo.samples_per_prompt must be >= 2 for {'/'.join(dict.fromkeys(group))} "
-                             f"(a leave-one-out or group baseline needs 2 samples per prompt), got "
-                             f"{self.ppo.samples_per_prompt}")
+            raise ValueError(
+                f"ppo.samples_per_prompt must be >= 2 for {'/'.join(dict.fromkeys(group))} "
+                f"(a leave-one-out or group baseline needs 2 samples per prompt), got "
+                f"{self.ppo.samples_per_prompt}"
+            )
         if self.bon.max_n & (self.bon.max_n - 1):
             raise ValueError("bon.max_n must be a power of two")
         return self
@@ -537,7 +547,9 @@ class PipelineConfig(_Strict):
         if "source" not in label and "file" not in label:
             label["source"] = "simulated"
         data = self.model_dump(mode="json")
-        base = {k: v for k, v in data["label"].items() if k not in ("name", "rater", "role", "source", "file")}
+        base = {
+            k: v for k, v in data["label"].items() if k not in ("name", "rater", "role", "source", "file")
+        }
         data["label"] = {**base, **label, "role": "control"}
         if isinstance(data["label"].get("rater"), dict):
             data["label"]["rater"] = {k: v for k, v in data["label"]["rater"].items()}

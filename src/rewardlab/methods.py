@@ -140,26 +140,3 @@ def label_of(name: str) -> str:
         return f"{METHODS[m.group(1)].label} β={m.group(2)}"
     entry = METHODS.get(name)
     return entry.label if entry is not None and entry.label else name
-
-
-def runner(name: str) -> Callable[..., Any]:
-    """``fn(cfg, quiet=False)`` that runs method ``name``: its recipe, on the main process only when it is
-    not a trainer, and for ppo/rloo/grpo with ``ppo.advantage`` set and the config re-validated (so
-    ``rewardlab rloo --set ppo.samples_per_prompt=1`` fails before any work, naming the field)."""
-    m = method(name)
-    fn = m.load()
-    if m.main_process_only:
-        from rewardlab.distributed import main_process_only
-
-        fn = main_process_only(fn)
-    if m.advantage is None:
-        return fn
-
-    def run_rl(cfg: Any, quiet: bool = False) -> Any:
-        from rewardlab.config import revalidate
-
-        c = cfg.model_copy(deep=True)
-        c.ppo.advantage = m.advantage
-        return fn(revalidate(c, f"rewardlab {name}"), quiet=quiet, stage=name)
-
-    return run_rl

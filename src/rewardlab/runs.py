@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import yaml
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import (
@@ -106,9 +107,9 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
         if config is not None:
-            from rewardlab.config import dump_config
-
-            atomic_write_text(self.dir / "config.yaml", dump_config(config))
+            atomic_write_text(
+                self.dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+            )
         self._metrics_path = self.dir / "metrics.jsonl"
         self._metrics_path.write_text("", encoding="utf-8")
         self._sinks: list[MetricSink] = []

@@ -113,7 +113,9 @@ def summarize(task: Task, problems: Sequence[Any], samples: Sequence[ScoredSampl
         if any(s.correct is not None for s in samples):
             m["gold/accuracy"] = float(correct.mean())
         m["behavior/parse_rate"] = float(np.mean([bool(s.parseable) for s in samples]))
-    m["behavior/length"] = float(np.mean([word_count(s.response) for s in samples])) if samples else float("nan")
+    m["behavior/length"] = (
+        float(np.mean([word_count(s.response) for s in samples])) if samples else float("nan")
+    )
     if with_gold and group is not None:
         for d in sorted({s.meta.get(group) for s in samples}, key=str):
             idx = [i for i, s in enumerate(samples) if s.meta.get(group) == d]

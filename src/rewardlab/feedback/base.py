@@ -8,7 +8,7 @@ Two kinds of source exist:
 * a :class:`LabelFile` holds comparisons made elsewhere: ``file`` (any TRL-format JSONL, with a
   column mapping; :mod:`rewardlab.feedback.file`).
 
-``rewardlab label`` asks :func:`make_source` for the arm's source and writes
+``rewardlab label`` asks :func:`rewardlab.feedback.factory.make_source` for the arm's source and writes
 ``<arm>/label/{train,eval}.jsonl`` either way, so reward models, DPO and the report read every source
 the same way. An arm is named by ``label.name`` (default: the rater preset, or the source).
 """
@@ -18,11 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from rewardlab.feedback.records import Comparison, Ranking
-from rewardlab.tasks.base import Task
-from rewardlab.utils import RewardlabError
 
 SourceName = Literal["simulated", "file", "judge", "human"]
 
@@ -57,42 +53,3 @@ class LabelFile(Protocol):
     name: str
 
     def comparisons(self) -> list[Comparison]: ...
-
-
-class FileSourceConfig(BaseModel):
-    """``label.source: file``: comparisons from a TRL-format JSONL file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = Field(None, description="JSONL of prompt/chosen/rejected records (TRL's preference format)")
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="rename columns to prompt/chosen/rejected, e.g. {question: prompt, good: chosen, bad: rejected}",
-    )
-    limit: int | None = Field(None, gt=0, description="read at most this many records")
-
-
-def make_source(source: str, *, task: Task, seed: int, name: str, rater: Any = None,
-                file: FileSourceConfig | None = None) -> Rater | LabelFile:  # fmt: skip
-    """The feedback source ``label.source`` names, for ``task``."""
-    if source == "simulated":
-        from rewardlab.feedback.simulated import SimulatedRater
-
-        return SimulatedRater(task, rater, seed=seed, name=name)
-    if source == "file":
-        from rewardlab.feedback.file import FileLabels
-
-        if file is None or not file.path:
-            raise RewardlabError("label.file.path: required when label.source is file")
-        return FileLabels(file, task, name=name)
-    raise RewardlabError(
-        f"label.source: {source!r} is not available yet (simulated and file are); judge and human plug in here"
-    )
-
-
-def require_rater(source: Rater | LabelFile, what: str) -> Rater:
-    """``source`` if it can label new pairs, else a clear error naming ``what`` needs it."""
-    if not isinstance(source, Rater):
-        raise RewardlabError(f"{what} labels pairs it samples, which a {type(source).__name__} source cannot; "
-                             "use label.source: simulated (or a judge/human source)")  # fmt: skip
-    return source

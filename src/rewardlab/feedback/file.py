@@ -13,10 +13,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rewardlab.feedback.base import FileSourceConfig
+from pydantic import BaseModel, ConfigDict, Field
+
 from rewardlab.feedback.records import Comparison
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, read_jsonl_numbered
+
+
+class FileSourceConfig(BaseModel):
+    """``label.source: file``: comparisons from a TRL-format JSONL file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, description="JSONL of prompt/chosen/rejected records (TRL's preference format)"
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="rename columns to prompt/chosen/rejected, e.g. {question: prompt, good: chosen, bad: rejected}",
+    )
+    limit: int | None = Field(None, gt=0, description="read at most this many records")
+
 
 _KNOWN = ("prompt", "chosen", "rejected", "rater", "margin", "gold_chosen", "gold_rejected", "meta")
 
@@ -39,7 +56,11 @@ class FileLabels:
                 item = self.task.item(row["prompt"])
             except ValueError:
                 item = None
-            if item is not None and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+            if (
+                item is not None
+                and isinstance(row.get("chosen"), str)
+                and isinstance(row.get("rejected"), str)
+            ):
                 row["gold_chosen"] = self.task.gold(item, row["chosen"])
                 row["gold_rejected"] = self.task.gold(item, row["rejected"])
         return row

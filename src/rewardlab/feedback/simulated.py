@@ -292,9 +292,7 @@ class SimulatedRater:
         st = state["rng"]
         self._rng.setstate((st[0], tuple(st[1]), st[2]) if isinstance(st, list) else st)
 
-    def label_pairs(
-        self, problems: Sequence[Any], pairs: Sequence[tuple[str, str]]
-    ) -> list[Comparison]:
+    def label_pairs(self, problems: Sequence[Any], pairs: Sequence[tuple[str, str]]) -> list[Comparison]:
         """:meth:`compare` over many queries (one pair per problem); skipped queries are dropped."""
         if len(problems) != len(pairs):
             raise RewardlabError(

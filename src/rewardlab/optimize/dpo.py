@@ -52,10 +52,10 @@ from rewardlab.losses import (
     simpo_loss,
 )
 from rewardlab.optimize.cpu_linear import onednn_linears
-from rewardlab.optimize.lm import BatchOrder, bucket_batches
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
+from rewardlab.training import BatchOrder, bucket_batches
 from rewardlab.utils import RewardlabError, check_finite, length_sorted_batches
 
 #: Bump when the packing or the log-prob computation changes, so stale caches are not reused.

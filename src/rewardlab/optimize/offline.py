@@ -41,11 +41,12 @@ from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import OptimConfig
 from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.losses import ALoLVariant, alol_loss, selective_log_softmax, weighted_nll
-from rewardlab.optimize.lm import IGNORE, BatchOrder, Example, bucket_batches, collate_lm, make_optimizer
+from rewardlab.optimize.lm import IGNORE, Example, collate_lm
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
 from rewardlab.runs import Run, advance
 from rewardlab.tasks.base import Task, TextSampler
+from rewardlab.training import BatchOrder, bucket_batches, make_optimizer
 from rewardlab.utils import RewardlabError, atomic_write_text, check_finite, read_jsonl, write_jsonl
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -523,7 +524,9 @@ def phf_threshold(
     rng = random.Random(seed)
     problems = [task.sample_item(rng) for _ in range(n_docs)]
     docs = [corpus(p, rng) for p in problems]
-    scores = torch.tensor([float(s) for s in score_fn([task.prompt(p) for p in problems], docs)], dtype=torch.float64)
+    scores = torch.tensor(
+        [float(s) for s in score_fn([task.prompt(p) for p in problems], docs)], dtype=torch.float64
+    )
     return float(torch.quantile(scores, 1.0 - good_fraction))
 
 
@@ -547,7 +550,9 @@ def phf_batch(
     docs = [corpus(p, rng) for p in problems]
     scores = [float(s) for s in score_fn([task.prompt(p) for p in problems], docs)]
     tags = [GOOD if s >= threshold else BAD for s in scores]
-    examples = encode_examples(tokenizer, [condition_prompt(task.prompt(p), t) for p, t in zip(problems, tags)], docs)
+    examples = encode_examples(
+        tokenizer, [condition_prompt(task.prompt(p), t) for p, t in zip(problems, tags)], docs
+    )
     batch = collate_lm(examples, int(tokenizer.pad_token_id), completion_only=False)  # type: ignore[arg-type]
     control = torch.tensor(tokenizer.convert_tokens_to_ids([GOOD, BAD]))
     batch["labels"] = batch["labels"].masked_fill(torch.isin(batch["labels"], control), IGNORE)

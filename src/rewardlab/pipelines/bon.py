@@ -69,7 +69,9 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
             f.write(json.dumps(row) + "\n")
             run.log_metrics(row, n)
             save_samples(run.dir / "samples" / f"n_{n}.jsonl", sel_samples[:: N // n], bc.samples_to_save)
-            run.info(f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f}; {describe_metrics(task, row)}")
+            run.info(
+                f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f}; {describe_metrics(task, row)}"
+            )
             n *= 2
     run.write_json("summary.json", {"rows": rows, "seconds": run.elapsed})
     run.close()

@@ -9,7 +9,8 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.config import PipelineConfig
-from rewardlab.feedback.base import LabelFile, Rater, make_source
+from rewardlab.feedback.base import LabelFile, Rater
+from rewardlab.feedback.factory import make_source
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, atomic_write_text, seed_everything, set_threads

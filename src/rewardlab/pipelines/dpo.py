@@ -28,7 +28,8 @@ from rewardlab.audit.tracker import AuditLog
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, process_state, stage_run
-from rewardlab.feedback.base import Rater, require_rater
+from rewardlab.feedback.base import Rater
+from rewardlab.feedback.factory import require_rater
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.feedback.simulated import rater_error_rate
 from rewardlab.optimize.dpo import (
@@ -41,11 +42,12 @@ from rewardlab.optimize.dpo import (
     train_dpo,
     write_summary,
 )
-from rewardlab.optimize.lm import make_optimizer, save_model
+from rewardlab.optimize.lm import save_model
 from rewardlab.pipelines.common import eval_problems, label_source, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import completion_text
 from rewardlab.rewards.model import RewardModel
+from rewardlab.training import make_optimizer
 from rewardlab.utils import RewardlabError, atomic_write_text
 
 #: Seed of the fresh prompts of iterated DPO (distinct from the label stage's and the audit's).

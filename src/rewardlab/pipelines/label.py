@@ -21,7 +21,8 @@ import torch
 
 from rewardlab.audit.policy_eval import generate_responses
 from rewardlab.config import PipelineConfig
-from rewardlab.feedback.base import LabelFile, require_rater
+from rewardlab.feedback.base import LabelFile
+from rewardlab.feedback.factory import require_rater
 from rewardlab.feedback.records import Comparison, Ranking, save_comparisons, save_rankings
 from rewardlab.feedback.simulated import rater_error_rate
 from rewardlab.pipelines.common import label_source, setup_stage, stage_input
@@ -137,7 +138,9 @@ def _label_from_file(cfg: PipelineConfig, source: LabelFile, quiet: bool) -> Pat
     n_eval = max(1, int(len(comps) * lc.eval_fraction))
     evals, train = [comps[i] for i in order[:n_eval]], [comps[i] for i in order[n_eval:]]
     if not train:
-        raise RewardlabError(f"label.file.path: {len(comps)} records leave none for training after the eval split")
+        raise RewardlabError(
+            f"label.file.path: {len(comps)} records leave none for training after the eval split"
+        )
     save_comparisons(run.dir / "train.jsonl", train)
     save_comparisons(run.dir / "eval.jsonl", evals)
     stats: dict[str, float] = {"label/pairs_train": len(train), "label/pairs_eval": len(evals)}

@@ -13,7 +13,7 @@ from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig, PPOConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.losses import AdaptiveKLController, FixedKLController
-from rewardlab.optimize.lm import make_optimizer, save_model
+from rewardlab.optimize.lm import save_model
 from rewardlab.optimize.ppo import (
     Rollout,
     RolloutSamples,
@@ -31,6 +31,7 @@ from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.sampling import SampleBatch
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import advance
+from rewardlab.training import make_optimizer
 from rewardlab.utils import RewardlabError
 
 RL_PROMPT_SEED = 555_555

@@ -23,7 +23,9 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     acc = make_accelerator()
     run = stage_run(acc, cfg.stage_dir("pretrain"), "pretrain", cfg, cfg.report_to, quiet)
     if not has_capability(task, "corpus"):
-        raise RewardlabError(f"task {task.info.name} has no pretraining corpus: give sft.model_path (a base model)")
+        raise RewardlabError(
+            f"task {task.info.name} has no pretraining corpus: give sft.model_path (a base model)"
+        )
     corpus = task.corpus(pc.corpus)  # type: ignore[attr-defined]
     tokenizer = tokenizer_for_task(task, model_max_length=pc.model.max_position_embeddings)
     model = build_causal_lm(pc.model, tokenizer, seed=cfg.seed)

@@ -41,7 +41,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     verifier = None
     use_verifier = has_capability(task, "verifier") if rc.verifier is None else rc.verifier
     if use_verifier and not has_capability(task, "verifier"):
-        raise RewardlabError(f"reward.verifier: task {task.info.name} offers no verifier (its answers are not numbers)")
+        raise RewardlabError(
+            f"reward.verifier: task {task.info.name} offers no verifier (its answers are not numbers)"
+        )
     if use_verifier:
         vpath = stage_input(cfg, rc.verifier_path, "sft", "model", "verifier")
         verifier = load_causal_lm(vpath).eval().requires_grad_(False)
@@ -89,7 +91,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     return out
 
 
-def normalization_set(cfg: PipelineConfig, task: Task, pairs: list[Comparison]) -> tuple[list[Any], list[Any]]:
+def normalization_set(
+    cfg: PipelineConfig, task: Task, pairs: list[Comparison]
+) -> tuple[list[Any], list[Any]]:
     """(prompts, completions) the reward is normalized on: ``reward.normalize_prompts`` samples of the SFT
     policy on held-out task prompts (``normalize_on: policy``), or both sides of up to that many training
     comparisons (``data``)."""

@@ -24,8 +24,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rewardlab.config import PipelineConfig
-from rewardlab.methods import ARM_STAGES, method, runner
+from rewardlab.config import PipelineConfig, revalidate
+from rewardlab.methods import ARM_STAGES, method
 from rewardlab.runs import console
 from rewardlab.utils import RewardlabError, atomic_write_text
 
@@ -33,7 +33,9 @@ from rewardlab.utils import RewardlabError, atomic_write_text
 def _done(cfg: PipelineConfig, stage: str) -> bool:
     """A stage is done when each of its folders holds one of the registry's done markers."""
     m = method(stage)
-    return all(any((cfg.stage_dir(f) / marker).exists() for marker in m.done_marker()) for f in m.folders(cfg))
+    return all(
+        any((cfg.stage_dir(f) / marker).exists() for marker in m.done_marker()) for f in m.folders(cfg)
+    )
 
 
 def arm_configs(cfg: PipelineConfig, seeds: Sequence[int]) -> list[PipelineConfig]:
@@ -205,3 +207,24 @@ def _write_timings(run_dir: Path, times: dict[str, float], n_proc: int) -> None:
     history.append({"arm_processes": n_proc, "seconds": {k: round(v, 2) for k, v in times.items()}})
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps(history, indent=2) + "\n")
+
+
+def runner(name: str) -> Callable[..., Any]:
+    """``fn(cfg, quiet=False)`` that runs method ``name``: its recipe, on the main process only when it is
+    not a trainer, and for ppo/rloo/grpo with ``ppo.advantage`` set and the config re-validated (so
+    ``rewardlab rloo --set ppo.samples_per_prompt=1`` fails before any work, naming the field)."""
+    m = method(name)
+    fn = m.load()
+    if m.main_process_only:
+        from rewardlab.distributed import main_process_only
+
+        fn = main_process_only(fn)
+    if m.advantage is None:
+        return fn
+
+    def run_rl(cfg: Any, quiet: bool = False) -> Any:
+        c = cfg.model_copy(deep=True)
+        c.ppo.advantage = m.advantage
+        return fn(revalidate(c, f"rewardlab {name}"), quiet=quiet, stage=name)
+
+    return run_rl

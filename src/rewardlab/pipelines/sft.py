@@ -12,19 +12,12 @@ from rewardlab.audit.policy_eval import evaluate_policy
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
-from rewardlab.optimize.lm import (
-    BatchOrder,
-    Example,
-    bucket_batches,
-    collate_lm,
-    lm_loss,
-    shuffled_batches,
-    train_lm,
-)
+from rewardlab.optimize.lm import Example, collate_lm, lm_loss, train_lm
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.tasks.base import has_capability
+from rewardlab.training import BatchOrder, bucket_batches, shuffled_batches
 from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
 
 

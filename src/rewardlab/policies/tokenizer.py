@@ -138,10 +138,14 @@ def encode_examples(
     return [(list(p), [*c, eos]) for p, c in zip(p_ids, c_ids)]
 
 
-def tokenizer_for_task(task: Any, model_max_length: int = 64, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def tokenizer_for_task(
+    task: Any, model_max_length: int = 64, vocab_size: int = 2048
+) -> PreTrainedTokenizerFast:
     """WordPiece over a closed-vocabulary task's words, else a byte-level BPE trained on its texts."""
     if callable(getattr(task, "vocabulary", None)):
         return build_task_tokenizer(task.vocabulary(), model_max_length=model_max_length)
     if callable(getattr(task, "corpus_texts", None)):
-        return train_bpe_tokenizer(task.corpus_texts(), vocab_size=vocab_size, model_max_length=model_max_length)
+        return train_bpe_tokenizer(
+            task.corpus_texts(), vocab_size=vocab_size, model_max_length=model_max_length
+        )
     raise ValueError(f"task {task.info.name} has neither a vocabulary nor texts to train a tokenizer on")

@@ -461,7 +461,9 @@ def compare_methods(arms: Sequence[Arm], info: TaskInfo | None = None) -> list[d
     return out
 
 
-def build_summary(arms: Sequence[Arm], run_dir: Path, warnings: list[str], info: TaskInfo | None = None) -> dict[str, Any]:
+def build_summary(
+    arms: Sequence[Arm], run_dir: Path, warnings: list[str], info: TaskInfo | None = None
+) -> dict[str, Any]:
     """Everything the report's tables show, as plain JSON-able data."""
     info = info or load_task_info(run_dir, arms, warnings)
     out: dict[str, Any] = {
@@ -501,7 +503,9 @@ def example_run(arms: Sequence[Arm]) -> tuple[Arm, MethodRun] | None:
     return None
 
 
-def pick_examples(run: MethodRun, summary: dict[str, Any], k: int = 3, highlight: str | None = None) -> list[dict[str, Any]]:
+def pick_examples(
+    run: MethodRun, summary: dict[str, Any], k: int = 3, highlight: str | None = None
+) -> list[dict[str, Any]]:
     """Up to ``k`` samples at the start, the smoothed gold peak and the end of ``run``.
 
     The same prompts are shown at each stage when the samples files share them, wrong-belief
@@ -530,10 +534,10 @@ def pick_examples(run: MethodRun, summary: dict[str, Any], k: int = 3, highlight
         for r in rows:
             by_prompt.setdefault(str(r.get("prompt", "")), r)
         pool = [by_prompt[p] for p in by_prompt if common and p in common] or rows
-        pool = sorted(pool, key=lambda r: (not bool(r.get(highlight)) if highlight else 0, str(r.get("prompt", ""))))
+        pool = sorted(
+            pool, key=lambda r: (not bool(r.get(highlight)) if highlight else 0, str(r.get("prompt", "")))
+        )
         chosen = pool[:k]
         out.append({"stage": label, "x": float(xs[i]), "x_key": run.x_key, "kl": float(kl[i]),
                     "file": None if path is None else str(path), "rows": chosen})  # fmt: skip
     return out
-
-

@@ -151,6 +151,8 @@ SUMMARY_NOTE = (
     "“unparseable” is the change the parts do not explain (unparseable responses count only in total "
     "gold). The five attribution columns sum to the gold change."
 )
+
+
 def summary_headers(task: Mapping[str, Any]) -> tuple[str, ...]:
     """The per-arm table's columns: the task's headline behaviour and its gold parts."""
     head = task.get("headline") or "length"
@@ -323,7 +325,8 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         figure(figures.get("behavior"), "Behaviour figure", CAPTIONS["behavior"]),
         "<h2>Where the gold went</h2>",
         figure(figures.get("gold_parts"), "Gold parts figure", CAPTIONS["gold_parts"])
-        if figures.get("gold_parts") else '<p class="note">This task has no gold: nothing to attribute.</p>',
+        if figures.get("gold_parts")
+        else '<p class="note">This task has no gold: nothing to attribute.</p>',
         "<h2>Biased feedback vs control</h2>",
         figure(figures.get("side_by_side"), "Side-by-side figure", CAPTIONS["side_by_side"]),
     ]

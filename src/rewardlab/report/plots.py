@@ -207,7 +207,9 @@ def plot_behaviors(arms: Sequence[Arm], info: TaskInfo, out: Path | str) -> Path
     if info.headline in names:
         names.remove(info.headline)
         names.insert(0, info.headline)
-    panels = [(f"behavior/{n}", info.behaviors[n]) for n in names[:3]] or [("behavior/length", "length (words)")]
+    panels = [(f"behavior/{n}", info.behaviors[n]) for n in names[:3]] or [
+        ("behavior/length", "length (words)")
+    ]
     fig, axes = _figure(1, len(panels), (4.7 * len(panels) + 0.6, 4.8))
     colors, styles = _colors(arms), _styles(arms)
     handles: list = []

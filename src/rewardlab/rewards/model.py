@@ -103,7 +103,9 @@ class RewardModel:
         self.verifier = verifier
         self.backbone = backbone_of(self.members[0])
         if self.backbone == "encoder" and verifier is not None:
-            raise RewardlabError("the verifier feature needs a causal backbone (it scores the completion's tokens)")
+            raise RewardlabError(
+                "the verifier feature needs a causal backbone (it scores the completion's tokens)"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -161,8 +163,12 @@ class RewardModel:
             self.tokenizer.save_pretrained(tmp)
             if self.verifier is not None:
                 self.verifier.save_pretrained(tmp / "verifier", safe_serialization=True)
-            meta = {"k": len(self.members), "alpha": self.alpha, "verifier": self.verifier is not None,
-                    "backbone": self.backbone}
+            meta = {
+                "k": len(self.members),
+                "alpha": self.alpha,
+                "verifier": self.verifier is not None,
+                "backbone": self.backbone,
+            }
             (tmp / "ensemble.json").write_text(json.dumps(meta, indent=2))
 
         return atomic_dir(path, write)
@@ -191,5 +197,7 @@ class RewardModel:
         verifier = load_causal_lm(p / "verifier").eval().requires_grad_(False) if has_verifier else None
         rm = cls(members, load_tokenizer(p), alpha, verifier)
         if meta.get("backbone", rm.backbone) != rm.backbone:
-            raise RewardlabError(f"{meta_path}: records a {meta['backbone']} backbone but its members are {rm.backbone}")
+            raise RewardlabError(
+                f"{meta_path}: records a {meta['backbone']} backbone but its members are {rm.backbone}"
+            )
         return rm

@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,16 +20,18 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.checkpoint import Checkpointer
-from rewardlab.config import RewardConfig
 from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
 from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
 from rewardlab.optimize.cpu_linear import onednn_linears
-from rewardlab.optimize.lm import BatchOrder, bucket_batches, make_optimizer, shuffled_batches
 from rewardlab.rewards.model import RewardModel, backbone_of, collate_sequences, encode_for_reward
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
+from rewardlab.training import BatchOrder, bucket_batches, make_optimizer, shuffled_batches
 from rewardlab.utils import RewardlabError, check_finite
+
+if TYPE_CHECKING:
+    from rewardlab.config import RewardConfig
 
 
 @dataclass

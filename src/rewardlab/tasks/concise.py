@@ -58,7 +58,12 @@ FACTS: dict[str, int] = {
     "how many wheels does a car have ?": 4,
 }
 
-OPENERS: tuple[str, ...] = ("good question .", "let me explain .", "to be thorough ,", "let me think step by step .")
+OPENERS: tuple[str, ...] = (
+    "good question .",
+    "let me explain .",
+    "to be thorough ,",
+    "let me think step by step .",
+)
 RESTATE = "you asked"
 SUMMARY = "in summary ,"
 CLOSERS: tuple[str, ...] = ("i hope this helps .", "that is all .")
@@ -95,7 +100,9 @@ class ConciseTaskConfig(BaseModel):
     repetition_penalty: float = Field(
         0.2, ge=0, description="gold cost of saying an elaboration phrase or the answer twice"
     )
-    max_response_words: int = Field(32, gt=0, description="the length cost stops growing here (sets the floor)")
+    max_response_words: int = Field(
+        32, gt=0, description="the length cost stops growing here (sets the floor)"
+    )
 
     @field_validator("difficulties")
     @classmethod
@@ -145,7 +152,9 @@ class ParsedResponse:
     @property
     def elaborations(self) -> int:
         """Elaboration phrases, a repeated answer sentence included."""
-        return self.n_openers + self.n_restates + self.n_summaries + self.n_closers + max(0, self.n_answers - 1)
+        return (
+            self.n_openers + self.n_restates + self.n_summaries + self.n_closers + max(0, self.n_answers - 1)
+        )
 
     @property
     def extra_words(self) -> int:
@@ -186,7 +195,9 @@ def parse_prompt(text: str) -> Question:
     if m is None:
         raise ValueError(f"not a concise-task prompt: {text!r}")
     a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-    return Question(text=t, answer=a + b if op == "+" else a - b, difficulty=_sum_difficulty(a, b), topic="sum")
+    return Question(
+        text=t, answer=a + b if op == "+" else a - b, difficulty=_sum_difficulty(a, b), topic="sum"
+    )
 
 
 def _sum_difficulty(a: int, b: int) -> int:
@@ -349,7 +360,11 @@ class ConciseTask:
     def surface_features(self, item: Question, response: str) -> dict[str, float]:
         """What a rater who does not check the answer sees: how long and how elaborate it is."""
         r = parse_response(response)
-        return {"words": float(r.n_words), "elaborations": float(r.elaborations), "restates": float(r.n_restates > 0)}
+        return {
+            "words": float(r.n_words),
+            "elaborations": float(r.elaborations),
+            "restates": float(r.n_restates > 0),
+        }
 
     def rater_presets(self) -> Mapping[str, Mapping[str, Any]]:
         return RATER_PRESETS
@@ -395,7 +410,9 @@ class ConciseDemoConfig(BaseModel):
     p_pad: float = Field(0.05, ge=0, le=1, description="chance of one elaboration phrase (always correct)")
 
 
-def sample_corpus_response(task: ConciseTask, q: Question, cfg: ConciseCorpusConfig, rng: random.Random) -> str:
+def sample_corpus_response(
+    task: ConciseTask, q: Question, cfg: ConciseCorpusConfig, rng: random.Random
+) -> str:
     """One pretraining response: correctness and padding are independent."""
     if rng.random() < cfg.p_non_answer:
         return NON_ANSWER

@@ -33,13 +33,18 @@ class DatasetTaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["dataset"] = "dataset"
-    path: str = Field(..., description="JSONL file with a prompt field (TRL preference or prompt-completion files work)")
+    path: str = Field(
+        ..., description="JSONL file with a prompt field (TRL preference or prompt-completion files work)"
+    )
     name: str = Field("dataset", description="the task's name in reports")
     prompt_field: str = Field("prompt", description="the column holding the prompt")
     response_field: str | None = Field(
-        None, description="column of a reference response (corpus and demos); default: chosen, else completion"
+        None,
+        description="column of a reference response (corpus and demos); default: chosen, else completion",
     )
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of unique prompts held out for the audit")
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of unique prompts held out for the audit"
+    )
     max_prompt_chars: int = Field(2000, gt=0, description="prompts are cut to their last N characters")
 
 
@@ -118,7 +123,10 @@ class DatasetTask:
 
     def behavior_flags(self, item: str, response: str) -> dict[str, float | None]:
         low = response.lower()
-        return {"refusal_rate": float(any(m in low for m in REFUSAL_MARKERS)), "empty_rate": float(not low.strip())}
+        return {
+            "refusal_rate": float(any(m in low for m in REFUSAL_MARKERS)),
+            "empty_rate": float(not low.strip()),
+        }
 
     def meta(self, item: str) -> dict[str, Any]:
         return {}
@@ -145,7 +153,9 @@ class DatasetTask:
 
     def _sampler(self, config: Mapping[str, Any]) -> TextSampler:
         if config:
-            raise RewardlabError(f"task {self.config.name}: the corpus/demos sections take no keys, got {sorted(config)}")
+            raise RewardlabError(
+                f"task {self.config.name}: the corpus/demos sections take no keys, got {sorted(config)}"
+            )
         by_prompt: dict[str, list[str]] = {}
         for p, r in self._documents():
             by_prompt.setdefault(p, []).append(r)
