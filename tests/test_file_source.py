@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 
 from rewardlab.cli import main
 from rewardlab.config import load_config
-from rewardlab.feedback.base import FileSourceConfig, make_source
-from rewardlab.feedback.file import FileLabels
+from rewardlab.feedback.factory import make_source
+from rewardlab.feedback.file import FileLabels, FileSourceConfig
 from rewardlab.tasks.dataset import DatasetTask, DatasetTaskConfig
 from rewardlab.utils import RewardlabError
 
@@ -94,7 +95,10 @@ def test_malformed_transcripts_are_errors_naming_the_line(chosen, rejected, prob
 def test_filters_and_cli(tmp_path, capsys):
     rows = [
         {"chosen": "\n\nHuman: q1\n\nAssistant: same", "rejected": "\n\nHuman: q1\n\nAssistant: same"},
-        {"chosen": "\n\nHuman: q2\n\nAssistant: " + "long " * 50, "rejected": "\n\nHuman: q2\n\nAssistant: b"},
+        {
+            "chosen": "\n\nHuman: q2\n\nAssistant: " + "long " * 50,
+            "rejected": "\n\nHuman: q2\n\nAssistant: b",
+        },
         {"chosen": "\n\nHuman: q3\n\nAssistant: good", "rejected": "\n\nHuman: q3\n\nAssistant: bad"},
         {"chosen": "\n\nHuman: q4\n\nAssistant: fine", "rejected": "\n\nHuman: q4\n\nAssistant: meh"},
     ]
@@ -129,7 +133,9 @@ def test_file_labels_with_a_column_mapping(tmp_path):
         {"question": "Human: bye\n\nAssistant:", "good": "Bye!", "bad": "...", "meta": {"split": "x"}},
     ])  # fmt: skip
     task = DatasetTask(DatasetTaskConfig(path=str(path), prompt_field="question", response_field="good"))
-    cfg = FileSourceConfig(path=str(path), columns={"question": "prompt", "good": "chosen", "bad": "rejected"})
+    cfg = FileSourceConfig(
+        path=str(path), columns={"question": "prompt", "good": "chosen", "bad": "rejected"}
+    )
     source = make_source("file", task=task, seed=0, name="mine", file=cfg)
     assert isinstance(source, FileLabels)
     a, b = source.comparisons()
@@ -146,10 +152,12 @@ def test_file_labels_missing_field_names_file_line_and_field(tmp_path):
         {"question": "q2", "good": "a"},
     ])  # fmt: skip
     task = DatasetTask(DatasetTaskConfig(path=str(path), prompt_field="question"))
-    cfg = FileSourceConfig(path=str(path), columns={"question": "prompt", "good": "chosen", "bad": "rejected"})
+    cfg = FileSourceConfig(
+        path=str(path), columns={"question": "prompt", "good": "chosen", "bad": "rejected"}
+    )
     with pytest.raises(RewardlabError, match=r"prefs\.jsonl:2: .*'rejected'"):
         FileLabels(cfg, task, "mine").comparisons()
-    with pytest.raises(RewardlabError, match="label.file.path: required"):
+    with pytest.raises(RewardlabError, match=r"label\.file\.path: required"):
         make_source("file", task=task, seed=0, name="mine", file=FileSourceConfig())
 
 
@@ -164,6 +172,12 @@ def test_dataset_task_splits_and_has_no_gold():
     assert len(train) + len(evals) == n_unique and len(evals) == int(n_unique * 0.1)
     p = next(iter(evals))
     assert task.item(task.prompt(p)) == p
+    q = next(iter(train))
+    assert (task.split_of(p), task.split_of("  " + q + "\n"), task.split_of("not in the file")) == (
+        "eval",
+        "train",
+        None,
+    )
     assert task.gold(p, "anything") is None and task.gold_detail(p, "anything") is None
     assert {"refusal_rate", "empty_rate"} <= set(task.info.behaviors)
     assert task.behavior_flags(p, "I'm sorry, I can't help with that.")["refusal_rate"] == 1.0
@@ -171,9 +185,6 @@ def test_dataset_task_splits_and_has_no_gold():
     assert task.behavior_flags(p, "")["empty_rate"] == 1.0
     # corpus and demos are the chosen replies of training prompts only
     demo = task.demos({})
-    import random
-
-    q = next(iter(train))
     assert demo(q, random.Random(0)) and demo(p, random.Random(0)) == ""
 
 
@@ -191,7 +202,15 @@ TINY = [
 
 def test_cli_end_to_end_without_gold(tmp_path):
     run_dir = tmp_path / "hh"
-    args = ["run", str(CONFIG), "--run-dir", str(run_dir), "--quiet", "--stages", "pretrain,sft,label,reward,dpo"]
+    args = [
+        "run",
+        str(CONFIG),
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--stages",
+        "pretrain,sft,label,reward,dpo",
+    ]
     for s in [f"task.path={SAMPLE}", f"label.file.path={SAMPLE}", *TINY]:
         args += ["--set", s]
     assert main(args) == 0

@@ -85,11 +85,15 @@ class DatasetTask:
             where = f"{path}:{line}"
             if c.prompt_field not in row:
                 raise RewardlabError(f"{where}: field '{c.prompt_field}': missing (set task.prompt_field)")
-            prompt = _text(row[c.prompt_field], f"{where}: field '{c.prompt_field}'")[-c.max_prompt_chars :]
+            prompt = self._normalize(_text(row[c.prompt_field], f"{where}: field '{c.prompt_field}'"))
             field = c.response_field or next((f for f in ("chosen", "completion") if f in row), None)
             response = _text(row[field], f"{where}: field '{field}'") if field and field in row else None
-            out.append((prompt.strip(), response))
+            out.append((prompt, response))
         return out
+
+    def _normalize(self, prompt: str) -> str:
+        """A prompt as the task holds it: its last ``max_prompt_chars`` characters, stripped."""
+        return prompt[-self.config.max_prompt_chars :].strip()
 
     @cached_property
     def _splits(self) -> dict[str, list[str]]:
@@ -98,6 +102,22 @@ class DatasetTask:
         if len(prompts) - n_eval < 1:
             raise RewardlabError(f"{self.config.path}: {len(prompts)} unique prompts; need at least 2")
         return {"train": prompts[:-n_eval], "eval": prompts[-n_eval:]}
+
+    def split_of(self, prompt: Any) -> str | None:
+        """``train`` or ``eval``: the split ``prompt`` (text or chat messages) belongs to; ``None`` if not in the file.
+
+        A preference file read by ``label.source: file`` can be split by it, so that the reward model's and
+        DPO's held-out pairs are exactly the prompts the audit holds out (and pretraining and SFT never see).
+        """
+        try:
+            key = self._normalize(_text(prompt, "prompt"))
+        except RewardlabError:
+            return None
+        return next((name for name, ps in self._split_sets.items() if key in ps), None)
+
+    @cached_property
+    def _split_sets(self) -> dict[str, frozenset[str]]:
+        return {name: frozenset(ps) for name, ps in self._splits.items()}
 
     # ------------------------------------------------------------- the Task protocol
     def sample_item(self, rng: random.Random, split: str = "train") -> str:
