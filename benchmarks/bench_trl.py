@@ -149,7 +149,7 @@ def rl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     from rewardlab.optimize.lm import collate_lm, train_lm
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.policies.tokenizer import encode_examples
-    from rewardlab.training import bucket_batches
+    from rewardlab.training import Cadence, bucket_batches
 
     assets = Path(spec["assets"])
     tok = load_tokenizer(assets / "tokenizer")
@@ -167,7 +167,7 @@ def rl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
         return collate_lm([examples[j] for j in queue.pop()], pad, completion_only=True)
 
     setup = time.perf_counter() - T_START
-    train_lm(model, next_batch, steps=spec["steps"], optim=_rl_optim("sft"), run=_timed_run(out, clock))
+    train_lm(model, next_batch, _rl_optim("sft"), _timed_run(out, clock), Cadence(spec["steps"]))
     return {"setup_s": setup, "tokens_per_sample": sum(lengths) / len(lengths)}
 
 
@@ -195,7 +195,7 @@ def rl_rm(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     from rewardlab.feedback.records import Comparison
     from rewardlab.policies.models import load_tokenizer
     from rewardlab.rewards.model import init_reward_backbone
-    from rewardlab.rewards.train import train_reward_member
+    from rewardlab.rewards.train import RewardData, train_reward_member
 
     assets = Path(spec["assets"])
     tok = load_tokenizer(assets / "tokenizer")
@@ -205,7 +205,7 @@ def rl_rm(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
              for r in rows[: spec["steps"] * BATCH]]  # fmt: skip
     cfg = RewardConfig(batch_size=BATCH, epochs=1, optim=_rl_optim("rm"))
     setup = time.perf_counter() - T_START
-    train_reward_member(model, tok, cfg, pairs=comps, rankings=None, seed=0, run=_timed_run(out, clock))
+    train_reward_member(model, RewardData(tok, pairs=comps), cfg, _timed_run(out, clock), seed=0)
     tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
     return {"setup_s": setup, "tokens_per_sample": tps}
 
@@ -244,9 +244,16 @@ def rl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
 
     from rewardlab.config import DPOConfig
     from rewardlab.feedback.records import Comparison
-    from rewardlab.optimize.dpo import PreferenceData, cached_reference_logps, tokenize_comparisons, train_dpo
+    from rewardlab.optimize.dpo import (
+        PairStream,
+        PreferenceData,
+        cached_reference_logps,
+        pair_order,
+        tokenize_comparisons,
+        train_dpo,
+    )
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
-    from rewardlab.training import make_optimizer
+    from rewardlab.training import Cadence, Trainee, make_optimizer
 
     assets = Path(spec["assets"])
     path = assets / "models" / spec["size"]
@@ -269,9 +276,8 @@ def rl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     opt, sched = make_optimizer(policy, dc.optim, dc.steps)
     policy, opt = acc.prepare(policy, opt)
     setup = time.perf_counter() - T_START
-    train_dpo(
-        policy, opt, sched, data, dc, steps=dc.steps, run=_timed_run(out, clock), acc=acc, pad_id=pad, seed=0
-    )
+    train_dpo(Trainee(policy, opt, sched, acc), PairStream(data, pair_order(data, dc.batch_size, 0), pad), dc,
+              _timed_run(out, clock), Cadence(dc.steps))  # fmt: skip
     tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
     return {"setup_s": setup, "tokens_per_sample": tps}
 
@@ -310,7 +316,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     from bench_assets import good_fraction, read_good_words
 
     from rewardlab.config import PPOConfig
-    from rewardlab.optimize.ppo import SharedValueHead, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.optimize.ppo import Actors, SharedValueHead, make_rollout, ppo_update, rollout_metrics
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.rewards.model import RewardScores
     from rewardlab.training import make_optimizer
@@ -357,9 +363,9 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     policy.train()
     for step in range(1, spec["steps"] + 1):
         prompts = [p for p in _step_prompts(rows, step) for _ in range(GROUP)]
-        ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, pc.kl_coef, gen)
+        ro = make_rollout(Actors(policy, ref, critic, rm, tok), prompts, pc, pc.kl_coef, gen)
         metrics = rollout_metrics(ro, pc, pc.kl_coef)
-        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_))
+        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, accelerator=acc))
         clock.mark(step)
         if step > clock.warmup:
             tokens += int(ro.batch.prompt_mask.sum()) + int(ro.batch.response_mask.sum())
@@ -524,7 +530,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["threads"] = torch.get_num_threads()
     if spec.get("side") == "rewardlab" or spec["trainer"] == "sampler":
-        from rewardlab.optimize.cpu_linear import cpu_linear_backend
+        from rewardlab.kernels.cpu_linear import cpu_linear_backend
 
         res["cpu_linear"] = cpu_linear_backend()
     return res

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewardlab.optimize import cpu_linear
-from rewardlab.optimize.cpu_linear import OneDNNLinear, cpu_linear_backend, onednn_linears
+from rewardlab.kernels import cpu_linear
+from rewardlab.kernels.cpu_linear import OneDNNLinear, cpu_linear_backend, onednn_linears
 from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.tasks.arithmetic import TASK_WORDS

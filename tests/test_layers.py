@@ -3,7 +3,7 @@
 The order, lowest first (a package is one layer; top-level modules are named):
 
     core      utils, runs, checkpoint, distributed, training
-    kernels   optimize/cpu_linear (CPU speed tricks, applied where models are loaded)
+    kernels   kernels/ (CPU speed tricks: oneDNN linears, the fast decoder)
     losses    pure loss and estimator functions
     tasks     the Task protocol, the registry, concrete tasks
     feedback  raters, file sources, records
@@ -29,7 +29,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "rewardlab"
 LAYERS: list[set[str]] = [
     {"__init__", "utils", "checkpoint", "distributed", "runs", "training"},
-    {"optimize.cpu_linear"},
+    {"kernels"},
     {"losses"},
     {"tasks"},
     {"feedback"},

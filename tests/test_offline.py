@@ -34,6 +34,7 @@ from rewardlab.optimize.lm import collate_lm, lm_loss, save_model, train_lm
 from rewardlab.optimize.offline import (
     BAD,
     GOOD,
+    LMBatches,
     add_control_tokens,
     alol_objective,
     build_offline_dataset,
@@ -58,6 +59,7 @@ from rewardlab.policies.sampling import encode_prompts, sample
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples, encode_prompt
 from rewardlab.runs import Run, read_metrics
 from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask, CorpusConfig
+from rewardlab.training import Cadence
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs/micro.yaml"
@@ -400,8 +402,8 @@ def _mean_proxy(model, tok, task, prefix: str | None = None) -> float:
 
 def _train(tok, policy, examples, loss_fn, tmp_path, steps=30, lr=2e-3):
     run = Run(tmp_path / "run", "test", quiet=True)
-    return train_offline(policy, examples, loss_fn, pad_id=int(tok.pad_token_id), steps=steps, batch_size=32,
-                         optim=OptimConfig(lr=lr, schedule="constant"), run=run, seed=0)  # fmt: skip
+    return train_offline(policy, LMBatches(examples, int(tok.pad_token_id), 32, 0), loss_fn,
+                         OptimConfig(lr=lr, schedule="constant"), run, Cadence(steps))  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["filtered-mle", "rwr", "alol"])
@@ -465,7 +467,7 @@ def test_phf_conditioned_on_good_scores_higher_than_bad_and_unconditioned(tmp_pa
                          rng=random.Random(100 + step))[0]  # fmt: skip
 
     run = Run(tmp_path / "phf", "phf", quiet=True)
-    model = train_lm(model, next_batch, steps=80, optim=OptimConfig(lr=1e-2, schedule="constant"), run=run)
+    model = train_lm(model, next_batch, OptimConfig(lr=1e-2, schedule="constant"), run, Cadence(80))
     m = evaluate_conditions(model, tok, task, eval_problems(task, 64), _shorter_is_better,
                             {"good": GOOD, "bad": BAD, "none": None}, max_new_tokens=16, seed=0)  # fmt: skip
     good, bad, none = (m[f"{c}/proxy/mean"] for c in ("good", "bad", "none"))

@@ -5,6 +5,7 @@ import torch
 
 from rewardlab.config import PPOConfig
 from rewardlab.optimize.ppo import (
+    Actors,
     SharedValueHead,
     ValueModel,
     apply_missing_eos,
@@ -57,7 +58,7 @@ def test_rollout_rewards_structure(advantage):
     critic = ValueModel(tiny_policy(2).model) if advantage == "gae" else None
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
     ro = make_rollout(
-        policy, ref, critic, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0)
+        Actors(policy, ref, critic, WordProxy("the"), TOK), prompts, c, 0.1, torch.Generator().manual_seed(0)
     )
     # the sequence's rewards sum to score - beta * sum_t k1_t
     expected = ro.scores - 0.1 * (ro.kl["k1"] * ro.mask).sum(1)
@@ -97,7 +98,7 @@ def test_ppo_identical_policy_and_reference_has_zero_kl():
     policy = tiny_policy(0)
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
     ro = make_rollout(
-        policy, policy, None, WordProxy("the"), TOK, prompts, c, 0.1, torch.Generator().manual_seed(0)
+        Actors(policy, policy, None, WordProxy("the"), TOK), prompts, c, 0.1, torch.Generator().manual_seed(0)
     )
     assert torch.all(ro.kl["k1"].abs() < 1e-5)
 
@@ -126,13 +127,13 @@ def test_training_raises_the_proxy(advantage, value_model):
 
     def mean_score():
         ro = make_rollout(
-            policy, ref, critic, proxy, TOK, prompts * 4, c, 0.0, torch.Generator().manual_seed(123)
+            Actors(policy, ref, critic, proxy, TOK), prompts * 4, c, 0.0, torch.Generator().manual_seed(123)
         )
         return float(ro.raw_scores.mean())
 
     before = mean_score()
     for step in range(25):
-        ro = make_rollout(policy, ref, critic, proxy, TOK, prompts, c, 0.0, gen)
+        ro = make_rollout(Actors(policy, ref, critic, proxy, TOK), prompts, c, 0.0, gen)
         stats = ppo_update(policy, critic, opt, ro, c, gen, step)
         assert all(v == v for v in stats.values())  # finite, no NaN
     after = mean_score()
@@ -163,7 +164,11 @@ def test_one_update_per_rollout_skips_the_known_forwards(monkeypatch):
         opt, _ = make_optimizer(policy, c.optim, 1)
         calls["n"] = 0
         ro = make_rollout(
-            policy, None, None, WordProxy("the"), TOK, prompts, c, 0.0, torch.Generator().manual_seed(0)
+            Actors(policy, None, None, WordProxy("the"), TOK),
+            prompts,
+            c,
+            0.0,
+            torch.Generator().manual_seed(0),
         )
         assert calls["n"] == (0 if single else 1)  # no reference forward either way
         assert torch.equal(ro.kl["k1"], torch.zeros_like(ro.kl["k1"]))

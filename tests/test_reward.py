@@ -10,7 +10,7 @@ from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
-from rewardlab.rewards.train import evaluate_comparisons, train_reward_member
+from rewardlab.rewards.train import RewardData, evaluate_comparisons, train_reward_member
 from rewardlab.rewards.verifier import FEATURE_CAP, answer_span, digit_token_ids, verifier_features
 from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
@@ -58,7 +58,7 @@ def test_training_improves_held_out_accuracy(lm_dir, tmp_path):
     before = evaluate_comparisons(RewardModel([model], TOK), held_out)["eval/accuracy_rater"]
     cfg = RewardConfig(epochs=3, batch_size=32, optim={"lr": 3e-3, "warmup_steps": 0}, verifier=False)
     run = Run(tmp_path / "r", "reward", quiet=True)
-    model = train_reward_member(model, TOK, cfg, pairs=train, rankings=None, seed=0, run=run)
+    model = train_reward_member(model, RewardData(TOK, pairs=train), cfg, run, seed=0)
     m = evaluate_comparisons(RewardModel([model], TOK), held_out)
     assert m["eval/accuracy_rater"] > 0.95 > before + 0.2
     assert m["eval/accuracy_gold"] == m["eval/accuracy_rater"]  # here rater labels == gold labels
@@ -77,7 +77,7 @@ def test_plackett_luce_training(lm_dir, tmp_path):
         loss="plackett_luce", epochs=2, batch_size=16, optim={"lr": 3e-3, "warmup_steps": 0}, verifier=False
     )
     model = train_reward_member(
-        model, TOK, cfg, pairs=None, rankings=ranks, seed=0, run=Run(tmp_path, "r", quiet=True)
+        model, RewardData(TOK, rankings=ranks), cfg, Run(tmp_path, "r", quiet=True), seed=0
     )
     s = RewardModel([model], TOK).score(["what is 1 + 2 ?"] * 3, ranks[0].completions, normalized=False).mean
     assert s[0] > s[1] > s[2]
@@ -114,16 +114,8 @@ def test_verifier_weight_is_learned_and_saved(lm_dir, tmp_path):
     verifier = load_causal_lm(lm_dir)
     model = init_reward_backbone(lm_dir, TOK, seed=0)
     cfg = RewardConfig(epochs=1, batch_size=32, optim={"lr": 3e-3, "warmup_steps": 0})
-    model = train_reward_member(
-        model,
-        TOK,
-        cfg,
-        pairs=agreement_pairs(64, 0),
-        rankings=None,
-        seed=0,
-        run=Run(tmp_path / "r", "reward", quiet=True),
-        verifier=verifier,
-    )
+    data = RewardData(TOK, pairs=agreement_pairs(64, 0), verifier=verifier)
+    model = train_reward_member(model, data, cfg, Run(tmp_path / "r", "reward", quiet=True), seed=0)
     w = model.config.verifier_weight
     assert w != 0.5  # moved from its initial value
     rm = RewardModel([model], TOK, verifier=verifier)

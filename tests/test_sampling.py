@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
+from rewardlab.kernels import fast_decoder
 from rewardlab.policies import sampling
 from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
@@ -192,9 +193,9 @@ def test_fast_decoder_is_bitwise_the_eager_forward(
 ) -> None:
     """_FastDecoder replays transformers' eager decoding step: the same samples and the same bits."""
     ids, mask = prompts
-    assert sampling._FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW) is not None
-    monkeypatch.setattr(sampling, "_FUSE_PROJECTIONS", fuse)
-    monkeypatch.setattr(sampling, "_ONEDNN_SAMPLING", False)  # MKL matmuls, as transformers'
+    assert fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW) is not None
+    monkeypatch.setattr(fast_decoder, "FUSE_PROJECTIONS", fuse)
+    monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)  # MKL matmuls, as transformers'
     kw = dict(max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
     fast = sample(model, ids, mask, generator=_gen(4), **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(sampling, "_FAST_DECODE", False)
@@ -209,13 +210,13 @@ def test_onednn_sampling_matches_the_exact_decoder(
 ) -> None:
     """Sampling with oneDNN-packed matmuls gives the exact path's samples up to last-bit rounding."""
     ids, mask = prompts
-    monkeypatch.setattr(sampling, "_ONEDNN_MIN_WEIGHT", 0)  # pack even this tiny model's matrices
+    monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)  # pack even this tiny model's matrices
     kw = dict(max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
-    decoder = sampling._FastDecoder.build(model, ids.shape[0], ids.shape[1] + 4, exact=False)
-    assert decoder is not None and decoder.pack == sampling._onednn_available(model.lm_head.weight)
+    decoder = fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + 4, exact=False)
+    assert decoder is not None and decoder.pack == fast_decoder._onednn_available(model.lm_head.weight)
     assert decoder.lm_head[2] == decoder.pack and "qkv" in decoder.layers[0]
     fast = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
-    monkeypatch.setattr(sampling, "_ONEDNN_SAMPLING", False)
+    monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)
     exact = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
     # Short responses so that no rounding-level difference can flip a draw and fork a row.
     assert torch.equal(fast.response_ids, exact.response_ids)
@@ -226,16 +227,16 @@ def test_fast_decoder_steps_aside_for_hooks_and_adapters(llama: PreTrainedModel)
     # transformers' own output-capturing hooks (left behind by output_hidden_states=True) are inert
     llama(input_ids=torch.tensor([[5, 6, 7]]), output_hidden_states=True)
     assert any(m._forward_hooks for m in llama.modules())
-    assert sampling._FastDecoder.build(llama, 2, 8) is not None
+    assert fast_decoder.FastDecoder.build(llama, 2, 8) is not None
     handle = llama.model.layers[0].mlp.register_forward_hook(lambda *a: None)
     try:
-        assert sampling._FastDecoder.build(llama, 2, 8) is None
+        assert fast_decoder.FastDecoder.build(llama, 2, 8) is None
     finally:
         handle.remove()
-    assert sampling._FastDecoder.build(llama, 2, 8) is not None
+    assert fast_decoder.FastDecoder.build(llama, 2, 8) is not None
     wrapped = _model("llama")
     wrapped.model.layers[1].self_attn.q_proj = torch.nn.Sequential(wrapped.model.layers[1].self_attn.q_proj)
-    assert sampling._FastDecoder.build(wrapped, 2, 8) is None
+    assert fast_decoder.FastDecoder.build(wrapped, 2, 8) is None
 
 
 def test_draw_follows_the_probabilities() -> None:

@@ -27,6 +27,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Field factories: the settings every trainer shares are defined once (a stage gives its own default).
+def steps_field(default: int, what: str = "optimizer steps") -> Any:
+    return Field(default, gt=0, description=what)
+
+
+def eval_every_field(default: int) -> Any:
+    return Field(default, gt=0, description="evaluate / audit every N steps (and after the last)")
+
+
+def checkpoint_every_field(default: int) -> Any:
+    return Field(
+        default, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
+    )
+
+
+def max_new_tokens_field(default: int = 20) -> Any:
+    return Field(default, gt=0, description="longest sampled response, in tokens")
+
+
+def temperature_field(default: float = 1.0) -> Any:
+    return Field(default, gt=0, description="sampling temperature")
+
+
 class OptimConfig(_Strict):
     """Optimizer and schedule shared by the trainers (AdamW, linear warmup, cosine or constant decay)."""
 
@@ -46,7 +69,7 @@ class PretrainConfig(_Strict):
         default_factory=dict,
         description="the task's pretraining-corpus sampler settings (task-specific keys)",
     )
-    steps: int = Field(1000, gt=0)
+    steps: int = steps_field(1000)
     batch_size: int = Field(128, gt=0)
     length_chunks: int = Field(
         2,
@@ -55,11 +78,9 @@ class PretrainConfig(_Strict):
         "token-mean loss with less padding (2 was fastest here, 4 and 6 slower; several processes use 1)",
     )
     optim: OptimConfig = OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50)
-    eval_every: int = Field(250, gt=0)
+    eval_every: int = eval_every_field(250)
     eval_prompts: int = Field(512, gt=0, description="held-out prompts to measure parse rate and gold")
-    checkpoint_every: int = Field(
-        250, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    checkpoint_every: int = checkpoint_every_field(250)
 
 
 class SFTConfig(_Strict):
@@ -71,16 +92,14 @@ class SFTConfig(_Strict):
     )
     data_path: str | None = Field(None, description="JSONL of {prompt, completion}; default: sampled demos")
     num_demos: int = Field(20000, gt=0)
-    steps: int = Field(400, gt=0)
+    steps: int = steps_field(400)
     batch_size: int = Field(64, gt=0)
     packing: Literal["bucket", "none"] = Field("bucket", description="group examples of similar length")
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=20)
     eval_fraction: float = Field(0.05, gt=0, lt=1)
-    eval_every: int = Field(100, gt=0)
+    eval_every: int = eval_every_field(100)
     eval_prompts: int = Field(512, gt=0)
-    checkpoint_every: int = Field(
-        100, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    checkpoint_every: int = checkpoint_every_field(100)
 
 
 class LabelConfig(_Strict):
@@ -106,8 +125,8 @@ class LabelConfig(_Strict):
         None, description="policies to sample from; default: [<run_dir>/sft/model, <run_dir>/pretrain/model]"
     )
     policy_weights: list[float] = Field([0.5, 0.5], description="share of pairs drawn from each policy")
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(20, gt=0)
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
     k: int = Field(2, ge=2, description="completions per prompt; k > 2 also writes K-wise rankings")
     drop_identical: bool = True
     eval_fraction: float = Field(0.1, gt=0, lt=1)
@@ -146,10 +165,8 @@ class RewardConfig(_Strict):
     normalize_policy_path: str | None = Field(
         None, description="policy sampled for normalization; default SFT"
     )
-    eval_every: int = Field(200, gt=0)
-    checkpoint_every: int = Field(
-        100, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    eval_every: int = eval_every_field(200)
+    checkpoint_every: int = checkpoint_every_field(100)
 
 
 class PPOConfig(_Strict):
@@ -194,12 +211,10 @@ class PPOConfig(_Strict):
     score: Literal["mean", "conservative"] = Field(
         "mean", description="ensemble proxy: mean or mean - alpha*std"
     )
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(20, gt=0)
-    eval_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(
-        20, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
+    eval_every: int = eval_every_field(10)
+    checkpoint_every: int = checkpoint_every_field(20)
     rollout_shards: int | None = Field(
         None,
         ge=1,
@@ -217,8 +232,8 @@ class BoNConfig(_Strict):
     reward_path: str | None = Field(None, description="default: <run_dir>/<arm>/reward/model")
     max_n: int = Field(64, ge=1, description="n sweeps powers of two up to max_n")
     prompts: int = Field(512, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(20, gt=0)
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
     samples_to_save: int = Field(128, ge=0)
 
 
@@ -277,8 +292,8 @@ class DPOConfig(_Strict):
     eval_pairs: int = Field(
         2048, gt=0, description="held-out comparisons the implicit reward is scored on (at most)"
     )
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(20, gt=0)
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
     samples_to_save: int = Field(128, ge=0)
     checkpoint_every: int = Field(
         50,
@@ -305,7 +320,7 @@ class IterativeDPOConfig(_Strict):
         "initial", description="DPO reference: the starting policy, or the previous round's policy"
     )
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the pairs")
-    max_new_tokens: int = Field(20, gt=0)
+    max_new_tokens: int = max_new_tokens_field()
     name: str = Field("dpo-iter", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="stage folder name")
 
 
@@ -390,16 +405,14 @@ class PHFConfig(_Strict):
     """
 
     init_path: str | None = Field(None, description="start from this causal LM; default: from scratch")
-    steps: int = Field(1000, gt=0)
+    steps: int = steps_field(1000)
     batch_size: int = Field(128, gt=0)
     optim: OptimConfig = OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50)
     good_fraction: float = Field(0.5, gt=0, lt=1, description="share of documents tagged <good>")
     calibration_docs: int = Field(4096, ge=16, description="documents scored to fix the <good> threshold")
-    eval_every: int = Field(250, gt=0)
+    eval_every: int = eval_every_field(250)
     eval_prompts: int = Field(512, gt=0)
-    checkpoint_every: int = Field(
-        250, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    checkpoint_every: int = checkpoint_every_field(250)
 
 
 class OfflineConfig(_Strict):
@@ -418,19 +431,17 @@ class OfflineConfig(_Strict):
     prompts: int = Field(2048, gt=0, description="training prompts the policy is sampled on")
     samples_per_prompt: int = Field(4, ge=1)
     value_samples: int = Field(4, ge=1, description="reference samples per prompt for V_ref(x) (A-LoL)")
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(20, gt=0)
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
     eval_fraction: float = Field(0.05, gt=0, lt=1, description="prompts held out for eval/loss")
     steps: int = Field(200, gt=0, description="optimizer steps")
     batch_size: int = Field(64, gt=0)
     optim: OptimConfig = OptimConfig(lr=1e-4, schedule="constant", warmup_steps=0)
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="the audit's KL estimator")
-    eval_every: int = Field(20, gt=0)
+    eval_every: int = eval_every_field(20)
     eval_prompts: int = Field(1024, gt=0)
     samples_to_save: int = Field(128, ge=0)
-    checkpoint_every: int = Field(
-        50, ge=0, description="save training state every N steps (and at the end) for --resume; 0: never"
-    )
+    checkpoint_every: int = checkpoint_every_field(50)
     filtered_mle: FilteredMLEConfig = FilteredMLEConfig()
     rwr: RWRConfig = RWRConfig()
     reward_conditioned: RewardConditionedConfig = RewardConditionedConfig()
@@ -496,7 +507,7 @@ class PipelineConfig(_Strict):
                     getattr(task, cap, None), getattr(section, key), where
                 )
             except ValidationError as e:
-                raise ValueError(_format_validation_error(e, where)) from None
+                raise ValueError("; ".join(_error_lines(e, prefix=f"{where}."))) from None
         if self.label.source == "simulated":
             self.label.__dict__["rater"] = self.label.rater.resolve(task.rater_presets())
         pw = self.label.policy_weights
@@ -594,13 +605,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
+def _error_lines(err: ValidationError, prefix: str = "") -> list[str]:
+    """``dotted.field: message`` per error; a model-level check's message already names its field."""
+    lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        if not loc and e["type"] == "value_error":
+            lines.append(msg.removeprefix("Value error, "))
+        else:
+            lines.append(f"{prefix}{loc or '(root)'}: {msg}")
+    return lines
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    return "\n".join([f"{source}: invalid config", *(f"  {line}" for line in _error_lines(err))])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

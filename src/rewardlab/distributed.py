@@ -19,7 +19,8 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -64,6 +65,34 @@ def local_rows(n: int, rank: int, world: int) -> tuple[slice, bool]:
     """
     lo, hi = shard_bounds(n, rank, world)
     return (slice(lo, hi), True) if hi > lo else (slice(0, 1), False)
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's rows of a global batch (``rows``), whether they are real rows or a stand-in, and
+    ``scale``: the factor that turns the sum of its rows' losses into its part of the global mean
+    (``world / denominator``; 0 for a stand-in), so DDP's gradient average is the global mean's gradient."""
+
+    rows: slice
+    real: bool
+    scale: float
+
+
+def batch_share(acc: Accelerator | None, n: int, denominator: int | None = None) -> Share:
+    """The one helper for data-parallel shares: this process's :class:`Share` of a global batch of ``n``
+    rows whose loss is a mean over ``denominator`` items (default ``n``; e.g. the global token count)."""
+    world = acc.num_processes if acc is not None else 1
+    rank = acc.process_index if acc is not None else 0
+    rows, real = local_rows(n, rank, world)
+    return Share(rows, real, world / max(n if denominator is None else denominator, 1) if real else 0.0)
+
+
+def reduce_sums(acc: Accelerator | None, values: Sequence[float], real: bool = True) -> list[float]:
+    """Sums of this process's statistics over processes (a stand-in share counts 0); as is on one process."""
+    vals = [float(v) if real else 0.0 for v in values]
+    if acc is None or acc.num_processes == 1:
+        return vals
+    return all_reduce_sum(acc, vals)
 
 
 def all_reduce_sum(acc: Accelerator, values: list[float]) -> list[float]:

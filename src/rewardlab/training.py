@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rewardlab.checkpoint import load_state
+from rewardlab.utils import check_finite
 
 if TYPE_CHECKING:
     from rewardlab.config import OptimConfig
@@ -104,3 +106,66 @@ def make_optimizer(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class Trainee:
+    """What a training loop updates: the prepared model, its optimizer and schedule, and the accelerator."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    acc: Any  # accelerate.Accelerator
+
+    def update(self, loss: torch.Tensor, max_grad_norm: float, step: int, stage: str) -> float:
+        """One optimizer step on ``loss``: a NaN/inf check naming the step, backward, clipping, the step,
+        the schedule, zeroed gradients. Returns the gradient norm before clipping."""
+        check_finite(loss, "loss", step, stage)
+        self.acc.backward(loss)
+        return self.apply(max_grad_norm)
+
+    def apply(self, max_grad_norm: float) -> float:
+        """The step after a backward already done (e.g. chunk by chunk): clip, step, schedule, zero grads."""
+        gnorm = self.acc.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(gnorm)
+
+
+@dataclass
+class Cadence:
+    """When a loop stops, evaluates and checkpoints.
+
+    Steps ``start + 1 .. steps`` run; step ``s`` is logged as ``step_offset + s`` with ``log_extra``. ``evaluate(global step)``
+    runs every ``eval_every`` steps and after the last one (then the model goes back to train mode);
+    ``checkpoint.end_step`` runs after every step with the loop's counters and ``checkpoint_extra()``.
+    """
+
+    steps: int
+    start: int = 0
+    eval_every: int = 0
+    evaluate: Callable[[int], object] | None = None
+    checkpoint: Any = None  # rewardlab.checkpoint.Checkpointer
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None
+    step_offset: int = 0
+    log_extra: dict[str, Any] = field(default_factory=dict)
+
+    def range(self) -> range:
+        return range(self.start + 1, self.steps + 1)
+
+    def global_step(self, step: int) -> int:
+        return self.step_offset + step
+
+    def after_step(self, step: int, model: torch.nn.Module, **counters: float) -> None:
+        """Evaluate when due, then write the training-state checkpoint."""
+        if (
+            self.evaluate is not None
+            and self.eval_every
+            and (step % self.eval_every == 0 or step == self.steps)
+        ):
+            self.evaluate(self.global_step(step))
+            model.train()
+        if self.checkpoint is not None:
+            extra = self.checkpoint_extra() if self.checkpoint_extra else {}
+            self.checkpoint.end_step(self.global_step(step), **counters, **extra)

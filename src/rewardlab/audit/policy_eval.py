@@ -57,7 +57,7 @@ def generate_responses(
     """Sample (or greedily decode) one response per prompt with the fast sampler."""
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        ids, mask = encode_prompts(tokenizer, prompts[i : i + batch_size])
+        ids, mask = encode_prompts(tokenizer, prompts[i : i + batch_size], max_new_tokens)
         batch = sample(
             model,
             ids,

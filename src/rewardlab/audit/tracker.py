@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +53,38 @@ def response_logprobs(
     return logp * batch.response_mask, ent
 
 
-@torch.no_grad()
-def audit_policy(
-    policy: PreTrainedModel,
-    ref: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    reward_model: Proxy,
-    task: Task,
-    problems: Sequence[Any],
-    *,
-    max_new_tokens: int,
-    seed: int,
-    kl_estimator: str = "k1",
-    batch_size: int = 512,
-    temperature: float = 1.0,
-    prompt_transform: Callable[[str], str] | None = None,
-) -> tuple[dict[str, Any], list[ScoredSample]]:
-    """One audit row (proxy, gold, KL k1/k2/k3, behavior, gold parts) and the scored samples.
+@dataclass
+class AuditSpec:
+    """What the audit measures on: the task's held-out items, how the policy is sampled there (as deployed:
+    temperature sampling, ``max_new_tokens``), the KL estimator on the x-axis, how many samples are kept.
 
     ``prompt_transform`` (e.g. prefixing a reward token, for reward-conditioned policies) changes only
     what the *policy* is prompted with: the reference's log-probs are taken on the plain prompt, so the
     KL is ``KL(π(·|transform(x)) || π_ref(·|x))``, and the proxy and gold score the plain prompt.
     """
+
+    task: Task
+    problems: Sequence[Any]
+    max_new_tokens: int
+    seed: int
+    kl_estimator: str = "k1"
+    temperature: float = 1.0
+    samples_to_save: int = 128
+    prompt_transform: Callable[[str], str] | None = None
+    batch_size: int = 512
+
+
+@torch.no_grad()
+def audit_policy(policy: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 reward_model: Proxy, spec: AuditSpec, seed: int) -> tuple[dict[str, Any], list[ScoredSample]]:  # fmt: skip
+    """One audit row (proxy, gold, KL k1/k2/k3, behavior, gold parts) and the scored samples, sampled with
+    ``seed`` on ``spec``'s items."""
+    task, problems, batch_size, temperature = spec.task, spec.problems, spec.batch_size, spec.temperature
+    max_new_tokens, prompt_transform, kl_estimator = (
+        spec.max_new_tokens,
+        spec.prompt_transform,
+        spec.kl_estimator,
+    )
     was_training = policy.training
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -83,14 +94,14 @@ def audit_policy(
     for i in range(0, len(problems), batch_size):
         texts = [task.prompt(p) for p in problems[i : i + batch_size]]
         policy_texts = [prompt_transform(t) for t in texts] if prompt_transform else texts
-        ids, mask = encode_prompts(tokenizer, policy_texts)
+        ids, mask = encode_prompts(tokenizer, policy_texts, max_new_tokens)
         b = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
                    temperature=temperature, generator=gen)  # fmt: skip
         logp, _ = response_logprobs(policy, b, temperature)
         ref_b = b
         if prompt_transform is not None:
-            ref_ids, ref_mask = encode_prompts(tokenizer, texts)
+            ref_ids, ref_mask = encode_prompts(tokenizer, texts, max_new_tokens)
             ref_b = dataclasses.replace(b, prompt_ids=ref_ids.to(device), prompt_mask=ref_mask.to(device))
         ref_logp, _ = response_logprobs(ref, ref_b, temperature)
         for name, kl in kl_estimators(logp, ref_logp).items():
@@ -119,29 +130,24 @@ class AuditLog:
     reads them all the same way. ``extra`` fields (e.g. ``kl_coef``, ``round``) are added to the row.
     """
 
-    def __init__(self, run: Any, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 reward_model: Proxy, task: Task, problems: Sequence[Any], *,
-                 max_new_tokens: int, seed: int, kl_estimator: str = "k1", temperature: float = 1.0,
-                 samples_to_save: int = 128, prompt_transform: Callable[[str], str] | None = None) -> None:  # fmt: skip
-        self.run, self.ref, self.tok, self.rm, self.task = run, reference, tokenizer, reward_model, task
-        self.prompt_transform = prompt_transform
-        self.problems, self.max_new_tokens, self.seed = list(problems), max_new_tokens, seed
-        self.kl_estimator, self.temperature, self.samples_to_save = kl_estimator, temperature, samples_to_save
+    def __init__(self, run: Any, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, proxy: Proxy,
+                 spec: AuditSpec) -> None:  # fmt: skip
+        self.run, self.ref, self.tok, self.rm, self.spec = run, reference, tokenizer, proxy, spec
+        self.task = spec.task
         self.rows: list[dict[str, Any]] = []
         (run.dir / "samples").mkdir(exist_ok=True)
         (run.dir / "audit.jsonl").write_text("")
 
     def __call__(self, policy: PreTrainedModel, step: int, **extra: Any) -> dict[str, Any]:
-        row, samples = audit_policy(policy, self.ref, self.tok, self.rm, self.task, self.problems,
-                                    max_new_tokens=self.max_new_tokens, seed=self.seed * 7 + step,
-                                    kl_estimator=self.kl_estimator, temperature=self.temperature,
-                                    prompt_transform=self.prompt_transform)  # fmt: skip
+        row, samples = audit_policy(
+            policy, self.ref, self.tok, self.rm, self.spec, seed=self.spec.seed * 7 + step
+        )
         row = {"step": step, **extra, **row}
         self.rows.append(row)
         self.run.write_json("audit.json", self.rows)
         with (self.run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        save_samples(self.run.dir / "samples" / f"step_{step}.jsonl", samples, self.samples_to_save)
-        self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} KL {row['kl/' + self.kl_estimator]:.2f}; "
+        save_samples(self.run.dir / "samples" / f"step_{step}.jsonl", samples, self.spec.samples_to_save)
+        self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} KL {row['kl/' + self.spec.kl_estimator]:.2f}; "
                       f"{describe_metrics(self.task, row)}")  # fmt: skip
         return row

@@ -27,7 +27,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,10 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import DPOConfig
-from rewardlab.distributed import all_reduce_sum, local_rows
+from rewardlab.distributed import batch_share, reduce_sums
 from rewardlab.feedback.records import Comparison
+from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import (
     PreferenceLoss,
     chosen_nll_loss,
@@ -51,12 +51,11 @@ from rewardlab.losses import (
     robust_dpo_loss,
     simpo_loss,
 )
-from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
-from rewardlab.training import BatchOrder, bucket_batches
-from rewardlab.utils import RewardlabError, check_finite, length_sorted_batches
+from rewardlab.training import BatchOrder, Cadence, Trainee, bucket_batches
+from rewardlab.utils import RewardlabError, length_sorted_batches
 
 #: Bump when the packing or the log-prob computation changes, so stale caches are not reused.
 CACHE_VERSION = 1
@@ -88,7 +87,10 @@ def tokenize_comparisons(
     prompts = [c.prompt for c in comps]
     ch = encode_examples(tokenizer, prompts, [c.chosen for c in comps])
     rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps])
-    return [PairExample(p, c, r) for (p, c), (_, r) in zip(ch, rj, strict=True)]
+    # each side's prompt is a suffix of the same prompt (cut to fit its completion): share the shorter one
+    return [
+        PairExample(pc if len(pc) <= len(pr) else pr, c, r) for (pc, c), (pr, r) in zip(ch, rj, strict=True)
+    ]
 
 
 @dataclass
@@ -349,102 +351,75 @@ def pair_order(data: PreferenceData, batch_size: int, seed: int) -> BatchOrder:
     return BatchOrder(lambda rng: bucket_batches(lengths, batch_size, rng)[::-1], random.Random(seed))
 
 
-def train_dpo(
-    policy: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    data: PreferenceData,
-    cfg: DPOConfig,
-    *,
-    steps: int,
-    run: Run,
-    acc: Accelerator,
-    pad_id: int,
-    seed: int,
-    reference: nn.Module | None = None,
-    modpo_weight: float | None = None,
-    step_offset: int = 0,
-    evaluate: Callable[[int], None] | None = None,
-    eval_every: int = 0,
-    extra_metrics: dict[str, Any] | None = None,
-    order: BatchOrder | None = None,
-    start: int = 0,
-    checkpoint: Checkpointer | None = None,
-    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
-    stats: dict[str, float] | None = None,
-) -> dict[str, float]:
-    """Optimizer steps ``start + 1 .. steps`` of the configured DPO variant on ``data``; returns throughput stats.
+@dataclass
+class PairStream:
+    """Where a DPO loop's batches come from: the pairs, their resumable order, the pad id to collate with."""
 
-    ``policy``/``opt`` come prepared by ``acc``. Reference log-probs come from ``data`` (precomputed)
-    or, when ``data.ref_chosen`` is None and the loss needs them, from a forward of ``reference`` per
-    step. Every step logs TRL's metric names at step ``step_offset + step``; ``evaluate(global_step)``
-    runs every ``eval_every`` steps and after the last one. A NaN/inf loss aborts with the step.
+    data: PreferenceData
+    order: BatchOrder
+    pad_id: int
 
-    Data parallel (``torchrun``): every process draws the same global batch from ``order`` (default
-    :func:`pair_order` of ``seed``) and trains on its contiguous slice with the loss written as the global
-    mean, so DDP's gradient average is the single-process gradient; metrics are all-reduced.
-    ``evaluate`` is called on every process (it should act on the main one only). With a
-    ``checkpoint`` (already restored to ``start`` by the caller), :meth:`Checkpointer.end_step` runs
-    after every step with ``checkpoint_extra()`` and the throughput counters; ``stats`` continues them.
+
+def train_dpo(trainee: Trainee, batches: PairStream, cfg: DPOConfig, run: Run, cadence: Cadence, *,
+              reference: nn.Module | None = None, modpo_weight: float | None = None,
+              stats: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
+    """Optimizer steps ``cadence.start + 1 .. cadence.steps`` of the configured DPO variant; returns
+    throughput stats (``stats`` continues them after a resume).
+
+    Reference log-probs come from ``batches.data`` (precomputed) or, when it has none and the loss needs
+    them, from a forward of ``reference`` per step. Every step logs TRL's metric names at the cadence's
+    global step (plus ``cadence.log_extra``); a NaN/inf loss aborts naming the step.
+
+    Data parallel (``torchrun``): every process draws the same global batch and trains on its share
+    (:func:`~rewardlab.distributed.batch_share`) with the loss written as the global mean, so DDP's
+    gradient average is the single-process gradient; metrics are all-reduced.
     """
+    data, acc, policy = batches.data, trainee.acc, trainee.model
     if len(data) == 0:
         raise RewardlabError("dpo: no training pairs")
-    device = acc.device
-    world, rank = acc.num_processes, acc.process_index
-    uses_ref = needs_reference(cfg, modpo_weight)
-    live = uses_ref and data.ref_chosen is None
+    live = needs_reference(cfg, modpo_weight) and data.ref_chosen is None
     if live and reference is None:
         raise RewardlabError("dpo: no reference log-probs and no reference model")
-    order = order or pair_order(data, cfg.batch_size, seed)
     pairs = float((stats or {}).get("pairs", 0.0))
     train_seconds = float((stats or {}).get("train_seconds", 0.0))
     policy.train()
-    with onednn_linears(policy, reference), run.progress(steps, f"{run.stage} steps") as prog:
-        if start:
-            advance(prog, n=start)
-        for step in range(start + 1, steps + 1):
+    with onednn_linears(policy, reference), run.progress(cadence.steps, f"{run.stage} steps") as prog:
+        if cadence.start:
+            advance(prog, n=cadence.start)
+        for step in cadence.range():
             t0 = time.perf_counter()
-            global_idx = order.next()
-            rows, real = local_rows(len(global_idx), rank, world)
-            idx = global_idx[rows]
-            batch = collate_pairs([data.examples[j] for j in idx], pad_id, cfg.packing).to(device)
+            # 1. this process's share of the next global batch
+            global_idx = batches.order.next()
+            share = batch_share(acc, len(global_idx))
+            idx = global_idx[share.rows]
+            batch = collate_pairs([data.examples[j] for j in idx], batches.pad_id, cfg.packing).to(acc.device)
+            # 2. policy and reference log-probs of both completions
             pc, pr = pair_logps(policy, batch)
             if live:
                 with torch.no_grad():
                     rc, rr = pair_logps(reference, batch)  # type: ignore[arg-type]
             else:
-                rc, rr = _take(data.ref_chosen, idx, device), _take(data.ref_rejected, idx, device)
+                rc, rr = _take(data.ref_chosen, idx, acc.device), _take(data.ref_rejected, idx, acc.device)
+            # 3. the loss (and the optional NLL term) as this process's part of the global mean
             out = preference_loss(cfg, pc, pr, rc, rr, batch.chosen_lengths, batch.rejected_lengths,
-                                  modpo_weight=modpo_weight, second_chosen=_take(data.second_chosen, idx, device),
-                                  second_rejected=_take(data.second_rejected, idx, device))  # fmt: skip
+                                  modpo_weight=modpo_weight, second_chosen=_take(data.second_chosen, idx, acc.device),
+                                  second_rejected=_take(data.second_rejected, idx, acc.device))  # fmt: skip
             nll = chosen_nll_loss(pc, batch.chosen_lengths) if cfg.sft_weight > 0 else None
-            # this process's share of the global mean (world / global count; a stand-in row weighs 0)
-            scale = world / len(global_idx) if real else 0.0
-            loss = out.losses.sum() * scale
+            loss = out.losses.sum() * share.scale
             if nll is not None:
-                loss = loss + cfg.sft_weight * nll.sum() * scale
-            global_step = step_offset + step
-            check_finite(loss, "loss", global_step, run.stage)
-            acc.backward(loss)
-            gnorm = acc.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+                loss = loss + cfg.sft_weight * nll.sum() * share.scale
+            # 4. the update
+            global_step = cadence.global_step(step)
+            gnorm = trainee.update(loss, cfg.optim.max_grad_norm, global_step, run.stage)
             train_seconds += time.perf_counter() - t0
             pairs += len(global_idx)
-            m = step_metrics(
-                out, pc, pr, nll, cfg.sft_weight, len(global_idx), acc if world > 1 else None, real
-            )
-            m.update({"grad_norm": float(gnorm), "learning_rate": sched.get_last_lr()[0],
+            # 5. TRL's metrics over the global batch, then evaluation and checkpoint when due
+            m = step_metrics(out, pc, pr, nll, cfg.sft_weight, len(global_idx), acc, share.real)
+            m.update({"grad_norm": gnorm, "learning_rate": trainee.sched.get_last_lr()[0],
                       "train/pairs_per_second": pairs / max(train_seconds, 1e-9),
-                      "epoch": pairs / len(data), "time/elapsed": run.elapsed, **(extra_metrics or {})})  # fmt: skip
+                      "epoch": pairs / len(data), "time/elapsed": run.elapsed, **cadence.log_extra})  # fmt: skip
             run.log_metrics(m, global_step)
-            if evaluate is not None and eval_every and (step % eval_every == 0 or step == steps):
-                evaluate(global_step)
-                policy.train()
-            if checkpoint is not None:
-                checkpoint.end_step(global_step, pairs=pairs, train_seconds=train_seconds,
-                                    **(checkpoint_extra() if checkpoint_extra else {}))  # fmt: skip
+            cadence.after_step(step, policy, pairs=pairs, train_seconds=train_seconds)
             advance(prog, f"loss {m['loss']:.3f} margin {m['rewards/margins']:+.2f}")
     return {
         "pairs": pairs,
@@ -457,7 +432,7 @@ def step_metrics(out: PreferenceLoss, pc: Tensor, pr: Tensor, nll: Tensor | None
                  acc: Accelerator | None = None, real: bool = True) -> dict[str, float]:  # fmt: skip
     """TRL ``DPOTrainer`` metrics of one global batch of ``n`` pairs (means over its pairs).
 
-    Computed from this process's sums; with ``acc`` (several processes) the sums are all-reduced first.
+    Computed from this process's sums, all-reduced over processes (:func:`~rewardlab.distributed.reduce_sums`).
     """
     c, r = out.chosen_rewards, out.rejected_rewards
     parts = {
@@ -470,9 +445,7 @@ def step_metrics(out: PreferenceLoss, pc: Tensor, pr: Tensor, nll: Tensor | None
         "logps/chosen": pc.detach().sum(),
         "logps/rejected": pr.detach().sum(),
     }
-    sums = [float(v) if real else 0.0 for v in parts.values()]
-    if acc is not None:
-        sums = all_reduce_sum(acc, sums)
+    sums = reduce_sums(acc, [float(v) for v in parts.values()], real)
     mean = {k: v / n for k, v in zip(parts, sums, strict=True)}
     m = {"loss": mean.pop("pair_loss") + sft_weight * mean["nll_loss"]}
     nll_mean = mean.pop("nll_loss")

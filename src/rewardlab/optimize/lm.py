@@ -10,6 +10,7 @@ Training state (weights, optimizer, schedule, data order, RNGs) is checkpointed 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.checkpoint import Checkpointer
-from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
-from rewardlab.optimize.cpu_linear import onednn_linears
+from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
+from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.runs import Run, advance
-from rewardlab.training import make_optimizer
+from rewardlab.training import Cadence, Trainee, make_optimizer
 from rewardlab.utils import atomic_dir, check_finite
 
 if TYPE_CHECKING:
@@ -99,8 +99,11 @@ def chunked_lm_backward(
     return total / max(n, 1), n
 
 
+LOG_EVERY = 10  # training metrics every N steps (and at the last)
+
+
 def local_lm_loss(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], rank: int, world: int
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], acc: Accelerator
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """This process's part of the global token-mean loss of ``batch`` (the global batch, every process
     holding all of it): ``(sum of its rows' token losses) * world / (global token count)``.
@@ -110,12 +113,12 @@ def local_lm_loss(
     sum detached, global token count).
     """
     n_global = int((batch["labels"][:, 1:] != IGNORE).sum())
-    rows, real = local_rows(batch["input_ids"].shape[0], rank, world)
-    local = {k: v[rows] for k, v in batch.items()}
-    if not real:  # a stand-in row: no labelled token, so it adds nothing
+    share = batch_share(acc, batch["input_ids"].shape[0], denominator=n_global)
+    local = {k: v[share.rows] for k, v in batch.items()}
+    if not share.real:  # a stand-in row: no labelled token, so it adds nothing
         local["labels"] = torch.full_like(local["labels"], IGNORE)
     loss_sum, _ = lm_loss(model, local, reduction="sum")
-    return loss_sum * (world / max(n_global, 1)), loss_sum.detach(), n_global
+    return loss_sum * share.scale, loss_sum.detach(), n_global
 
 
 def save_model(
@@ -132,82 +135,77 @@ def save_model(
     return atomic_dir(path, write)
 
 
-def train_lm(
-    model: PreTrainedModel,
-    next_batch: Callable[[int], dict[str, torch.Tensor]],
-    *,
-    steps: int,
-    optim: OptimConfig,
-    run: Run,
-    evaluate: Callable[[int], dict[str, float]] | None = None,
-    eval_every: int = 0,
-    log_every: int = 10,
-    accelerator: Accelerator | None = None,
-    checkpoint: Checkpointer | None = None,
-    data_state: Any = None,
-    chunks: int = 1,
-) -> PreTrainedModel:
-    """Train ``model`` for ``steps`` optimizer steps on ``next_batch(step)``; log, evaluate, check for NaN.
+def train_lm(model: PreTrainedModel, next_batch: Callable[[int], dict[str, torch.Tensor]], optim: OptimConfig,
+             run: Run, cadence: Cadence, *, accelerator: Accelerator | None = None, data_state: Any = None,
+             chunks: int = 1) -> PreTrainedModel:  # fmt: skip
+    """Train ``model`` for ``cadence.steps`` optimizer steps on ``next_batch(step)``; log, evaluate, check for NaN.
 
     ``next_batch(step)`` gives the *global* batch; with several processes each trains on its rows.
-    ``evaluate`` runs on the main process only. With a ``checkpoint``, the weights, optimizer,
-    schedule, ``data_state`` (an object with ``state_dict``, e.g. a :class:`BatchOrder`) and RNGs are
-    saved as it says and restored when resuming. ``chunks > 1`` computes each (single-process) step over
-    that many length-sorted micro-batches (:func:`chunked_lm_backward`): the same loss, less padding.
+    ``cadence.evaluate(step) -> metrics`` runs on the main process only, in eval mode, and is logged. With
+    ``cadence.checkpoint``, the weights, optimizer, schedule, ``data_state`` (an object with
+    ``state_dict``, e.g. a :class:`BatchOrder`) and RNGs are saved as it says and restored when resuming.
+    ``chunks > 1`` computes each (single-process) step over that many length-sorted micro-batches
+    (:func:`chunked_lm_backward`): the same loss, less padding.
     """
+    # 1. optimizer and schedule, and the training state to resume from
     acc = accelerator or make_accelerator()
-    world, rank = acc.num_processes, acc.process_index
+    world = acc.num_processes
     chunked = world == 1 and chunks > 1
-    opt, sched = make_optimizer(model, optim, steps)
+    opt, sched = make_optimizer(model, optim, cadence.steps)
     model, opt = acc.prepare(model, opt)
-    tokens, start = 0, 0
-    if checkpoint is not None:
-        checkpoint.total_steps = steps
-        checkpoint.track(model=model, optimizer=opt, scheduler=sched, data=data_state)
-        start = checkpoint.restore()
-        tokens = int(checkpoint.extra.get("tokens", 0))
+    trainee = Trainee(model, opt, sched, acc)
+    tokens, start, ckpt = 0, 0, cadence.checkpoint
+    if ckpt is not None:
+        ckpt.total_steps = cadence.steps
+        ckpt.track(model=model, optimizer=opt, scheduler=sched, data=data_state)
+        start = ckpt.restore()
+        tokens = int(ckpt.extra.get("tokens", 0))
+    evaluate = cadence.evaluate
+
+    def evaluate_and_log(step: int) -> None:
+        if (
+            evaluate is None or not acc.is_main_process
+        ):  # the others go on to the next all-reduce and wait there
+            return
+        model.eval()
+        em = evaluate(step)
+        model.train()
+        run.log_metrics(em, step)  # type: ignore[arg-type]
+        run.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in em.items() if isinstance(v, float)))  # type: ignore[union-attr]
+
+    cadence = dataclasses.replace(cadence, start=start, evaluate=evaluate_and_log if evaluate else None)
     model.train()
-    with onednn_linears(model), run.progress(steps, "training") as prog:
+    with onednn_linears(model), run.progress(cadence.steps, "training") as prog:
         if start:
             advance(prog, n=start)
-        for step in range(start + 1, steps + 1):
+        for step in cadence.range():
+            # 2. the loss on the global batch (this process's share of its token mean), and the update
             batch = {k: v.to(acc.device) for k, v in next_batch(step).items()}
             if chunked:  # back-propagates inside, one micro-batch at a time
                 loss, n = chunked_lm_backward(model, batch, chunks, acc.backward)
                 logged = loss
-            elif world == 1:
-                loss, n = lm_loss(model, batch)
-                logged = loss
+                check_finite(loss, "loss", step, run.stage)
+                gnorm = trainee.apply(optim.max_grad_norm)
             else:
-                loss, local_sum, n = local_lm_loss(model, batch, rank, world)
-                logged = local_sum / max(n, 1)  # this process's share; the logged value is all-reduced below
-            check_finite(loss, "loss", step, run.stage)
-            if not chunked:
-                acc.backward(loss)
-            gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+                if world == 1:
+                    loss, n = lm_loss(model, batch)
+                    logged = loss
+                else:
+                    loss, local_sum, n = local_lm_loss(model, batch, acc)
+                    logged = local_sum / max(
+                        n, 1
+                    )  # this process's share; the logged value is all-reduced below
+                gnorm = trainee.update(loss, optim.max_grad_norm, step, run.stage)
             tokens += n
-            if step % log_every == 0 or step == steps:
+            # 3. metrics every LOG_EVERY steps, evaluation and checkpoint when due
+            if step % LOG_EVERY == 0 or step == cadence.steps:
                 loss_value = (
-                    loss.item() if world == 1 else all_reduce_sum(acc, [float(local_sum)])[0] / max(n, 1)
+                    loss.item() if world == 1 else reduce_sums(acc, [float(local_sum)])[0] / max(n, 1)
                 )
-                metrics = {"train/loss": loss_value, "train/grad_norm": float(gnorm), "train/lr": sched.get_last_lr()[0],
+                metrics = {"train/loss": loss_value, "train/grad_norm": gnorm, "train/lr": sched.get_last_lr()[0],
                            "train/tokens": tokens, "time/elapsed": run.elapsed}  # fmt: skip
                 run.log_metrics(metrics, step)
-            due = evaluate is not None and eval_every and (step % eval_every == 0 or step == steps)
-            if due and acc.is_main_process:  # the other processes go on to the next all-reduce and wait there
-                model.eval()
-                em = evaluate(step)  # type: ignore[misc]
-                model.train()
-                run.log_metrics(em, step)
-                run.info(
-                    f"step {step}: "
-                    + ", ".join(f"{k}={v:.3f}" for k, v in em.items() if isinstance(v, float))
-                )
-            if checkpoint is not None:
-                checkpoint.end_step(step, tokens=tokens)
+            cadence.after_step(step, model, tokens=tokens)
             advance(prog, f"loss {logged.item():.3f}")
     model.eval()
     return acc.unwrap_model(model)

@@ -21,6 +21,7 @@ sample during training. They share:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,17 +38,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.audit.policy_eval import generate_responses, score_responses, summarize
 from rewardlab.audit.tracker import AuditLog
-from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import OptimConfig
-from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
+from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.losses import ALoLVariant, alol_loss, selective_log_softmax, weighted_nll
 from rewardlab.optimize.lm import IGNORE, Example, collate_lm
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import Prompt, encode_examples
 from rewardlab.runs import Run, advance
 from rewardlab.tasks.base import Task, TextSampler
-from rewardlab.training import BatchOrder, bucket_batches, make_optimizer
-from rewardlab.utils import RewardlabError, atomic_write_text, check_finite, read_jsonl, write_jsonl
+from rewardlab.training import BatchOrder, Cadence, Trainee, bucket_batches, make_optimizer
+from rewardlab.utils import RewardlabError, atomic_write_text, read_jsonl, write_jsonl
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 #: ``loss_fn(logp [B,T], mask [B,T], indices of the batch's examples) -> (loss, stats)``
@@ -380,56 +380,56 @@ def evaluate_loss(
     return total / max(tokens, 1)
 
 
-def train_offline(
-    policy: PreTrainedModel,
-    examples: Sequence[Example],
-    loss_fn: LossFn,
-    *,
-    pad_id: int,
-    steps: int,
-    batch_size: int,
-    optim: OptimConfig,
-    run: Run,
-    seed: int,
-    audit: AuditLog | None = None,
-    evaluate: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
-    eval_every: int = 0,
-    accelerator: Accelerator | None = None,
-    checkpoint: Checkpointer | None = None,
-) -> PreTrainedModel:
-    """``steps`` optimizer steps of ``loss_fn`` on length-bucketed batches of ``examples`` (epochs reshuffled).
+@dataclass
+class LMBatches:
+    """Length-bucketed batches of (prompt, completion) examples, epochs reshuffled from ``random.Random(seed)``."""
 
-    At step 0, every ``eval_every`` steps and at the end, on the main process, ``evaluate(model, step)``
-    (e.g. the held-out loss) is logged and ``audit(model, step, **those metrics)`` writes an audit row.
-    A NaN/inf loss aborts with the step. With several processes each trains on its contiguous rows
-    of the same global batch, its loss scaled to the global token mean (see
-    :mod:`rewardlab.distributed`); the logged loss and log-prob are global, the method's stats are
-    the mean over processes of their shards' values. With a ``checkpoint``, weights, optimizer,
-    schedule, data order, RNGs, the token and epoch counts and the audit rows are saved and resumed.
+    examples: Sequence[Example]
+    pad_id: int
+    batch_size: int
+    seed: int
+
+
+def train_offline(policy: PreTrainedModel, batches: LMBatches, loss_fn: LossFn, optim: OptimConfig, run: Run,
+                  cadence: Cadence, *, audit: AuditLog | None = None,
+                  evaluate: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
+                  accelerator: Accelerator | None = None) -> PreTrainedModel:  # fmt: skip
+    """``cadence.steps`` optimizer steps of ``loss_fn`` on ``batches``.
+
+    At step 0, every ``cadence.eval_every`` steps and at the end, on the main process, ``evaluate(model,
+    step)`` (e.g. the held-out loss) is logged and ``audit(model, step, **those metrics)`` writes an audit
+    row. A NaN/inf loss aborts with the step. With several processes each trains on its share of the
+    same global batch (:func:`~rewardlab.distributed.batch_share`), its loss scaled to the global token
+    mean; the logged loss and log-prob are global, the method's stats are the mean over processes of
+    their shards' values. With ``cadence.checkpoint``, weights, optimizer, schedule, data order, RNGs,
+    the token and epoch counts and the audit rows are saved and resumed.
     """
+    examples = batches.examples
     if not examples:
         raise RewardlabError(f"{run.stage}: no training examples (all weights were 0?)")
+    # 1. optimizer, data order, and the training state to resume from
     acc = accelerator or make_accelerator()
-    world, rank = acc.num_processes, acc.process_index
-    opt, sched = make_optimizer(policy, optim, steps)
+    world = acc.num_processes
+    opt, sched = make_optimizer(policy, optim, cadence.steps)
     model, opt = acc.prepare(policy, opt)
+    trainee = Trainee(model, opt, sched, acc)
     lengths = [len(p) + len(c) for p, c in examples]
     epoch = [0]
 
     def make_epoch(rng: random.Random) -> list[list[int]]:
         epoch[0] += 1
-        return bucket_batches(lengths, batch_size, rng)
+        return bucket_batches(lengths, batches.batch_size, rng)
 
-    order = BatchOrder(make_epoch, random.Random(seed))
-    tokens, start = 0, 0
-    if checkpoint is not None:
-        checkpoint.total_steps = steps
-        checkpoint.track(model=model, optimizer=opt, scheduler=sched, data=order)
-        start = checkpoint.restore()
+    order = BatchOrder(make_epoch, random.Random(batches.seed))
+    tokens, start, ckpt = 0, 0, cadence.checkpoint
+    if ckpt is not None:
+        ckpt.total_steps = cadence.steps
+        ckpt.track(model=model, optimizer=opt, scheduler=sched, data=order)
+        start = ckpt.restore()
         if start:
-            tokens, epoch[0] = int(checkpoint.extra["tokens"]), int(checkpoint.extra["epoch"])
+            tokens, epoch[0] = int(ckpt.extra["tokens"]), int(ckpt.extra["epoch"])
             if audit is not None:
-                audit.rows = list(checkpoint.extra["audit_rows"])
+                audit.rows = list(ckpt.extra["audit_rows"])
 
     def run_eval(step: int) -> None:
         if acc.is_main_process:
@@ -441,43 +441,44 @@ def train_offline(
                 audit(unwrapped, step, **metrics)
         model.train()
 
+    cadence = dataclasses.replace(cadence, start=start, evaluate=run_eval,
+                                  checkpoint_extra=lambda: {"audit_rows": audit.rows if audit else []})  # fmt: skip
     if start == 0:
         run_eval(0)
     model.train()
-    with run.progress(steps, f"{run.stage} steps") as prog:
+    with run.progress(cadence.steps, f"{run.stage} steps") as prog:
         if start:
             advance(prog, n=start)
-        for step in range(start + 1, steps + 1):
+        for step in cadence.range():
+            # 2. this process's share of the next global batch, and the method's loss on it
             idx = order.next()
-            rows, real = local_rows(len(idx), rank, world) if world > 1 else (slice(None), True)
-            local = idx[rows]
+            share = batch_share(acc, len(idx))
+            local = idx[share.rows] if world > 1 else idx
             batch = {
-                k: v.to(acc.device) for k, v in collate_lm([examples[j] for j in local], pad_id, True).items()
+                k: v.to(acc.device)
+                for k, v in collate_lm([examples[j] for j in local], batches.pad_id, True).items()
             }
             logp, mask = completion_logprobs(model, batch)
             loss, stats = loss_fn(logp, mask, local)
             n_local, n_global = int(mask.sum()), sum(len(examples[j][1]) for j in idx)
+            real = share.real
             loss_sum, logp_sum = (
                 float(loss.detach()) * n_local * real,
                 float(logp.detach()[mask].sum()) * real,
             )
             if world > 1:  # this process's part of the global token mean; DDP averages the gradients
                 loss = loss * (n_local * world / max(n_global, 1) if real else 0.0)
-                loss_sum, logp_sum, *stat_sums = all_reduce_sum(
+                loss_sum, logp_sum, *stat_sums = reduce_sums(
                     acc, [loss_sum, logp_sum, *map(float, stats.values())]
                 )
                 stats = {k: torch.tensor(v / world) for k, v in zip(stats, stat_sums)}
-            check_finite(loss, "loss", step, run.stage)
-            acc.backward(loss)
-            gnorm = acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            # 3. the update, the metrics, evaluation and checkpoint when due
+            gnorm = trainee.update(loss, optim.max_grad_norm, step, run.stage)
             tokens += n_global
             metrics: dict[str, Any] = {
                 "train/loss": loss_sum / max(n_global, 1),
                 "train/logp": logp_sum / max(n_global, 1),
-                "train/grad_norm": float(gnorm),
+                "train/grad_norm": gnorm,
                 "train/lr": sched.get_last_lr()[0],
                 "train/epoch": epoch[0],
                 "train/tokens": tokens,
@@ -485,12 +486,7 @@ def train_offline(
                 "time/elapsed": run.elapsed,
             }
             run.log_metrics(metrics, step)
-            if eval_every and (step % eval_every == 0 or step == steps):
-                run_eval(step)
-            if checkpoint is not None:
-                checkpoint.end_step(
-                    step, tokens=tokens, epoch=epoch[0], audit_rows=audit.rows if audit else []
-                )
+            cadence.after_step(step, model, tokens=tokens, epoch=epoch[0])
             advance(prog, f"loss {metrics['train/loss']:.3f}")
     model.eval()
     return acc.unwrap_model(model)

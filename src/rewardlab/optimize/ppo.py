@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -26,7 +27,8 @@ from transformers import AutoModel, PreTrainedModel
 
 from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
-from rewardlab.distributed import all_reduce_sum, local_rows
+from rewardlab.distributed import all_reduce_sum, batch_share
+from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -40,10 +42,9 @@ from rewardlab.losses import (
     rloo_advantages,
     selective_log_softmax,
 )
-from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.policies.sampling import SampleBatch, _accepts_logits_to_keep, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
-from rewardlab.rewards.model import RewardModel
+from rewardlab.rewards.proxy import Proxy
 from rewardlab.utils import check_finite
 
 
@@ -164,16 +165,21 @@ class RolloutSamples:
     responses: list[str]
 
 
+class Actors(NamedTuple):
+    """The models of a rollout (torchtune's PPO recipe names them the same way): the policy being trained, its
+    frozen reference (``None``: no KL, as TRL's GRPO with ``beta=0``), the critic (``None`` for RLOO/GRPO),
+    the proxy that scores completions, and the tokenizer."""
+
+    policy: nn.Module
+    ref: nn.Module | None
+    critic: nn.Module | None
+    reward_model: Proxy
+    tokenizer: Any
+
+
 @torch.no_grad()
 def sample_and_score(
-    policy: nn.Module,
-    ref: nn.Module | None,
-    critic: nn.Module | None,
-    reward_model: RewardModel,
-    tokenizer,
-    prompts: list[str],
-    cfg: PPOConfig,
-    generator: torch.Generator,
+    actors: Actors, prompts: list[str], cfg: PPOConfig, generator: torch.Generator
 ) -> RolloutSamples:
     """Sample one completion per prompt (prompts already repeated k times), with log-probs, values and scores.
 
@@ -183,8 +189,9 @@ def sample_and_score(
     the sampler's (same distribution, from its own forward) and :func:`ppo_update` takes the
     ratio's denominator from its first forward, as TRL does.
     """
+    policy, ref, critic, reward_model, tokenizer = actors
     device = next(policy.parameters()).device
-    ids, pmask = encode_prompts(tokenizer, prompts)
+    ids, pmask = encode_prompts(tokenizer, prompts, cfg.max_new_tokens)
     batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
                    temperature=cfg.temperature, generator=generator)  # fmt: skip
@@ -271,19 +278,10 @@ def rollout_from_samples(s: RolloutSamples, cfg: PPOConfig, kl_coef: float) -> R
                    s.responses)  # fmt: skip
 
 
-def make_rollout(
-    policy: nn.Module,
-    ref: nn.Module | None,
-    critic: nn.Module | None,
-    reward_model: RewardModel,
-    tokenizer,
-    prompts: list[str],
-    cfg: PPOConfig,
-    kl_coef: float,
-    generator: torch.Generator,
-) -> Rollout:
+def make_rollout(actors: Actors, prompts: list[str], cfg: PPOConfig, kl_coef: float,
+                 generator: torch.Generator) -> Rollout:  # fmt: skip
     """Sample, score and compute rewards and advantages for ``prompts`` (each already repeated k times)."""
-    samples = sample_and_score(policy, ref, critic, reward_model, tokenizer, prompts, cfg, generator)
+    samples = sample_and_score(actors, prompts, cfg, generator)
     return rollout_from_samples(samples, cfg, kl_coef)
 
 
@@ -295,8 +293,6 @@ def ppo_update(
     cfg: PPOConfig,
     generator: torch.Generator,
     step: int,
-    backward=None,  # accelerator.backward or None
-    clip_grad=None,  # accelerator.clip_grad_norm_ or None
     accelerator: Accelerator | None = None,
 ) -> dict[str, float]:
     """Several epochs of clipped-objective minibatch updates on one rollout; returns averaged stats.
@@ -308,7 +304,8 @@ def ppo_update(
     statistics are token-weighted sums over processes, i.e. the minibatch means.
     """
     world = accelerator.num_processes if accelerator is not None else 1
-    rank = accelerator.process_index if accelerator is not None else 0
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip_grad = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     n = ro.mask.shape[0]
     mb_size = max(1, n // cfg.minibatches)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -321,10 +318,10 @@ def ppo_update(
             idx = perm[i : i + mb_size].to(ro.mask.device)
             weight = 1.0
             if world > 1:  # this process's share of the minibatch (a stand-in row weighted 0 if it has none)
-                rows, real = local_rows(len(idx), rank, world)
+                share = batch_share(accelerator, len(idx))
                 tokens_mb = float(ro.mask[idx].sum())
-                idx = idx[rows]
-                weight = float(ro.mask[idx].sum()) / tokens_mb if real else 0.0
+                idx = idx[share.rows]
+                weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
             mb = _slice_batch(ro.batch, idx)
             m = ro.mask[idx]
             out = policy_forward(policy, critic, mb, cfg.temperature)
@@ -348,8 +345,8 @@ def ppo_update(
                 loss = loss * (world * weight)
             check_finite(loss, "PPO loss", step, "ppo")
             optimizer.zero_grad(set_to_none=True)
-            (backward or torch.Tensor.backward)(loss)
-            gn = (clip_grad or torch.nn.utils.clip_grad_norm_)(params, cfg.optim.max_grad_norm)
+            backward(loss)
+            gn = clip_grad(params, cfg.optim.max_grad_norm)
             optimizer.step()
             mb_stats = {"pg_loss": pg_loss.item(), "clipfrac": float(pg["clipfrac"]),
                         "approxkl": float(pg["approxkl"]), "ratio": float(pg["ratio"]),

@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from rewardlab.audit.policy_eval import generate_responses
-from rewardlab.audit.tracker import AuditLog
+from rewardlab.audit.tracker import AuditLog, AuditSpec
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, process_state, stage_run
@@ -33,6 +33,7 @@ from rewardlab.feedback.factory import require_rater
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.feedback.simulated import rater_error_rate
 from rewardlab.optimize.dpo import (
+    PairStream,
     PreferenceData,
     cached_reference_logps,
     implicit_reward_metrics,
@@ -47,7 +48,7 @@ from rewardlab.pipelines.common import eval_problems, label_source, setup_stage,
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import completion_text
 from rewardlab.rewards.model import RewardModel
-from rewardlab.training import make_optimizer
+from rewardlab.training import Cadence, Trainee, make_optimizer
 from rewardlab.utils import RewardlabError, atomic_write_text
 
 #: Seed of the fresh prompts of iterated DPO (distinct from the label stage's and the audit's).
@@ -84,6 +85,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     Runs data-parallel under ``torchrun`` (the main process audits and writes) and resumes from
     ``<stage>/checkpoint`` with ``--resume``.
     """
+    # 1. the task and the inputs: policy, reference, labels, proxy (for the audit only)
     task = setup_stage(cfg, 6)
     dc = cfg.dpo
     stage = stage or dc.name
@@ -103,6 +105,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
 
+    # 2. the pairs, tokenized once, with cached reference log-probs (and MODPO's second reward)
     all_train = load_comparisons(train_path)
     train_comps = _pairs(all_train, dc.drop_ties)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
@@ -127,6 +130,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     run.info(f"{what}: {len(train)} train pairs ({len(all_train) - len(train_comps)} ties dropped), "
              f"{len(held)} held-out pairs; {dc.steps} steps of {dc.batch_size}")  # fmt: skip
 
+    # 3. optimizer, batch order, the audit and the implicit-reward evaluation
     opt, sched = make_optimizer(policy, dc.optim, dc.steps)
     policy, opt = acc.prepare(policy, opt)
     order = pair_order(train, dc.batch_size, cfg.seed * 1000 + 6)
@@ -135,8 +139,9 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         rm = RewardModel.load(reward_path)
         for m in rm.members:
             m.requires_grad_(False).to(acc.device)
-        audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
-                         seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+        spec = AuditSpec(task, eval_problems(task, dc.eval_prompts), dc.max_new_tokens, cfg.seed,
+                         temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+        audit = AuditLog(run, ref, tok, rm, spec)
     # On the audit's samples the mean implicit reward is beta * KL_k1 exactly (same reference, T = 1).
     implicit_on_samples = dc.loss != "simpo" and modpo_weight is None and dc.temperature == 1.0
 
@@ -153,6 +158,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         extra = {"implicit/audit_mean": dc.beta * row["kl/k1"]} if implicit_on_samples else {}
         run.log_metrics({**imp, **extra}, step)
 
+    # 4. resume, or audit the starting policy; then train (train_dpo: share, log-probs, loss, update, metrics)
     ckpt = Checkpointer(run, every=dc.checkpoint_every, total_steps=dc.steps, resume=cfg.resume, accelerator=acc,
                         files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
     ckpt.track(policy=policy, optimizer=opt, scheduler=sched, data=order)
@@ -161,10 +167,11 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         audit.rows = list(ckpt.extra["audit_rows"])
     elif not start:
         evaluate(0)
-    stats = train_dpo(policy, opt, sched, train, dc, steps=dc.steps, run=run, acc=acc, pad_id=pad, seed=0,
-                      reference=ref, modpo_weight=modpo_weight, evaluate=evaluate, eval_every=dc.eval_every,
-                      order=order, start=start, checkpoint=ckpt, stats=ckpt.extra if start else None,
+    cadence = Cadence(dc.steps, start, dc.eval_every, evaluate, ckpt,
                       checkpoint_extra=lambda: {"audit_rows": audit.rows if audit is not None else []})  # fmt: skip
+    stats = train_dpo(Trainee(policy, opt, sched, acc), PairStream(train, order, pad), dc, run, cadence,
+                      reference=ref, modpo_weight=modpo_weight, stats=ckpt.extra if start else None)  # fmt: skip
+    # 5. save the policy and the summary
     out = run.dir / "model"
     if audit is not None:
         out = save_model(acc.unwrap_model(policy), tok, out)
@@ -172,9 +179,10 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
                       pairs_train=len(train), pairs_eval=len(held), ties_dropped=len(all_train) - len(train_comps),
                       num_processes=acc.num_processes)  # fmt: skip
         end = audit.rows[-1]
-        run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs rater "
-                 f"{end.get('implicit/accuracy_rater', float('nan')):.3f}, vs gold "
-                 f"{end.get('implicit/accuracy_gold', float('nan')):.3f}; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+        gold = end.get("implicit/accuracy_gold") if task.info.has_gold else None
+        run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs labels "
+                 f"{end.get('implicit/accuracy_rater', float('nan')):.3f}"
+                 + (f", vs gold {gold:.3f}" if gold is not None else "") + f"; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
     acc.wait_for_everyone()
     run.close()
     return out
@@ -245,8 +253,9 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
         rm = RewardModel.load(reward_path)
         for m in rm.members:
             m.requires_grad_(False).to(acc.device)
-        audit = AuditLog(run, ref, tok, rm, task, eval_problems(task, dc.eval_prompts), max_new_tokens=dc.max_new_tokens,
-                         seed=cfg.seed, temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+        spec = AuditSpec(task, eval_problems(task, dc.eval_prompts), dc.max_new_tokens, cfg.seed,
+                         temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+        audit = AuditLog(run, ref, tok, rm, spec)
     run.info(f"{ic.rounds} rounds x ({ic.prompts_per_round} fresh prompts -> rater {rater.name} -> "
              f"{spr} {dc.loss} steps, beta {dc.beta:g}); reference: {ic.reference}")  # fmt: skip
 
@@ -297,9 +306,9 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
                 round_ref, data.examples, pad, None, packing=dc.packing, device=acc.device
             )
         run.log_metrics(info, (rnd - 1) * spr)
-        stats = train_dpo(policy, opt, sched, data, dc, steps=spr, run=run, acc=acc, pad_id=pad,
-                          seed=cfg.seed * 1000 + 7 + rnd, reference=round_ref, step_offset=(rnd - 1) * spr,
-                          extra_metrics={"round": rnd})  # fmt: skip
+        batches = PairStream(data, pair_order(data, dc.batch_size, cfg.seed * 1000 + 7 + rnd), pad)
+        cadence = Cadence(spr, step_offset=(rnd - 1) * spr, log_extra={"round": rnd})
+        stats = train_dpo(Trainee(policy, opt, sched, acc), batches, dc, run, cadence, reference=round_ref)
         row = audit_round(rnd * spr, rnd, round_ref)
         rounds.append(
             {**info, **stats, "gold/mean": row.get("gold/mean"), "proxy/mean": row.get("proxy/mean")}

@@ -28,6 +28,7 @@ from rewardlab.feedback.simulated import rater_error_rate
 from rewardlab.pipelines.common import label_source, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.runs import Run
+from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError
 
 TRAIN_PROMPT_SEED = 77_777
@@ -36,9 +37,10 @@ TRAIN_PROMPT_SEED = 77_777
 def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 3)
     lc = cfg.label
+    # 1. the arm's feedback source: a file is read and split; a rater is shown sampled pairs
     source = label_source(cfg, task, seed=cfg.seed * 101 + 3)
     if isinstance(source, LabelFile):
-        return _label_from_file(cfg, source, quiet)
+        return _label_from_file(cfg, task, source, quiet)
     rater = require_rater(source, "rewardlab label")
     paths = lc.policy_paths or [
         str(stage_input(cfg, None, "sft", "model", "SFT model")),
@@ -46,7 +48,8 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     ]
     run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
     rng = random.Random(cfg.seed * 31 + 3)
-    problems = task.sample_problems(lc.num_prompts, seed=TRAIN_PROMPT_SEED + cfg.seed)
+    problems = task.sample_items(lc.num_prompts, seed=TRAIN_PROMPT_SEED + cfg.seed)
+    # 2. sample k completions per prompt from the configured policies
     origin = rng.choices(range(len(paths)), weights=lc.policy_weights, k=len(problems))
     completions: list[list[str]] = [[] for _ in problems]
     gen = torch.Generator().manual_seed(cfg.seed * 17 + 3)
@@ -62,6 +65,7 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
         for j, i in enumerate(idx):
             completions[i] = out[j * lc.k : (j + 1) * lc.k]
 
+    # 3. the rater compares (k = 2) or ranks (k > 2); identical completions carry no information
     comps: list[tuple[int, Comparison]] = []
     ranks: list[tuple[int, Ranking]] = []
     dropped = 0
@@ -80,6 +84,7 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
             ranks.append((i, r))
             for a, b in r.pairs():
                 comps.append((i, _pair_from_ranking(r, a, b, task.meta(p), paths[origin[i]])))
+    # 4. split by prompt, write TRL-format files, and the rater's error rate against gold
     n_eval_prompts = int(len(problems) * lc.eval_fraction)
     train = [c for i, c in comps if i >= n_eval_prompts]
     evals = [c for i, c in comps if i < n_eval_prompts]
@@ -128,15 +133,23 @@ def _pair_from_ranking(r: Ranking, a: int, b: int, meta: dict, source: str) -> C
                       meta={**r.meta, **meta, "policy": Path(source).parent.name})  # fmt: skip
 
 
-def _label_from_file(cfg: PipelineConfig, source: LabelFile, quiet: bool) -> Path:
-    """``label.source: file``: read the comparisons, shuffle them once (seeded), split off ``eval_fraction``."""
+def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: bool) -> Path:
+    """``label.source: file``: read the comparisons and split them. When the task knows which of its prompts
+    it holds out (``split_of``: a dataset task on the same file), the eval pairs are exactly those, so the
+    audit's prompts are never trained on; otherwise a seeded shuffle splits off ``eval_fraction``."""
     lc = cfg.label
     run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
     comps = source.comparisons()
-    order = list(range(len(comps)))
-    random.Random(cfg.seed * 31 + 3).shuffle(order)
-    n_eval = max(1, int(len(comps) * lc.eval_fraction))
-    evals, train = [comps[i] for i in order[:n_eval]], [comps[i] for i in order[n_eval:]]
+    split_of = getattr(task, "split_of", None)
+    sides = [split_of(c.prompt) for c in comps] if callable(split_of) else []
+    if "eval" in sides:
+        evals = [c for c, side in zip(comps, sides, strict=True) if side == "eval"]
+        train = [c for c, side in zip(comps, sides, strict=True) if side != "eval"]
+    else:
+        order = list(range(len(comps)))
+        random.Random(cfg.seed * 31 + 3).shuffle(order)
+        n_eval = max(1, int(len(comps) * lc.eval_fraction))
+        evals, train = [comps[i] for i in order[:n_eval]], [comps[i] for i in order[n_eval:]]
     if not train:
         raise RewardlabError(
             f"label.file.path: {len(comps)} records leave none for training after the eval split"

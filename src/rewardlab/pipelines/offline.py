@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.audit.tracker import AuditLog
+from rewardlab.audit.tracker import AuditLog, AuditSpec
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import OfflineMethodConfig, PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
@@ -42,6 +42,7 @@ from rewardlab.optimize.lm import Example, save_model, train_lm
 from rewardlab.optimize.offline import (
     BAD,
     GOOD,
+    LMBatches,
     LossFn,
     OfflineSample,
     add_control_tokens,
@@ -71,6 +72,7 @@ from rewardlab.policies.tokenizer import encode_examples, tokenizer_for_task
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task, has_capability
+from rewardlab.training import Cadence
 from rewardlab.utils import RewardlabError
 
 OFFLINE_PROMPT_SEED = 333_333
@@ -232,18 +234,18 @@ def _train_and_finish(s: _Stage, method: OfflineMethodConfig, prompts: list[str]
     held_out = eval_problems(s.task, oc.eval_prompts)
     audit = None
     if s.acc.is_main_process:
-        audit = AuditLog(run, s.ref, s.tok, s.rm, s.task, held_out, max_new_tokens=oc.max_new_tokens,
-                         seed=cfg.seed, kl_estimator=oc.kl_estimator, temperature=oc.temperature,
-                         samples_to_save=oc.samples_to_save, prompt_transform=prompt_transform)  # fmt: skip
+        spec = AuditSpec(s.task, held_out, oc.max_new_tokens, cfg.seed, oc.kl_estimator, oc.temperature,
+                         oc.samples_to_save, prompt_transform)  # fmt: skip
+        audit = AuditLog(run, s.ref, s.tok, s.rm, spec)
 
     def evaluate(model: PreTrainedModel, step: int) -> dict[str, float]:
         return {"eval/loss": evaluate_loss(model, eval_ex, held_out_loss, pad)} if eval_ex else {}
 
     ckpt = Checkpointer(run, every=oc.checkpoint_every, total_steps=steps, resume=cfg.resume, accelerator=s.acc,
                         files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
-    policy = train_offline(s.policy, train_ex, train_loss, pad_id=pad, steps=steps, batch_size=oc.batch_size,
-                           optim=optim, run=run, seed=cfg.seed, audit=audit, evaluate=evaluate,
-                           eval_every=eval_every, accelerator=s.acc, checkpoint=ckpt)  # fmt: skip
+    policy = train_offline(s.policy, LMBatches(train_ex, pad, oc.batch_size, cfg.seed), train_loss, optim, run,
+                           Cadence(steps, eval_every=eval_every, checkpoint=ckpt), audit=audit, evaluate=evaluate,
+                           accelerator=s.acc)  # fmt: skip
     out = run.dir / "model"
     if audit is not None:
         out = save_model(policy, s.tok, out)
@@ -384,8 +386,8 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
     ckpt = Checkpointer(
         run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc
     )
-    model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
-                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt)  # fmt: skip
+    model = train_lm(model, next_batch, pc.optim, run, Cadence(pc.steps, eval_every=pc.eval_every, evaluate=evaluate,
+                     checkpoint=ckpt), accelerator=acc)  # fmt: skip
     out = run.dir / "model"
     if not acc.is_main_process:
         acc.wait_for_everyone()

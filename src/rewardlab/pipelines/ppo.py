@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from rewardlab.audit.tracker import AuditLog
+from rewardlab.audit.tracker import AuditLog, AuditSpec
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig, PPOConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.losses import AdaptiveKLController, FixedKLController
 from rewardlab.optimize.lm import save_model
 from rewardlab.optimize.ppo import (
+    Actors,
     Rollout,
     RolloutSamples,
     SharedValueHead,
@@ -46,6 +47,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     the update is then sharded by minibatch rows (see :func:`ppo_update`). A run's samples depend on
     the number of shards, not on the number of processes.
     """
+    # 1. the task, the inputs and the processes
     task = setup_stage(cfg, 5)
     pc = cfg.ppo
     stage = stage or ("ppo" if pc.advantage == "gae" else pc.advantage)
@@ -61,6 +63,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
         )
     run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
     run.write_json("../arm.json", cfg.arm_info())
+    # 2. the actors: policy, frozen reference, proxy, critic (GAE only)
     tok = load_tokenizer(policy_path)
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
@@ -76,6 +79,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             critic = ValueModel.from_pretrained(
                 reward_path / "members" / "0" if pc.value_init == "reward" else policy_path
             )
+    # 3. optimizer, KL controller, generators, the audit
     opt, _ = make_optimizer(torch.nn.ModuleList([policy, *([critic] if critic else [])]), pc.optim, pc.steps)
     if critic is not None:
         policy, critic, opt = acc.prepare(policy, critic, opt)
@@ -91,8 +95,10 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     held_out = eval_problems(task, pc.eval_prompts)
     audit = None
     if acc.is_main_process:
-        audit = AuditLog(run, ref, tok, rm, task, held_out, max_new_tokens=pc.max_new_tokens, seed=cfg.seed,
-                         kl_estimator=pc.kl_estimator, temperature=pc.temperature, samples_to_save=pc.samples_to_save)  # fmt: skip
+        spec = AuditSpec(task, held_out, pc.max_new_tokens, cfg.seed, pc.kl_estimator, pc.temperature,
+                         pc.samples_to_save)  # fmt: skip
+        audit = AuditLog(run, ref, tok, rm, spec)
+    # 4. resume, or audit the starting policy
     ckpt = Checkpointer(run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc,
                         files=("metrics.jsonl", "audit.jsonl", "audit.json"))  # fmt: skip
     ckpt.track(policy=policy, critic=critic, optimizer=opt, generator=gen, prompt_rng=rng)
@@ -110,25 +116,28 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
         if start:
             advance(prog, n=start)
         for step in range(start + 1, pc.steps + 1):
+            # 5. generate the trajectory: fresh task prompts, k samples each, scored by the proxy
             items = [task.sample_item(rng) for _ in range(pc.prompts_per_step)]
             prompts = [task.prompt(i) for i in items for _ in range(pc.samples_per_prompt)]
             if shards == 1:
-                ro = make_rollout(policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, gen)
+                ro = make_rollout(Actors(policy, ref, critic, rm, tok), prompts, pc, kl_ctl.value, gen)
             else:
                 ro = sharded_rollout(
-                    acc, policy, ref, critic, rm, tok, prompts, pc, kl_ctl.value, shard_gens, shards
+                    acc, Actors(policy, ref, critic, rm, tok), prompts, pc, kl_ctl.value, shard_gens
                 )
+            # 6. update policy (and critic) on the rollout, adapt the KL coefficient
             metrics = rollout_metrics(ro, pc, kl_ctl.value)
-            metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, acc.backward, acc.clip_grad_norm_,
-                                      accelerator=acc))  # fmt: skip
+            metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, accelerator=acc))
             kl_ctl.update(metrics["objective/kl"], len(prompts))
             metrics["eps"] = step * len(prompts) / max(run.elapsed, 1e-9)
             metrics["time/elapsed"] = run.elapsed
             run.log_metrics(metrics, step)
+            # 7. audit proxy vs gold vs KL when due, checkpoint
             if audit is not None and (step % pc.eval_every == 0 or step == pc.steps):
                 audit(acc.unwrap_model(policy), step, kl_coef=kl_ctl.value)
             ckpt.end_step(step, kl_coef=kl_ctl.value, audit_rows=audit.rows if audit is not None else [])
             advance(prog, f"score {metrics['objective/scores']:+.2f} kl {metrics['objective/kl']:.2f}")
+    # 8. save the policy and the summary
     out = run.dir / "model"
     if acc.is_main_process and audit is not None:
         out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
@@ -146,19 +155,19 @@ def rollout_generator(seed: int, shard: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000 + 5 + 7_919 * (shard + 1))
 
 
-def sharded_rollout(acc: Accelerator, policy: torch.nn.Module, ref: torch.nn.Module, critic: torch.nn.Module | None,
-                    rm: RewardModel, tok, prompts: list[str], pc: PPOConfig, kl_coef: float,
-                    shard_gens: dict[int, torch.Generator], shards: int) -> Rollout:  # fmt: skip
+def sharded_rollout(acc: Accelerator, actors: Actors, prompts: list[str], pc: PPOConfig, kl_coef: float,
+                    shard_gens: dict[int, torch.Generator]) -> Rollout:  # fmt: skip
     """Sample and score this process's shards of ``prompts``, gather every shard, finish the rollout.
 
-    Each shard is sampled with its own generator, so the result depends on ``shards`` only: one
+    ``shard_gens`` maps this process's shard indices (of ``pc.rollout_shards`` or the process count) to
+    their generators. Each shard is sampled with its own generator, so the result depends on the shard count only: one
     process sampling two shards gives the same rollout as two processes sampling one each.
     Rewards, whitening and advantages are then computed on the whole batch by every process.
     """
-    per = len(prompts) // shards
-    mine = [sample_and_score(acc.unwrap_model(policy), ref, acc.unwrap_model(critic) if critic is not None else None,
-                             rm, tok, prompts[s * per : (s + 1) * per], pc, g)
-            for s, g in shard_gens.items()]  # fmt: skip
+    per = len(prompts) // (pc.rollout_shards or acc.num_processes)
+    local = actors._replace(policy=acc.unwrap_model(actors.policy),
+                            critic=acc.unwrap_model(actors.critic) if actors.critic is not None else None)  # fmt: skip
+    mine = [sample_and_score(local, prompts[s * per : (s + 1) * per], pc, g) for s, g in shard_gens.items()]
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -166,7 +175,7 @@ def sharded_rollout(acc: Accelerator, policy: torch.nn.Module, ref: torch.nn.Mod
         parts = [_to(s, acc.device) for s in gather_object(mine)]
     else:
         parts = mine
-    return rollout_from_samples(concat_samples(parts, int(tok.pad_token_id)), pc, kl_coef)
+    return rollout_from_samples(concat_samples(parts, int(actors.tokenizer.pad_token_id)), pc, kl_coef)
 
 
 def _to(s: RolloutSamples, device: torch.device) -> RolloutSamples:

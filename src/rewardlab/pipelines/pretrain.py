@@ -14,6 +14,7 @@ from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_sta
 from rewardlab.policies.models import build_causal_lm, num_parameters
 from rewardlab.policies.tokenizer import encode_examples, tokenizer_for_task
 from rewardlab.tasks.base import has_capability
+from rewardlab.training import Cadence
 from rewardlab.utils import RewardlabError
 
 
@@ -53,9 +54,8 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     ckpt = Checkpointer(
         run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc
     )
-    model = train_lm(model, next_batch, steps=pc.steps, optim=pc.optim, run=run, evaluate=evaluate,
-                     eval_every=pc.eval_every, accelerator=acc, checkpoint=ckpt,
-                     chunks=pc.length_chunks)  # fmt: skip
+    model = train_lm(model, next_batch, pc.optim, run, Cadence(pc.steps, eval_every=pc.eval_every, evaluate=evaluate,
+                     checkpoint=ckpt), accelerator=acc, chunks=pc.length_chunks)  # fmt: skip
     out = run.dir / "model"
     if acc.is_main_process:
         out, _ = finish_lm_stage(

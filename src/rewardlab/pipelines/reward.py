@@ -15,12 +15,13 @@ from rewardlab.feedback.records import Comparison, load_comparisons, load_rankin
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
-from rewardlab.rewards.train import evaluate_comparisons, reward_stats, train_reward_member
+from rewardlab.rewards.train import RewardData, evaluate_comparisons, reward_stats, train_reward_member
 from rewardlab.tasks.base import Task, has_capability
 from rewardlab.utils import RewardlabError
 
 
 def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    # 1. the task and the inputs: backbone, comparisons (or rankings), the verifier when the task offers one
     task = setup_stage(cfg, 4)
     rc = cfg.reward
     init = stage_input(cfg, rc.init_path, "sft", "model", "reward-model backbone")
@@ -48,6 +49,7 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
         vpath = stage_input(cfg, rc.verifier_path, "sft", "model", "verifier")
         verifier = load_causal_lm(vpath).eval().requires_grad_(False)
         run.info(f"verifier feature: frozen {vpath}")
+    # 2. train each member of the ensemble (BT or PL; data-parallel under torchrun; resumable)
     members = []
     for m in range(rc.ensemble_size):
         seed = cfg.seed * 100 + m
@@ -58,13 +60,13 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
         ckpt = Checkpointer(run, every=rc.checkpoint_every, resume=cfg.resume, accelerator=acc,
                             path=run.dir / "checkpoint" / f"member{m}")  # fmt: skip
-        members.append(train_reward_member(model, tok, rc, pairs=pairs, rankings=rankings, seed=seed, run=run,
-                                           member=m, evaluate=evaluate, verifier=verifier, accelerator=acc,
-                                           checkpoint=ckpt))  # fmt: skip
+        members.append(train_reward_member(model, RewardData(tok, pairs, rankings, verifier), rc, run, seed=seed,
+                                           member=m, evaluate=evaluate, accelerator=acc, checkpoint=ckpt))  # fmt: skip
     if not acc.is_main_process:  # normalization, evaluation and saving happen once, on the main process
         acc.wait_for_everyone()
         return run.dir / "model"
 
+    # 3. normalize, evaluate against rater and gold labels, save
     # Normalize (mean 0, std 1 per member) on samples of the SFT policy, or on the training completions.
     prompts, responses = normalization_set(cfg, task, pairs)
     rm = RewardModel(members, tok, alpha=rc.ensemble_alpha, verifier=verifier)
@@ -81,8 +83,10 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     hard = max(
         (int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None
     )
-    msg = f"{rm.backbone} backbone; accuracy vs rater {final.get('eval/accuracy_rater', float('nan')):.3f}, vs gold {final.get('eval/accuracy_gold', float('nan')):.3f}"
-    if hard is not None:
+    msg = f"{rm.backbone} backbone; accuracy vs labels {final.get('eval/accuracy_rater', float('nan')):.3f}"
+    if "eval/accuracy_gold" in final and task.info.has_gold:
+        msg += f", vs gold {final['eval/accuracy_gold']:.3f}"
+    if hard is not None and task.info.has_gold:
         msg += (f"; hardest (d{hard}) rater {final.get(f'eval/accuracy_rater_d{hard}', float('nan')):.3f} "
                 f"gold {final.get(f'eval/accuracy_gold_d{hard}', float('nan')):.3f}")  # fmt: skip
     run.info(f"{msg}; ECE {final['eval/ece']:.3f}; saved {out} in {run.elapsed:.0f}s")

@@ -160,7 +160,7 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
             f"[bold]rewardlab:[/] task {cfg.build_task().info.name}; {'/'.join(cfg.methods)} optimize a proxy "
             f"learned from {cfg.arm_name} feedback (controls: "
             f"{', '.join(cfg.control_arm(c).arm_name for c in cfg.controls) or 'none'}); the audit measures proxy, "
-            "gold and KL all along."
+            f"{'gold ' if cfg.build_task().info.has_gold else ''}and KL all along."
         )
     t_start = time.perf_counter()
     times: dict[str, float] = {}

@@ -17,7 +17,7 @@ from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_sta
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.tasks.base import has_capability
-from rewardlab.training import BatchOrder, bucket_batches, shuffled_batches
+from rewardlab.training import BatchOrder, Cadence, bucket_batches, shuffled_batches
 from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
 
 
@@ -93,8 +93,8 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     ckpt = Checkpointer(
         run, every=sc.checkpoint_every, total_steps=sc.steps, resume=cfg.resume, accelerator=acc
     )
-    model = train_lm(model, next_batch, steps=sc.steps, optim=sc.optim, run=run, evaluate=evaluate,
-                     eval_every=sc.eval_every, accelerator=acc, checkpoint=ckpt, data_state=order)  # fmt: skip
+    model = train_lm(model, next_batch, sc.optim, run, Cadence(sc.steps, eval_every=sc.eval_every, evaluate=evaluate,
+                     checkpoint=ckpt), accelerator=acc, data_state=order)  # fmt: skip
     out = run.dir / "model"
     if acc.is_main_process:
         out, _ = finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)

@@ -23,6 +23,7 @@ All randomness comes from the ``generator`` argument: the same seed gives the sa
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import DynamicLayer
 
-from rewardlab.policies.tokenizer import encode_prompt
+from rewardlab.kernels.fast_decoder import FastDecoder
+from rewardlab.policies.tokenizer import context_limit, encode_prompt
 
 CacheImplementation = Literal["static", "dynamic"]
 
@@ -54,34 +56,27 @@ _DEDUP_PROMPTS = True
 # On CPU, decode Llama/Qwen2 models with _FastDecoder (their eager forward's exact operations on
 # their own weights, without transformers' per-call module and cache bookkeeping).
 _FAST_DECODE = True
-# _FastDecoder: one matmul for q/k/v and one for gate/up (weights concatenated once per call).
-# With MKL it is no faster on CPU (11M params, batch 8: 880 vs 790 ms per 48 tokens), so it is
-# forced only by this flag; with oneDNN (below) groups big enough to be packed are fused.
-_FUSE_PROJECTIONS = False
-# _FastDecoder when sampling (not greedy): fp32 matmuls through oneDNN with weights prepacked once
-# per call, ~1.6x faster than the default MKL GEMM at RL batch sizes on CPU (11M params, batch 8:
-# 481 vs 787 ms per 48 tokens). Results differ from MKL's in the last bits (~1e-6 relative), so
-# greedy decoding keeps the exact MKL path (its outputs equal model.generate's).
-_ONEDNN_SAMPLING = True
-# ... for weight matrices of at least this many entries: below it oneDNN's per-call overhead wins
-# (1M params: packing every matrix made a 48-token call 1.25x slower; packing only the LM head helps).
-_ONEDNN_MIN_WEIGHT = 262_144
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict[str, str]]]
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict[str, str]]], max_new_tokens: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Tokenize prompts (chat-formatted, see :func:`encode_prompt`) into a LEFT-padded batch.
 
     Returns ``(input_ids, attention_mask)``, both ``[B, P]`` long tensors, where ``P`` is the longest
-    prompt; padding uses ``tokenizer.pad_token_id`` and has mask 0.
+    prompt; padding uses ``tokenizer.pad_token_id`` and has mask 0. A prompt longer than the tokenizer's
+    ``model_max_length`` minus ``max_new_tokens`` keeps its last tokens, so prompt and response fit.
     """
     if len(prompts) == 0:
         raise ValueError("encode_prompts needs at least one prompt")
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has no pad_token_id")
+    limit = context_limit(tokenizer)
+    budget = max(1, limit - max_new_tokens) if limit is not None else None
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    if budget is not None:
+        encoded = [ids[-budget:] for ids in encoded]
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("a prompt encodes to zero tokens")
     width = max(len(ids) for ids in encoded)
@@ -138,16 +133,15 @@ class SampleBatch:
         return int(self.response_ids.shape[0])
 
 
-def _validate(
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    greedy: bool,
-    cache_implementation: str,
-) -> None:
+def _validate(prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding) -> None:
+    max_new_tokens, temperature, top_k, top_p, greedy = (
+        d.max_new_tokens,
+        d.temperature,
+        d.top_k,
+        d.top_p,
+        d.greedy,
+    )
+    cache_implementation = d.cache_implementation
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not greedy and not temperature > 0:
@@ -266,241 +260,6 @@ def _use_eager_attention_on_cpu(model: torch.nn.Module) -> str | None:
     return "sdpa"
 
 
-class _FastDecoder:
-    """Decode-only forward of a Llama-family causal LM (Llama, Qwen2), one new token per row, on CPU.
-
-    At RL batch sizes a tiny model's decoding step is mostly Python: transformers' forward runs
-    ~15 module calls, mask and cache bookkeeping per layer, which costs more than the arithmetic at
-    ~1M params. This class replays the *same operations in the same order* as the eager forward
-    (RMSNorm in float32, RoPE from the model's own rotary table, ``q k^T * scaling + mask``, float32
-    softmax, SwiGLU MLP, final norm, LM head) on the model's own weights, with a preallocated
-    ``[B, kv_heads, total_len, head_dim]`` KV cache per layer written with ``index_copy_`` like
-    ``StaticCache``, so its logits are bitwise those of the eager forward (tested), and greedy
-    outputs those of ``model.generate``. With ``_FUSE_PROJECTIONS`` q/k/v (and gate/up) are one
-    matmul against concatenated weights, which still gives the same bits on CPU (tested).
-
-    :meth:`build` returns ``None`` (and :func:`sample` uses transformers' forward) unless the model is
-    exactly such a model: a plain ``LlamaForCausalLM``/``Qwen2ForCausalLM`` on CPU, default RoPE,
-    full attention in every layer, ``nn.Linear`` projections (no adapters) and no module hooks.
-    """
-
-    _ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-
-    def __init__(self, model: torch.nn.Module, batch: int, total_len: int, exact: bool = True) -> None:
-        inner: Any = model.model  # type: ignore[union-attr]
-        config: Any = model.config  # type: ignore[union-attr]
-        attn0 = inner.layers[0].self_attn
-        self.heads = int(config.num_attention_heads)
-        self.kv_heads = int(config.num_key_value_heads)
-        self.head_dim = int(attn0.head_dim)
-        self.groups = self.heads // self.kv_heads
-        self.scaling = float(attn0.scaling)
-        self.embed = inner.embed_tokens.weight
-        self.final_norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
-        head: Any = model.get_output_embeddings()  # type: ignore[operator]
-        self.pack = not exact and _ONEDNN_SAMPLING and _onednn_available(self.embed)
-        self.batch = batch
-        self.lm_head = self._weights(head.weight, head.bias)
-        param = self.embed
-        positions = torch.arange(total_len, device=param.device)[None]
-        cos, sin = inner.rotary_emb(param[:1], positions)  # the model's own table, row = position
-        self.cos, self.sin = cos[0], sin[0]
-        self.layers: list[dict[str, Any]] = []
-        self.keys: list[Tensor] = []
-        self.values: list[Tensor] = []
-        for layer in inner.layers:
-            a, m = layer.self_attn, layer.mlp
-            w: dict[str, Any] = {
-                "norm1": (layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)),
-                "norm2": (
-                    layer.post_attention_layernorm.weight,
-                    float(layer.post_attention_layernorm.variance_epsilon),
-                ),
-                "o": self._weights(a.o_proj.weight, a.o_proj.bias),
-                "down": self._weights(m.down_proj.weight, m.down_proj.bias),
-                "act": m.act_fn,
-            }
-            for group, names, mods in (
-                ("qkv", ("q", "k", "v"), (a.q_proj, a.k_proj, a.v_proj)),
-                ("gate_up", ("gate", "up"), (m.gate_proj, m.up_proj)),
-            ):
-                size = sum(mod.weight.numel() for mod in mods)
-                if _FUSE_PROJECTIONS or (self.pack and size >= _ONEDNN_MIN_WEIGHT):
-                    w[group] = self._weights(*_concat_linear(list(mods)))
-                else:
-                    w.update({n: self._weights(mod.weight, mod.bias) for n, mod in zip(names, mods)})
-            self.layers.append(w)
-            shape = (batch, self.kv_heads, total_len, self.head_dim)
-            self.keys.append(param.new_zeros(shape))
-            self.values.append(param.new_zeros(shape))
-
-    def _weights(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
-        """``(weight, bias, packed)``: the weight as is, or prepacked for oneDNN when sampling."""
-        if self.pack and weight.numel() >= _ONEDNN_MIN_WEIGHT:
-            return torch.ops.mkldnn._reorder_linear_weight(weight, self.batch), bias, True
-        return weight, bias, False
-
-    @classmethod
-    def build(
-        cls, model: torch.nn.Module, batch: int, total_len: int, exact: bool = True
-    ) -> _FastDecoder | None:
-        """A decoder for ``model``, or ``None`` when the model is not one this class replays exactly.
-
-        ``exact=False`` (sampling) lets fp32 matmuls run through oneDNN (see ``_ONEDNN_SAMPLING``).
-        """
-        if not _FAST_DECODE or type(model).__name__ not in cls._ARCHS:
-            return None
-        config: Any = getattr(model, "config", None)
-        inner: Any = getattr(model, "model", None)
-        param = next(model.parameters(), None)
-        if config is None or inner is None or param is None or param.device.type != "cpu":
-            return None
-        if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
-            return None
-        rotary = getattr(inner, "rotary_emb", None)
-        if getattr(rotary, "rope_type", None) != "default" or getattr(config, "pretraining_tp", 1) != 1:
-            return None
-        if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
-            return None
-        if any(_observed(mod) for mod in model.modules()):
-            return None  # someone observes or edits intermediate outputs: run the real modules
-        linears = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-        for layer in inner.layers:
-            subs = [getattr(layer.self_attn, n, None) for n in linears[:4]]
-            subs += [getattr(layer.mlp, n, None) for n in linears[4:]]
-            if any(type(x) is not torch.nn.Linear for x in subs):
-                return None  # LoRA or quantized layers compute something else
-            norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if any(not type(n).__name__.endswith("RMSNorm") for n in norms):
-                return None
-        if type(model.get_output_embeddings()) is not torch.nn.Linear:  # type: ignore[operator]
-            return None
-        return cls(model, batch, total_len, exact)
-
-    def load_prompt_cache(self, cache: DynamicCache, prompt_len: int) -> None:
-        """Copy the prefilled prompt keys/values (``[B, kv_heads, prompt_len, head_dim]``) into slots 0.."""
-        for i, layer in enumerate(cache.layers):
-            self.keys[i][:, :, :prompt_len] = layer.keys  # type: ignore[union-attr]
-            self.values[i][:, :, :prompt_len] = layer.values  # type: ignore[union-attr]
-
-    def reorder(self, keep: Tensor) -> None:
-        """Keep only the rows ``keep`` of the cache (finished rows leave the compute batch)."""
-        self.keys = [k.index_select(0, keep) for k in self.keys]
-        self.values = [v.index_select(0, keep) for v in self.values]
-
-    def step(self, tokens: Tensor, positions: Tensor, mask: Tensor, slot: int) -> Tensor:
-        """Logits ``[b, V]`` for one token per row at ``positions`` ``[b]``, written to cache ``slot``.
-
-        ``mask`` is the additive ``[b, 1, 1, total_len]`` attention mask (0 = attend).
-        """
-        b = tokens.shape[0]
-        slot_idx = torch.tensor([slot], device=tokens.device)
-        h = torch.nn.functional.embedding(tokens[:, None], self.embed)  # [b, 1, D]
-        cos = self.cos[positions][:, None, None]  # [b, 1, 1, head_dim], as apply_rotary_pos_emb
-        sin = self.sin[positions][:, None, None]
-        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        for i, w in enumerate(self.layers):
-            residual = h
-            x = _rms_norm(h, *w["norm1"])
-            if "qkv" in w:  # q and k rotated together: the same elementwise ops, half the calls
-                qkv = _linear(x, w["qkv"])
-                qk = qkv[..., : nq + nkv].reshape(b, 1, self.heads + self.kv_heads, self.head_dim)
-                qk = qk.transpose(1, 2)
-                qk = (qk * cos) + (_rotate_half(qk) * sin)
-                q, k = qk[:, : self.heads], qk[:, self.heads :]
-                v = qkv[..., nq + nkv :].reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            else:
-                q, k, v = _linear(x, w["q"]), _linear(x, w["k"]), _linear(x, w["v"])
-                q = q.reshape(b, 1, self.heads, self.head_dim).transpose(1, 2)
-                k = k.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-                v = v.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-                q = (q * cos) + (_rotate_half(q) * sin)
-                k = (k * cos) + (_rotate_half(k) * sin)
-            self.keys[i].index_copy_(2, slot_idx, k)
-            self.values[i].index_copy_(2, slot_idx, v)
-            keys, values = _repeat_kv(self.keys[i], self.groups), _repeat_kv(self.values[i], self.groups)
-            scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling + mask
-            probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
-            if probs.dtype != q.dtype:
-                probs = probs.to(q.dtype)
-            out = torch.matmul(probs, values).transpose(1, 2).contiguous().reshape(b, 1, -1)
-            h = residual + _linear(out, w["o"])
-            residual = h
-            x = _rms_norm(h, *w["norm2"])
-            if "gate_up" in w:
-                gate, up = _linear(x, w["gate_up"]).chunk(2, dim=-1)
-            else:
-                gate, up = _linear(x, w["gate"]), _linear(x, w["up"])
-            h = residual + _linear(w["act"](gate) * up, w["down"])
-        h = _rms_norm(h, *self.final_norm)
-        return _linear(h[:, -1], self.lm_head)
-
-
-def _observed(module: torch.nn.Module) -> bool:
-    """``module`` has forward (pre-)hooks other than transformers' output-capturing ones.
-
-    transformers installs those on the decoder layers the first time ``output_hidden_states`` is
-    asked for and leaves them in place; they do nothing unless a forward asks for those outputs.
-    """
-    if module._forward_pre_hooks:
-        return True
-    return any(
-        getattr(h, "__name__", "") != "output_capturing_hook"
-        or not getattr(h, "__module__", "").startswith("transformers.")
-        for h in module._forward_hooks.values()
-    )
-
-
-def _concat_linear(layers: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    weight = torch.cat([m.weight for m in layers])
-    if all(m.bias is None for m in layers):
-        return weight, None
-    biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in layers]
-    return weight, torch.cat(biases)
-
-
-def _linear(x: Tensor, wb: tuple[Tensor, Tensor | None, bool]) -> Tensor:
-    weight, bias, packed = wb
-    if not packed:
-        return torch.nn.functional.linear(x, weight, bias)
-    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
-    return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def _onednn_available(like: Tensor) -> bool:
-    """oneDNN's prepacked fp32 linear (the op inductor uses on CPU) is there and works."""
-    if like.dtype != torch.float32 or like.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        w = like.new_ones((2, 3))
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
-        y = torch.ops.mkldnn._linear_pointwise(like.new_ones((1, 3)), packed, None, "none", [], "")
-    except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without these ops
-        return False
-    return bool(torch.equal(y, like.new_full((1, 2), 3.0)))
-
-
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """transformers' LlamaRMSNorm / Qwen2RMSNorm, operation for operation."""
-    dtype = x.dtype
-    if dtype != torch.float32:  # .to() to the same dtype is the identity: skip its dispatch
-        x = x.to(torch.float32)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * (x if dtype == torch.float32 else x.to(dtype))
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _repeat_kv(x: Tensor, groups: int) -> Tensor:
-    if groups == 1:
-        return x
-    b, h, n, d = x.shape
-    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
-
-
 def _response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
     """1 up to and including the first EOS of each row, 0 after (works when pad == eos)."""
     is_eos = (response_ids == eos_token_id).long()
@@ -508,22 +267,27 @@ def _response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
     return (eos_before == 0).long()
 
 
-def sample(
-    model: torch.nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    generator: torch.Generator | None = None,
-    cache_implementation: CacheImplementation = "static",
-) -> SampleBatch:
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode (the knobs of ``transformers``' ``GenerationConfig`` that :func:`sample` supports)."""
+
+    max_new_tokens: int
+    eos_token_id: int
+    pad_token_id: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    cache_implementation: CacheImplementation = "static"
+
+
+def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, decoding: Decoding | None = None, *,
+           generator: torch.Generator | None = None, **settings: Any) -> SampleBatch:  # fmt: skip
     """Sample responses to a LEFT-padded prompt batch, with a KV cache, and return a :class:`SampleBatch`.
+
+    The decoding settings are a :class:`Decoding`, or its fields as keywords (``max_new_tokens=...,
+    eos_token_id=..., pad_token_id=...``, as ``model.generate`` takes them); keywords override a given
+    ``decoding``'s fields.
 
     Args:
         model: a Hugging Face causal LM (called with ``input_ids``, ``attention_mask``,
@@ -548,28 +312,18 @@ def sample(
         feed a training forward directly. Its ``T`` is the number of steps actually run: it is
         ``max_new_tokens`` unless every row produced EOS earlier.
     """
-    _validate(
-        prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, greedy, cache_implementation
-    )
+    d = dataclasses.replace(decoding, **settings) if decoding is not None else Decoding(**settings)
+    _validate(prompt_ids, prompt_mask, d)
+    eos_token_id, pad_token_id = int(d.eos_token_id), int(d.pad_token_id)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     restore_attn = _use_eager_attention_on_cpu(model)
     try:
         with torch.inference_mode():
-            response_ids, logprobs = _generate(
-                model,
-                prompt_ids,
-                prompt_mask,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=int(eos_token_id),
-                pad_token_id=int(pad_token_id),
-                temperature=1.0 if greedy else float(temperature),
-                top_k=int(top_k),
-                top_p=float(top_p),
-                greedy=greedy,
-                generator=generator,
-                cache_implementation=cache_implementation,
-            )
+            run = dataclasses.replace(d, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                      temperature=1.0 if d.greedy else float(d.temperature), top_k=int(d.top_k),
+                                      top_p=float(d.top_p))  # fmt: skip
+            response_ids, logprobs = _generate(model, prompt_ids, prompt_mask, run, generator)
     finally:
         for m, was_training in modes:
             m.training = was_training
@@ -705,28 +459,23 @@ def _prefill(
     return out.logits[:, -1, :]
 
 
-def _generate(
-    model: torch.nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    greedy: bool,
-    generator: torch.Generator | None,
-    cache_implementation: CacheImplementation,
-) -> tuple[Tensor, Tensor]:
+def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The decoding loop (under inference mode); returns ``(response_ids, logprobs)`` of ``[B, steps]``."""
+    max_new_tokens, eos_token_id, pad_token_id = d.max_new_tokens, d.eos_token_id, d.pad_token_id
+    temperature, top_k, top_p, greedy, cache_implementation = (
+        d.temperature,
+        d.top_k,
+        d.top_p,
+        d.greedy,
+        d.cache_implementation,
+    )
     device = prompt_ids.device
     batch, prompt_len = prompt_ids.shape
     total_len = prompt_len + max_new_tokens
     config: Any = model.config  # type: ignore[union-attr]
     cache: StaticCache | DynamicCache
-    decoder = _FastDecoder.build(model, batch, total_len, exact=greedy)
+    decoder = FastDecoder.build(model, batch, total_len, exact=greedy) if _FAST_DECODE else None
     if decoder is not None:
         cache = DynamicCache(config=config)  # the prefill's; then copied into the decoder's own
     elif cache_implementation == "static":

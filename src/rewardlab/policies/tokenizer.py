@@ -124,18 +124,41 @@ def decode_completion(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) ->
     return str(tokenizer.decode(out, skip_special_tokens=True)).strip()
 
 
+#: A tokenizer whose ``model_max_length`` is at least this was given no real limit (transformers' default is 1e30).
+_NO_LIMIT = 1_000_000
+
+
+def context_limit(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest sequence the model was built for (``model_max_length``), or ``None`` when unset."""
+    n = int(getattr(tokenizer, "model_max_length", _NO_LIMIT) or _NO_LIMIT)
+    return n if n < _NO_LIMIT else None
+
+
+def fit_example(prompt: list[int], completion: list[int], limit: int | None) -> tuple[list[int], list[int]]:
+    """Cut an example to ``limit`` tokens: the prompt loses its *oldest* tokens first (the last turns of a
+    dialogue matter most), keeping at least one; then the completion is cut at its end (keeping EOS)."""
+    if limit is None or len(prompt) + len(completion) <= limit:
+        return prompt, completion
+    prompt = prompt[-max(1, limit - len(completion)) :]
+    if len(prompt) + len(completion) > limit:
+        completion = [*completion[: max(0, limit - len(prompt) - 1)], completion[-1]]
+    return prompt, completion
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     completions: Sequence[str | Sequence[dict[str, str]]],
 ) -> list[tuple[list[int], list[int]]]:
-    """Batch-encode (prompt, completion) pairs to (prompt_ids, completion_ids + [eos])."""
+    """Batch-encode (prompt, completion) pairs to (prompt_ids, completion_ids + [eos]), each cut to the
+    tokenizer's ``model_max_length`` (:func:`fit_example`; a no-op for the built-in tasks' short texts)."""
     if len(prompts) != len(completions):
         raise ValueError("prompts and completions differ in length")
     eos = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
     p_ids = tokenizer([prompt_text(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
     c_ids = tokenizer([" " + completion_text(c) for c in completions], add_special_tokens=False)["input_ids"]
-    return [(list(p), [*c, eos]) for p, c in zip(p_ids, c_ids)]
+    limit = context_limit(tokenizer)
+    return [fit_example(list(p), [*c, eos], limit) for p, c in zip(p_ids, c_ids)]
 
 
 def tokenizer_for_task(

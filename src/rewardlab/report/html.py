@@ -111,15 +111,15 @@ def figure(png: Path | None, alt: str, caption: str) -> str:
 
 # ---------------------------------------------------------------------------------------- sections
 INTRO = (
-    "An optimizer (PPO and friends, or best-of-n sampling) pushes a policy to score high on a "
-    "<em>proxy</em> reward model learned from simulated human ratings, while a hidden <em>gold</em> "
-    "reward, which the optimizer never sees, measures what we actually want (correct, honest, concise "
-    "answers). The x-axis is how far the policy has moved from where it started, "
+    "An optimizer (PPO and friends, DPO, best-of-n sampling, offline methods) pushes a policy to score high "
+    "on a <em>proxy</em>: a reward model learned from feedback (simulated raters, a file of human labels, "
+    "...). Where the task has one, a hidden <em>gold</em> reward, which the optimizer never sees, measures "
+    "what we actually want. The x-axis is how far the policy has moved from where it started, "
     "d = &radic;KL(&pi; &Vert; &pi;<sub>ref</sub>) in &radic;nats. Goodhart's law says that once a measure "
     "becomes a target it stops being a good measure: the proxy keeps rising with d, while gold rises at "
-    "first and then peaks and falls as the policy learns to exploit the proxy's biases (here: a rater "
-    "who rewards agreeing with the user). Arms rated by a biased rater are compared with an "
-    "<em>unbiased</em> control. The dashed curves are the over-optimization laws of Gao, Schulman &amp; "
+    "first and then peaks and falls as the policy learns to exploit the feedback's biases (the task's "
+    "headline behaviour shows how). Treatment arms (e.g. biased raters) are compared with their declared "
+    "controls. The dashed curves are the over-optimization laws of Gao, Schulman &amp; "
     "Hilton (2022), R(d) = d(a &minus; b&middot;d) for best-of-n and R(d) = d(a &minus; b&middot;log d) for "
     "RL, fitted to gold relative to its start; b &gt; 0 means gold eventually declines, and the law's "
     "peak is at KL* = d*&sup2;."
@@ -306,7 +306,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="meta">Run folder: <code>{esc(summary["run_dir"])}</code> &middot; {len(arms)} arm(s), '
-        f"{n_biased} biased &middot; KL in nats (mean over prompts of the summed per-token KL; the estimator "
+        f"{n_biased} treatment, {len(arms) - n_biased} control &middot; KL in nats (mean over prompts of the summed per-token KL; the estimator "
         "each optimizer logged as <code>kl/estimator</code>, best-of-n: log n &minus; (n&minus;1)/n)</p>",
         f'<p class="lead">{INTRO}</p>',
         _task_note(summary.get("task", {})),

@@ -201,8 +201,8 @@ def plot_goodhart(arms: Sequence[Arm], out: Path | str, has_gold: bool = True) -
 
 
 def plot_behaviors(arms: Sequence[Arm], info: TaskInfo, out: Path | str) -> Path:
-    """The task's behaviour metrics (up to 3, the headline first; length when it declares none) vs
-    sqrt(KL), biased arms and controls."""
+    """The task's behaviour metrics (up to 3, the headline first; then length when there is room) vs
+    sqrt(KL), treatment arms and controls."""
     names = list(info.behaviors)
     if info.headline in names:
         names.remove(info.headline)

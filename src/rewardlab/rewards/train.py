@@ -20,15 +20,15 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.checkpoint import Checkpointer
-from rewardlab.distributed import all_reduce_sum, local_rows, make_accelerator
+from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.feedback.records import Comparison, Ranking
+from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
-from rewardlab.optimize.cpu_linear import onednn_linears
 from rewardlab.rewards.model import RewardModel, backbone_of, collate_sequences, encode_for_reward
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
-from rewardlab.training import BatchOrder, bucket_batches, make_optimizer, shuffled_batches
-from rewardlab.utils import RewardlabError, check_finite
+from rewardlab.training import BatchOrder, Trainee, bucket_batches, make_optimizer, shuffled_batches
+from rewardlab.utils import RewardlabError
 
 if TYPE_CHECKING:
     from rewardlab.config import RewardConfig
@@ -101,32 +101,34 @@ class ScoredMember(nn.Module):
             self.model.config.verifier_weight = float(self.w.detach())
 
 
-def train_reward_member(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    cfg: RewardConfig,
-    *,
-    pairs: Sequence[Comparison] | None,
-    rankings: Sequence[Ranking] | None,
-    seed: int,
-    run: Run,
-    member: int = 0,
-    evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
-    verifier: PreTrainedModel | None = None,
-    accelerator: Accelerator | None = None,
-    checkpoint: Checkpointer | None = None,
-) -> PreTrainedModel:
+@dataclass
+class RewardData:
+    """What a reward member trains on: comparisons (Bradley-Terry) or rankings (Plackett-Luce), tokenized
+    with ``tokenizer``, and the frozen verifier LM whose feature the member weighs (optional)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    pairs: Sequence[Comparison] | None = None
+    rankings: Sequence[Ranking] | None = None
+    verifier: PreTrainedModel | None = None
+
+
+def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardConfig, run: Run, *, seed: int,
+                        member: int = 0, evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
+                        accelerator: Accelerator | None = None,
+                        checkpoint: Checkpointer | None = None) -> PreTrainedModel:  # fmt: skip
     """Train one scalar-head member with BT (pairs) or PL (rankings); logs ``train/*`` metrics.
 
-    With a ``verifier``, the member also learns the weight of the verifier feature (stored in its
+    With a verifier, the member also learns the weight of the verifier feature (stored in its
     config as ``verifier_weight``). With several processes each trains on its share of every batch
     and the loss is the mean over the whole batch; ``evaluate`` runs on the main process only. With
     a ``checkpoint`` the member's training state is saved and resumed (it always saves at the last
     step, so a finished member is restored rather than retrained).
     """
+    tokenizer, pairs, rankings, verifier = data.tokenizer, data.pairs, data.rankings, data.verifier
     acc = accelerator or make_accelerator()
-    world, rank = acc.num_processes, acc.process_index
+    world = acc.num_processes
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    # 1. tokenize, and the resumable batch order
     if cfg.loss == "plackett_luce":
         if not rankings:
             raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
@@ -145,9 +147,11 @@ def train_reward_member(
         batches = BatchOrder(lambda r: bucket_batches(lengths, cfg.batch_size, r), random.Random(seed))
     else:
         batches = BatchOrder(lambda r: shuffled_batches(n, cfg.batch_size, r), random.Random(seed))
+    # 2. the member (head + optional verifier weight), its optimizer, and the state to resume from
     scorer = ScoredMember(model, verifier is not None)
     opt, sched = make_optimizer(scorer, cfg.optim, total)
     scorer, opt = acc.prepare(scorer, opt)
+    trainee = Trainee(scorer, opt, sched, acc)
     start = 0
     if checkpoint is not None:
         checkpoint.total_steps = total
@@ -187,6 +191,7 @@ def train_reward_member(
         )  # fmt: skip
         return loss, r_c, r_r
 
+    # 3. the loop: this process's share of each batch, the update, metrics, evaluation, checkpoint
     with onednn_linears(scorer), run.progress(total, f"reward model {member}") as prog:
         if start:
             advance(prog, n=start)
@@ -199,27 +204,21 @@ def train_reward_member(
                     acc_b = float((r_c > r_r).float().mean())
                     margin_b = float((r_c - r_r).detach().mean())
             else:  # this process's pairs; (sum of their losses) * world / batch size, averaged by DDP
-                rows, real = local_rows(len(idx), rank, world)
-                loss_sum, r_c, r_r = loss_of(idx[rows], "sum")
-                loss = loss_sum * ((world / len(idx)) if real else 0.0)
+                share = batch_share(acc, len(idx))
+                loss_sum, r_c, r_r = loss_of(idx[share.rows], "sum")
+                loss = loss_sum * share.scale
                 part = [float(loss_sum.detach()), 0.0, 0.0]
                 if r_c is not None and r_r is not None:
                     part[1:] = [float((r_c > r_r).float().sum()), float((r_c - r_r).detach().sum())]
-                part = [v if real else 0.0 for v in part]
-            check_finite(loss, "loss", step, run.stage)
-            acc.backward(loss)
-            gnorm = acc.clip_grad_norm_(scorer.parameters(), cfg.optim.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            gnorm = trainee.update(loss, cfg.optim.max_grad_norm, step, run.stage)
             if step % 10 == 0 or step == total:
                 loss_value = loss.item()
                 if world > 1:
-                    loss_value, acc_b, margin_b = (v / len(idx) for v in all_reduce_sum(acc, part))
+                    loss_value, acc_b, margin_b = (v / len(idx) for v in reduce_sums(acc, part, share.real))
                     if cfg.loss == "plackett_luce":
                         acc_b, margin_b = float("nan"), float("nan")
                 m = {f"{prefix}train/loss": loss_value, f"{prefix}train/accuracy": acc_b,
-                     f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": float(gnorm),
+                     f"{prefix}train/margin": margin_b, f"{prefix}train/grad_norm": gnorm,
                      "time/elapsed": run.elapsed}  # fmt: skip
                 if verifier is not None:
                     m[f"{prefix}train/verifier_weight"] = float(acc.unwrap_model(scorer).w.detach())

@@ -14,7 +14,9 @@ Optional capabilities a task may offer (checked with :func:`has_capability`):
   ``pretrain.corpus``;
 * ``demos`` - a sampler of SFT demonstrations (:class:`TextSampler`), configured by ``sft.demos``;
 * ``verifier`` - the task's answers end in a number a frozen LM can verify (the reward model's
-  generative-verifier feature, :mod:`rewardlab.rewards.verifier`).
+  generative-verifier feature, :mod:`rewardlab.rewards.verifier`);
+* ``split_of(prompt)`` - ``train``/``eval``/``None``: which of the task's splits a prompt is in; a file of
+  labels (``label.source: file``) is then split the same way, so audit prompts are never trained on.
 """
 
 from __future__ import annotations
