@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import BertWordPieceTokenizer
 from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
 from rewardlab.config import RewardConfig, load_config
@@ -166,7 +167,10 @@ def _bert(tmp_path: Path) -> tuple[Path, BertTokenizerFast]:
     ]
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+    wordpiece = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    tok = BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)  # fmt: skip
+    assert tok.tokenize("the good .") == ["the", "good", "."]
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)  # fmt: skip

@@ -568,6 +568,8 @@ class PipelineConfig(_Strict):
             return PipelineConfig.model_validate(data)
         except ValidationError as e:
             raise RewardlabError(_format_validation_error(e, f"controls entry {control!r}")) from None
+        except RewardlabError as e:
+            raise RewardlabError(f"controls entry {control!r}: {e}") from None
 
     def stage_dir(self, stage: str) -> Path:
         """``<run_dir>/<stage>`` for the shared base models (pretrain, sft); ``<run_dir>/<arm>/<stage>`` else.
