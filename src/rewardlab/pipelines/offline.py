@@ -330,14 +330,6 @@ def run_alol(cfg: PipelineConfig, quiet: bool = False) -> Path:
     )
 
 
-OFFLINE_RECIPES: dict[str, Callable[..., Path]] = {
-    "filtered-mle": run_filtered_mle,
-    "rwr": run_rwr,
-    "reward-conditioned": run_reward_conditioned,
-    "alol": run_alol,
-}
-
-
 # ----------------------------------------------------------------------- pretraining with feedback
 def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
     """Conditional training (Korbak et al. 2023): pretrain on corpus documents tagged by the arm's proxy.
