@@ -1,0 +1,16 @@
+"""Session-wide test settings.
+
+The CPU linear backend (``REWARDLAB_CPU_LINEAR=auto``) is chosen by timing one GEMM both ways; on a loaded
+machine that probe can choose differently in two processes, and the bitwise comparisons (resume after a
+kill, 2 processes = 1, parallel arms = sequential arms) would then differ in the last bits. The tests pin
+the choice (subprocesses inherit it); ``tests/test_cpu_linear.py`` still tests ``auto`` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rewardlab.kernels import cpu_linear
+
+if "REWARDLAB_CPU_LINEAR" not in os.environ:
+    os.environ["REWARDLAB_CPU_LINEAR"] = "onednn" if cpu_linear._onednn_ops_work() else "mkl"
