@@ -403,11 +403,11 @@ class ConciseCorpusConfig(BaseModel):
 
 
 class ConciseDemoConfig(BaseModel):
-    """What gold wants: correct and concise demonstrations, with a rare elaboration."""
+    """What gold wants: correct demonstrations, mostly concise (some add one elaboration phrase)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    p_pad: float = Field(0.05, ge=0, le=1, description="chance of one elaboration phrase (always correct)")
+    p_pad: float = Field(0.3, ge=0, le=1, description="chance of one elaboration phrase (always correct)")
 
 
 def sample_corpus_response(
