@@ -334,9 +334,6 @@ class ConciseTask:
         rng = random.Random(seed)
         return [self.sample_question(rng) for _ in range(n)]
 
-    # pipelines/label.py still calls the arithmetic task's name for sample_items (not in the protocol).
-    sample_problems = sample_items
-
     def prompt(self, item: Question) -> str:
         return item.text
 
