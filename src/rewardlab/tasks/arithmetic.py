@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rewardlab.tasks.base import Gold, TaskInfo, TextSampler
+from rewardlab.tasks.base import Gold, SampledTexts, TaskInfo
 
 AGREE = "you are right ."
 DISAGREE = "you are wrong ."
@@ -208,7 +208,42 @@ INFO = TaskInfo(
 )
 
 
-class ArithmeticTask:
+class CorpusConfig(BaseModel):
+    """What pretraining makes likely: a mixed-quality corpus of responses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p_correct: list[float] = Field(
+        default=[0.75, 0.6, 0.45], description="chance the answer is correct, per difficulty 1, 2, 3(+)"
+    )
+    p_copy_belief: float = Field(
+        0.5, ge=0, le=1, description="chance a wrong answer copies a stated wrong belief"
+    )
+    p_agree: float = Field(
+        0.35, ge=0, le=1, description="chance of 'you are right', independent of correctness"
+    )
+    p_disagree: float = Field(0.15, ge=0, le=1)
+    p_confident: float = Field(0.3, ge=0, le=1)
+    p_hedge: float = Field(0.2, ge=0, le=1)
+    p_filler: float = Field(0.3, ge=0, le=1, description="chance of each of up to 2 fillers")
+    p_refusal: float = Field(0.02, ge=0, le=1, description="chance of an unparseable refusal")
+
+
+class DemoConfig(BaseModel):
+    """What gold wants: correct, honest, concise expert demonstrations for SFT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p_agree_when_right: float = Field(0.8, ge=0, le=1, description="'you are right' when the user is right")
+    p_disagree_when_wrong: float = Field(
+        0.0, ge=0, le=1, description="'you are wrong' when the user is wrong"
+    )
+    p_confident: float = Field(0.0, ge=0, le=1, description="'definitely' (always correct in demos)")
+    p_filler: float = Field(0.0, ge=0, le=1)
+    p_refusal: float = Field(0.0, ge=0, le=1, description="refusals trap RL (issue 10); keep 0 by default")
+
+
+class ArithmeticTask(SampledTexts):
     """Prompts, the hidden gold reward, and the corpus/demonstration samplers."""
 
     name = "arithmetic"
@@ -351,16 +386,14 @@ class ArithmeticTask:
     def vocabulary(self) -> Sequence[str]:
         return TASK_WORDS
 
-    corpus_config: type[BaseModel] | None = None  # set at the end of the module
-    demos_config: type[BaseModel] | None = None
+    corpus_config = CorpusConfig
+    demos_config = DemoConfig
 
-    def corpus(self, config: Mapping[str, Any]) -> TextSampler:
-        cfg = CorpusConfig.model_validate(dict(config))
-        return lambda item, rng: sample_corpus_response(self, item, cfg, rng)
+    def corpus_response(self, item: Problem, cfg: CorpusConfig, rng: random.Random) -> str:
+        return sample_corpus_response(self, item, cfg, rng)
 
-    def demos(self, config: Mapping[str, Any]) -> TextSampler:
-        cfg = DemoConfig.model_validate(dict(config))
-        return lambda item, rng: sample_demo_response(self, item, cfg, rng)
+    def demo_response(self, item: Problem, cfg: DemoConfig, rng: random.Random) -> str:
+        return sample_demo_response(self, item, cfg, rng)
 
     # ---------------------------------------------------------------- samplers
     def render_response(
@@ -382,41 +415,6 @@ class ArithmeticTask:
         mod = f"{CONFIDENT} " if confident else (f"{HEDGE} " if hedge else "")
         parts.append(f"{ANSWER_PREFIX} {mod}{answer} .")
         return " ".join(parts)
-
-
-class CorpusConfig(BaseModel):
-    """What pretraining makes likely: a mixed-quality corpus of responses."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    p_correct: list[float] = Field(
-        default=[0.75, 0.6, 0.45], description="chance the answer is correct, per difficulty 1, 2, 3(+)"
-    )
-    p_copy_belief: float = Field(
-        0.5, ge=0, le=1, description="chance a wrong answer copies a stated wrong belief"
-    )
-    p_agree: float = Field(
-        0.35, ge=0, le=1, description="chance of 'you are right', independent of correctness"
-    )
-    p_disagree: float = Field(0.15, ge=0, le=1)
-    p_confident: float = Field(0.3, ge=0, le=1)
-    p_hedge: float = Field(0.2, ge=0, le=1)
-    p_filler: float = Field(0.3, ge=0, le=1, description="chance of each of up to 2 fillers")
-    p_refusal: float = Field(0.02, ge=0, le=1, description="chance of an unparseable refusal")
-
-
-class DemoConfig(BaseModel):
-    """What gold wants: correct, honest, concise expert demonstrations for SFT."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    p_agree_when_right: float = Field(0.8, ge=0, le=1, description="'you are right' when the user is right")
-    p_disagree_when_wrong: float = Field(
-        0.0, ge=0, le=1, description="'you are wrong' when the user is wrong"
-    )
-    p_confident: float = Field(0.0, ge=0, le=1, description="'definitely' (always correct in demos)")
-    p_filler: float = Field(0.0, ge=0, le=1)
-    p_refusal: float = Field(0.0, ge=0, le=1, description="refusals trap RL (issue 10); keep 0 by default")
 
 
 def sample_corpus_response(task: ArithmeticTask, p: Problem, cfg: CorpusConfig, rng: random.Random) -> str:
@@ -452,7 +450,3 @@ def sample_demo_response(task: ArithmeticTask, p: Problem, cfg: DemoConfig, rng:
     return task.render_response(
         p.answer, agree=agree, disagree=disagree, confident=rng.random() < cfg.p_confident, fillers=fillers
     )
-
-
-ArithmeticTask.corpus_config = CorpusConfig  # type: ignore[assignment]
-ArithmeticTask.demos_config = DemoConfig  # type: ignore[assignment]

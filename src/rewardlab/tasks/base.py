@@ -25,7 +25,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -134,6 +134,32 @@ class Task(Protocol):
     def rater_presets(self) -> Mapping[str, Mapping[str, Any]]:
         """Named simulated-rater profiles for this task (``unbiased`` must be one)."""
         ...
+
+
+class SampledTexts:
+    """Mixin for a task that samples its own pretraining corpus and SFT demonstrations.
+
+    Set ``corpus_config`` and ``demos_config`` (the pydantic models of ``pretrain.corpus`` and
+    ``sft.demos``) and implement ``corpus_response(item, cfg, rng)`` and ``demo_response(item, cfg, rng)``;
+    the ``corpus`` and ``demos`` capabilities follow.
+    """
+
+    corpus_config: ClassVar[type[BaseModel]]
+    demos_config: ClassVar[type[BaseModel]]
+
+    def corpus_response(self, item: Any, cfg: Any, rng: random.Random) -> str:
+        raise NotImplementedError
+
+    def demo_response(self, item: Any, cfg: Any, rng: random.Random) -> str:
+        raise NotImplementedError
+
+    def corpus(self, config: Mapping[str, Any]) -> TextSampler:
+        cfg = self.corpus_config.model_validate(dict(config))
+        return lambda item, rng: self.corpus_response(item, cfg, rng)
+
+    def demos(self, config: Mapping[str, Any]) -> TextSampler:
+        cfg = self.demos_config.model_validate(dict(config))
+        return lambda item, rng: self.demo_response(item, cfg, rng)
 
 
 def has_capability(task: Task, name: str) -> bool:

@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rewardlab.tasks.base import Gold, TaskInfo, TextSampler
+from rewardlab.tasks.arithmetic import ArithmeticTask
+from rewardlab.tasks.base import Gold, SampledTexts, TaskInfo
 
 #: Questions with a number for an answer (difficulty 1: a rater checks them at a glance).
 FACTS: dict[str, int] = {
@@ -267,7 +268,32 @@ INFO = TaskInfo(
 )
 
 
-class ConciseTask:
+class ConciseCorpusConfig(BaseModel):
+    """What pretraining makes likely: answers of mixed correctness, often padded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p_correct: list[float] = Field(
+        default=[0.85, 0.6, 0.4], description="chance the answer is correct, per difficulty 1, 2, 3"
+    )
+    p_opener: float = Field(0.3, ge=0, le=1, description="chance of each of up to 2 opening phrases")
+    p_restate: float = Field(0.15, ge=0, le=1, description="chance of restating the question")
+    p_summary: float = Field(0.2, ge=0, le=1, description="chance of 'in summary ,' before the answer")
+    p_closer: float = Field(0.25, ge=0, le=1, description="chance of each of up to 2 closing phrases")
+    p_repeat: float = Field(0.05, ge=0, le=1, description="chance of saying the answer sentence twice")
+    p_non_answer: float = Field(0.02, ge=0, le=1, description="chance of an unparseable 'i am not sure .'")
+    max_words: int = Field(24, ge=ANSWER_WORDS, description="padding is dropped until the response fits")
+
+
+class ConciseDemoConfig(BaseModel):
+    """What gold wants: correct demonstrations, mostly concise (some add one elaboration phrase)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p_pad: float = Field(0.3, ge=0, le=1, description="chance of one elaboration phrase (always correct)")
+
+
+class ConciseTask(SampledTexts):
     """Prompts, the hidden gold reward (correct and short), and the corpus/demonstration samplers."""
 
     name = "concise"
@@ -297,14 +323,7 @@ class ConciseTask:
             a, b = b, a
         return parse_prompt(f"what is {a} {op} {b} ?")
 
-    @staticmethod
-    def wrong_answer(answer: int, rng: random.Random) -> int:
-        """A plausible near miss: off by 1, 2 or 10, never negative."""
-        for _ in range(20):
-            cand = answer + rng.choice([-10, -2, -1, 1, 2, 10])
-            if cand >= 0:
-                return cand
-        return answer + 1
+    wrong_answer = staticmethod(ArithmeticTask.wrong_answer)  # a near miss: off by 1, 2 or 10, never negative
 
     # -------------------------------------------------------------------- gold
     def gold_detail(self, item: Question, response: str) -> Gold:
@@ -370,41 +389,14 @@ class ConciseTask:
     def vocabulary(self) -> Sequence[str]:
         return TASK_WORDS
 
-    corpus_config: type[BaseModel] | None = None  # set at the end of the module
-    demos_config: type[BaseModel] | None = None
+    corpus_config = ConciseCorpusConfig
+    demos_config = ConciseDemoConfig
 
-    def corpus(self, config: Mapping[str, Any]) -> TextSampler:
-        cfg = ConciseCorpusConfig.model_validate(dict(config))
-        return lambda item, rng: sample_corpus_response(self, item, cfg, rng)
+    def corpus_response(self, item: Question, cfg: ConciseCorpusConfig, rng: random.Random) -> str:
+        return sample_corpus_response(self, item, cfg, rng)
 
-    def demos(self, config: Mapping[str, Any]) -> TextSampler:
-        cfg = ConciseDemoConfig.model_validate(dict(config))
-        return lambda item, rng: sample_demo_response(item, cfg, rng)
-
-
-class ConciseCorpusConfig(BaseModel):
-    """What pretraining makes likely: answers of mixed correctness, often padded."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    p_correct: list[float] = Field(
-        default=[0.85, 0.6, 0.4], description="chance the answer is correct, per difficulty 1, 2, 3"
-    )
-    p_opener: float = Field(0.3, ge=0, le=1, description="chance of each of up to 2 opening phrases")
-    p_restate: float = Field(0.15, ge=0, le=1, description="chance of restating the question")
-    p_summary: float = Field(0.2, ge=0, le=1, description="chance of 'in summary ,' before the answer")
-    p_closer: float = Field(0.25, ge=0, le=1, description="chance of each of up to 2 closing phrases")
-    p_repeat: float = Field(0.05, ge=0, le=1, description="chance of saying the answer sentence twice")
-    p_non_answer: float = Field(0.02, ge=0, le=1, description="chance of an unparseable 'i am not sure .'")
-    max_words: int = Field(24, ge=ANSWER_WORDS, description="padding is dropped until the response fits")
-
-
-class ConciseDemoConfig(BaseModel):
-    """What gold wants: correct demonstrations, mostly concise (some add one elaboration phrase)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    p_pad: float = Field(0.3, ge=0, le=1, description="chance of one elaboration phrase (always correct)")
+    def demo_response(self, item: Question, cfg: ConciseDemoConfig, rng: random.Random) -> str:
+        return sample_demo_response(item, cfg, rng)
 
 
 def sample_corpus_response(
@@ -445,7 +437,3 @@ def sample_demo_response(q: Question, cfg: ConciseDemoConfig, rng: random.Random
             return render_response(q.answer, summary=True)
         return render_response(q.answer, closers=[rng.choice(CLOSERS)])
     return render_response(q.answer)
-
-
-ConciseTask.corpus_config = ConciseCorpusConfig  # type: ignore[assignment]
-ConciseTask.demos_config = ConciseDemoConfig  # type: ignore[assignment]
