@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from rewardlab.checkpoint import KILL_ENV, Checkpointer
 from rewardlab.cli import main
-from rewardlab.runs import Run
+from rewardlab.runs import Run, partial_dir, unfinished_attempt
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs/micro.yaml"
@@ -95,11 +95,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(base: Path, tmp_path: Pat
     env = {**os.environ, KILL_ENV: str(kill_after), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (out(killed) / "checkpoint").is_dir() and not (out(killed) / "model").exists()
-    logged_after_kill = len(_rows(out(killed) / "metrics.jsonl"))
+    # the killed stage is an unfinished attempt: its folder does not exist, <stage>.partial holds the checkpoint
+    partial = partial_dir(out(killed))
+    assert (partial / "checkpoint").is_dir() and not out(killed).exists()
+    assert unfinished_attempt(out(killed))["state"] == "killed"  # type: ignore[index]
+    logged_after_kill = len(_rows(partial / "metrics.jsonl"))
 
     assert main([stage, str(MICRO), "--run-dir", str(killed), "--quiet", "--resume", *SMALL, *sets]) == 0
     assert "resumed from" in (out(killed) / "run.log").read_text()
+    assert not partial.exists() and unfinished_attempt(out(killed)) is None
     assert logged_after_kill < len(_rows(out(ref) / "metrics.jsonl"))
     assert _rows(out(killed) / "metrics.jsonl") == _rows(out(ref) / "metrics.jsonl")
     if stage in ("ppo", "rloo"):

@@ -7,7 +7,9 @@ equivalent, i.e. the built-in defaults) and ``--set key=value`` overrides with d
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None, help="seed (overrides seed)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or console messages")
         p.add_argument("--resume", action="store_true",
-                       help="continue each trainer from its last training-state checkpoint (<stage>/checkpoint)")  # fmt: skip
+                       help="continue each trainer from its last training-state checkpoint (<stage>.partial/checkpoint)")  # fmt: skip
+        p.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume: accept changes to fields that alter only what is measured (eval_every, "
+                            "eval_prompts, samples_to_save); changes that alter training are always refused")  # fmt: skip
         if name == "run":
             p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
             p.add_argument(
@@ -60,50 +65,123 @@ def _version() -> str:
     return f"rewardlab {__version__}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted ``argv`` (``--resume`` added once)."""
+    import shlex
+
+    args = [a for a in argv if a != "--resume"]
+    if args and args[0] == "run" and "--reuse" not in args:
+        args.append("--reuse")
+    return shlex.join(["rewardlab", *args, "--resume"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.command == "criteria":
-            from rewardlab.audit.criteria import report_text
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        from rewardlab.runs import abandon_open_runs
 
-            print(report_text(args.run_dir))
-            return 0
-        if args.command == "report":
-            from rewardlab.report.build import build_report
-
-            print(build_report(args.run_dir))
-            return 0
-        from rewardlab.config import load_config
-
-        overrides = list(args.overrides)
-        if args.run_dir is not None:
-            overrides.append(f"run_dir={args.run_dir}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
-        if args.resume:
-            overrides.append("resume=true")
-        cfg = load_config(args.config, overrides)
-        if args.command == "run":
-            from rewardlab.pipelines.run import run_pipeline
-
-            stages = None
-            if args.stages:
-                stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-                unknown = [s for s in stages if s not in (*METHODS, "report")]
-                if unknown:
-                    raise RewardlabError(
-                        f"--stages: unknown stage(s) {unknown}; choose from {[*METHODS, 'report']}"
-                    )
-            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-            run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)
-        else:
-            from rewardlab.pipelines.run import runner
-
-            runner(args.command)(cfg, quiet=args.quiet)
+        stopped = abandon_open_runs("interrupted", "stopped by SIGTERM" if isinstance(sys.exc_info()[1], Interrupted)
+                                    else "stopped by Ctrl-C")  # fmt: skip
+        where = f" ({', '.join(str(p) for p in stopped)} kept)" if stopped else ""
+        print(f"rewardlab: interrupted{where}; continue with: {resume_command(argv)}", file=sys.stderr)
+        return 130
     except RewardlabError as e:
+        _abandon("failed", str(e))
         print(f"rewardlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from rewardlab.runs import describe_os_error
+
+        _abandon("failed", describe_os_error(e))
+        print(f"rewardlab: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        _abandon("failed", "out of memory")
+        print("rewardlab: error: out of memory (a smaller batch_size, max_length or model?)", file=sys.stderr)
+        return 2
+    except BaseException as e:
+        _abandon("failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _abandon(state: str, reason: str) -> None:
+    from rewardlab.runs import abandon_open_runs
+
+    abandon_open_runs(state, reason.splitlines()[0] if reason else state)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "criteria":
+        from rewardlab.audit.criteria import report_text
+
+        print(report_text(args.run_dir))
+        return 0
+    if args.command == "report":
+        from rewardlab.report.build import build_report
+
+        print(build_report(args.run_dir))
+        return 0
+    from rewardlab.config import load_config
+
+    overrides = list(args.overrides)
+    if args.run_dir is not None:
+        overrides.append(f"run_dir={args.run_dir}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.resume:
+        overrides.append("resume=true")
+    if args.allow_config_change:
+        if not args.resume:
+            raise RewardlabError("--allow-config-change only applies with --resume")
+        overrides.append("allow_config_change=true")
+    cfg = load_config(args.config, overrides)
+    if args.command == "run":
+        from rewardlab.pipelines.run import run_pipeline
+
+        stages = None
+        if args.stages:
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+            unknown = [s for s in stages if s not in (*METHODS, "report")]
+            if unknown:
+                raise RewardlabError(
+                    f"--stages: unknown stage(s) {unknown}; choose from {[*METHODS, 'report']}"
+                )
+        seeds = _parse_seeds(args.seeds) if args.seeds else None
+        run_pipeline(cfg, seeds=seeds, reuse=args.reuse, stages=stages, quiet=args.quiet)
+    else:
+        from rewardlab.pipelines.run import runner
+
+        runner(args.command)(cfg, quiet=args.quiet)
     return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RewardlabError(
+            f"--seeds {text!r}: expected comma-separated whole numbers, e.g. 0,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RewardlabError(f"--seeds {text!r}: expected distinct seeds, e.g. 0,1,2")
+    return seeds
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ from rewardlab.methods import METHODS, OPTIMIZERS
 from rewardlab.policies.models import ModelConfig
 from rewardlab.tasks.base import Task, validate_section
 from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
-from rewardlab.utils import RewardlabError
+from rewardlab.utils import RewardlabError, read_text_file
 
 
 class _Strict(BaseModel):
@@ -458,6 +458,10 @@ class PipelineConfig(_Strict):
 
     seed: int = 0
     resume: bool = Field(False, description="trainers continue from <stage_dir>/checkpoint when there is one")
+    allow_config_change: bool = Field(
+        False,
+        description="with resume: accept changes to fields that alter only what is measured (RESUME_MEASUREMENT)",
+    )
     run_dir: str = "runs/default"
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
     arm_processes: int = Field(
@@ -571,6 +575,38 @@ class PipelineConfig(_Strict):
         except RewardlabError as e:
             raise RewardlabError(f"controls entry {control!r}: {e}") from None
 
+    def check_resume(self, stage: str, old: dict[str, Any]) -> list[str]:
+        """Compare this config with ``old`` (the one the interrupted ``stage`` started with) before ``--resume``.
+
+        Only what the stage reads is compared: the top-level settings, ``task`` and the stage's section.
+        A change to a :data:`RESUME_INERT` field is accepted, one to a :data:`RESUME_MEASUREMENT` field
+        only with ``--allow-config-change``; any other change alters training (the weights follow the old
+        config) and is refused, naming each field. Returns the accepted changes as lines for the log.
+        """
+        changes = _diff(_resume_view(old, stage), _resume_view(self.model_dump(mode="json"), stage))
+        accepted, measured, refused = [], [], []
+        for key, a, b in changes:
+            line = f"{key}: {a!r} -> {b!r}"
+            if _matches(key, RESUME_INERT):
+                accepted.append(line)
+            elif _matches(key, RESUME_MEASUREMENT):
+                measured.append(line)
+            else:
+                refused.append(line)
+        if refused:
+            raise RewardlabError(
+                f"{stage}: --resume with a config that changes training (the checkpoint follows the old one):\n"
+                + "\n".join(f"  {x}" for x in refused)
+                + "\nput the old values back, or start the stage again without --resume"
+            )
+        if measured and not self.allow_config_change:
+            raise RewardlabError(
+                f"{stage}: --resume with a config that changes what is measured:\n"
+                + "\n".join(f"  {x}" for x in measured)
+                + "\nadd --allow-config-change to accept it (the weights are unaffected), or put the old values back"
+            )
+        return accepted + measured
+
     def stage_dir(self, stage: str) -> Path:
         """``<run_dir>/<stage>`` for the shared base models (pretrain, sft); ``<run_dir>/<arm>/<stage>`` else.
 
@@ -579,6 +615,42 @@ class PipelineConfig(_Strict):
         if stage in self.SHARED_STAGES:
             return Path(self.run_dir) / stage
         return Path(self.run_dir) / self.arm / stage
+
+
+#: Config fields (dotted; ``*`` matches a section) that never change what a stage computes: a change on
+#: ``--resume`` is accepted and logged.
+RESUME_INERT = ("resume", "allow_config_change", "threads", "arm_processes", "report_to", "run_dir",
+                "*.checkpoint_every")  # fmt: skip
+#: Fields that change what is measured but not the weights (evaluation cadence and size, samples kept):
+#: a change on ``--resume`` needs ``--allow-config-change``.
+RESUME_MEASUREMENT = ("*.eval_every", "*.eval_prompts", "*.samples_to_save")
+#: Sections a stage reads besides its own (the DPO variants reuse the DPO settings).
+_ALSO_READS = {"iterative_dpo": ("dpo",), "modpo": ("dpo",)}
+
+
+def _resume_view(data: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of a dumped config that ``stage`` reads: top-level scalars, ``task`` and its section(s)."""
+    if stage not in METHODS:
+        return data
+    section = METHODS[stage].section
+    keep = {"task", section, *_ALSO_READS.get(section, ())}
+    return {k: v for k, v in data.items() if k in keep or not isinstance(v, dict | list)}
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs (a missing side is None)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in dict.fromkeys([*old, *new]):
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -631,10 +703,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         source = str(p)
-        if not p.is_file():
-            raise RewardlabError(f"{p}: config file not found")
+        text = read_text_file(p, "config file")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise RewardlabError(f"{p}: malformed YAML ({e})") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from pydantic import BaseModel
 
-from rewardlab.runs import Run
+from rewardlab.runs import HealthWatch, Run, partial_dir
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,15 +104,26 @@ def all_reduce_sum(acc: Accelerator, values: list[float]) -> list[float]:
 class ReplicaRun(Run):
     """The stage's run folder as a non-main process sees it: the same ``dir`` and clock, and it writes nothing."""
 
-    def __init__(self, out_dir: Path | str, stage: str) -> None:  # no super().__init__: it would write files
-        self.dir = Path(out_dir)
+    def __init__(
+        self, out_dir: Path | str, stage: str, staged: bool = True
+    ) -> None:  # no super().__init__: it would write
+        self.final = Path(out_dir)
+        self.dir = partial_dir(self.final) if staged else self.final
         self.stage = stage
         self.quiet = True
+        self.staged = staged
+        self.health = HealthWatch()
+        self.config_changes = []
         self._sinks = []
+        self._lock = None
+        self._handles_open = False
         self.log = logging.getLogger(f"rewardlab.{stage}.replica")
         self.t0 = time.perf_counter()
 
     def info(self, msg: str) -> None:
+        pass
+
+    def warn(self, msg: str) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -121,15 +132,22 @@ class ReplicaRun(Run):
     def write_json(self, name: str, obj: Any) -> Path:
         return self.dir / name
 
+    def commit(self) -> Path:
+        return self.final
+
+    def abandon(self, state: str, reason: str) -> Path:
+        return self.dir
+
     def close(self) -> None:
         pass
 
 
 def stage_run(acc: Accelerator | PartialState, out_dir: Path | str, stage: str, config: BaseModel | None,
               report_to: Any = (), quiet: bool = False) -> Run:  # fmt: skip
-    """The stage's :class:`Run` on the main process, a :class:`ReplicaRun` on the others."""
+    """The stage's staged :class:`Run` on the main process (it commits the folder), a :class:`ReplicaRun` on the
+    others (they read the same ``<name>.partial`` folder)."""
     if acc.is_main_process:
-        return Run(out_dir, stage, config, report_to, quiet)
+        return Run(out_dir, stage, config, report_to, quiet, staged=True)
     return ReplicaRun(out_dir, stage)
 
 

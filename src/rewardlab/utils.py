@@ -92,23 +92,91 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+#: The largest JSONL record (one line, in bytes) the readers accept; ``REWARDLAB_MAX_RECORD_BYTES`` overrides it.
+MAX_RECORD_BYTES = 1 << 20
+
+
+def max_record_bytes() -> int:
+    """The record-size limit in force: ``REWARDLAB_MAX_RECORD_BYTES`` when set, else :data:`MAX_RECORD_BYTES`."""
+    raw = os.environ.get("REWARDLAB_MAX_RECORD_BYTES")
+    if raw is None:
+        return MAX_RECORD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RewardlabError(
+            f"REWARDLAB_MAX_RECORD_BYTES must be a whole number of bytes, got {raw!r}"
+        ) from None
+    if value <= 0:
+        raise RewardlabError(f"REWARDLAB_MAX_RECORD_BYTES must be positive, got {value}")
+    return value
+
+
+def decode_utf8(data: bytes, path: Path | str, line: int | None = None, offset: int = 0) -> str:
+    """``data`` decoded as UTF-8, or an error naming the file, line and byte offset of the first bad byte.
+
+    ``offset`` is the file offset of ``data[0]``; without ``line`` the line is counted from ``data``.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = line if line is not None else data.count(b"\n", 0, e.start) + 1
+        raise RewardlabError(
+            f"{path}:{at}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {offset + e.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def read_text_file(path: Path | str, what: str = "file") -> str:
+    """A whole text file as UTF-8; a missing file, an unreadable one or a bad byte gives one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise RewardlabError(f"{path}: {what} not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RewardlabError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    return decode_utf8(data, path)
+
+
 def read_jsonl_numbered(path: Path | str) -> list[tuple[int, dict[str, Any]]]:
     """JSONL objects with their 1-based line numbers (blank lines skipped but counted).
 
-    A missing file, a malformed line or a non-object line raises an error naming the file and line.
+    A missing or unreadable file, a malformed line, a non-object line, a byte that is not UTF-8 (with
+    its byte offset) or a record longer than :func:`max_record_bytes` raises an error naming the file and
+    line. An over-long line is not read into memory past the limit.
     """
     path = Path(path)
     if not path.is_file():
         raise RewardlabError(f"{path}: file not found")
+    limit = max_record_bytes()
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    offset = 0
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise RewardlabError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        i = 0
+        while True:
+            raw = f.readline(limit + 2)
+            if not raw:
+                break
+            i += 1
+            if len(raw.rstrip(b"\r\n")) > limit:
+                raise RewardlabError(
+                    f"{path}:{i}: record is longer than the limit of {limit:,} bytes (REWARDLAB_MAX_RECORD_BYTES)"
+                )
+            line = decode_utf8(raw, path, i, offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RewardlabError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise RewardlabError(f"{path}:{i}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise RewardlabError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
             rows.append((i, row))

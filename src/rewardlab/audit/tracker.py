@@ -148,6 +148,8 @@ class AuditLog:
         with (self.run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         save_samples(self.run.dir / "samples" / f"step_{step}.jsonl", samples, self.spec.samples_to_save)
+        if hasattr(self.run, "check_health"):  # a parse rate falling to 0 is a collapse, said loudly
+            self.run.check_health(row, step)
         self.run.info(f"audit step {step}: proxy {row['proxy/mean']:+.3f} KL {row['kl/' + self.spec.kl_estimator]:.2f}; "
                       f"{describe_metrics(self.task, row)}")  # fmt: skip
         return row

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "Text",
     "comparisons_to_rankings",
     "load_comparisons",
+    "load_prompt_completions",
     "load_rankings",
     "rankings_to_comparisons",
     "save_comparisons",
@@ -104,6 +106,8 @@ def _check_number(value: Any, where: str, name: str, *, optional: bool = True) -
         raise _fail(
             where, name, f"expected a number{' or null' if optional else ''}, got {type(value).__name__}"
         )
+    if not math.isfinite(value):
+        raise _fail(where, name, f"expected a finite number, got {value}")
     return float(value)
 
 
@@ -322,6 +326,22 @@ def _write_rows(path: Path | str, items: Iterable[Any], kind: type) -> Path:
 def load_comparisons(path: Path | str) -> list[Comparison]:
     """Read a TRL-style preference JSONL file (plain or conversational); strict validation."""
     return [Comparison.from_dict(row, where=f"{path}:{i}") for i, row in _read_rows(path)]
+
+
+def load_prompt_completions(path: Path | str) -> list[dict[str, Text]]:
+    """Read TRL prompt-completion JSONL (``prompt``/``completion``, plain or conversational) for SFT.
+
+    Strict like the preference files: each text is a string or a list of ``role``/``content`` messages,
+    a record is all plain or all conversational, and an unknown field is an error (``meta`` holds extras).
+    """
+    out = []
+    for i, row in _read_rows(path):
+        where = f"{path}:{i}"
+        _check_keys(row, ("prompt", "completion"), ("meta",), where)
+        texts = [(k, _check_text(row[k], where, k)) for k in ("prompt", "completion")]
+        _check_same_format(texts, where)
+        out.append(dict(texts))
+    return out
 
 
 def save_comparisons(path: Path | str, items: Iterable[Comparison]) -> Path:

@@ -154,6 +154,9 @@ def train_lm(model: PreTrainedModel, next_batch: Callable[[int], dict[str, torch
     opt, sched = make_optimizer(model, optim, cadence.steps)
     model, opt = acc.prepare(model, opt)
     trainee = Trainee(model, opt, sched, acc)
+    run.health.vocab_size = getattr(
+        getattr(acc.unwrap_model(model), "config", None), "vocab_size", None
+    )  # loss at ln|V|: collapsed
     tokens, start, ckpt = 0, 0, cadence.checkpoint
     if ckpt is not None:
         ckpt.total_steps = cadence.steps

@@ -34,7 +34,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     bc = cfg.bon
     policy_path = stage_input(cfg, bc.policy_path, "sft", "model", "policy")
     reward_path = stage_input(cfg, bc.reward_path, "reward", "model", "reward model")
-    run = Run(cfg.stage_dir("bon"), "bon", cfg, cfg.report_to, quiet)
+    run = Run(cfg.stage_dir("bon"), "bon", cfg, cfg.report_to, quiet, staged=True)
     run.write_json("../arm.json", cfg.arm_info())
     tok, policy, rm = (
         load_tokenizer(policy_path),
@@ -74,5 +74,4 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
             )
             n *= 2
     run.write_json("summary.json", {"rows": rows, "seconds": run.elapsed})
-    run.close()
-    return run.dir
+    return run.commit()

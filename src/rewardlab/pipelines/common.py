@@ -45,17 +45,17 @@ def stage_input(cfg: PipelineConfig, explicit: str | None, stage: str, name: str
 
 def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                     held_out: list, max_new_tokens: int, **extra: object) -> tuple[Path, dict]:  # fmt: skip
-    """Final sampled and greedy evaluation, summary.json, samples.jsonl and the atomic checkpoint."""
+    """Final sampled and greedy evaluation, samples.jsonl, the model, then (last) summary.json."""
     from rewardlab.audit.policy_eval import describe_metrics, evaluate_policy
     from rewardlab.optimize.lm import save_model
     from rewardlab.utils import write_jsonl
 
     final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, seed=0)
     greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, greedy=True)
-    run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
     out = save_model(model, tokenizer, run.dir / "model")
-    run.info(f"{describe_metrics(task, final)}; saved {out} in {run.elapsed:.0f}s")
+    run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})
+    run.info(f"{describe_metrics(task, final)}; saved {run.final / 'model'} in {run.elapsed:.0f}s")
     return out, final
 
 

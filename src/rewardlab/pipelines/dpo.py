@@ -172,7 +172,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     stats = train_dpo(Trainee(policy, opt, sched, acc), PairStream(train, order, pad), dc, run, cadence,
                       reference=ref, modpo_weight=modpo_weight, stats=ckpt.extra if start else None)  # fmt: skip
     # 5. save the policy and the summary
-    out = run.dir / "model"
+    out = run.dir / "model"  # in <stage>.partial until the stage is complete
     if audit is not None:
         out = save_model(acc.unwrap_model(policy), tok, out)
         write_summary(run, method=what, start=audit.rows[0], end=audit.rows[-1], train=stats, reference_cache=cache,
@@ -182,10 +182,9 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         gold = end.get("implicit/accuracy_gold") if task.info.has_gold else None
         run.info(f"{stats['pairs_per_second']:.0f} pairs/s; implicit reward accuracy vs labels "
                  f"{end.get('implicit/accuracy_rater', float('nan')):.3f}"
-                 + (f", vs gold {gold:.3f}" if gold is not None else "") + f"; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+                 + (f", vs gold {gold:.3f}" if gold is not None else "") + f"; saved {run.final / 'model'} in {run.elapsed:.0f}s")  # fmt: skip
     acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"
 
 
 def run_dpo_sweep(cfg: PipelineConfig, quiet: bool = False) -> list[Path]:
@@ -316,16 +315,15 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
         ckpt.end_step(rnd * spr, rounds=rounds, audit_rows=audit.rows if audit is not None else [])
         run.info(f"round {rnd}: {len(comps)} pairs, rater error vs gold {info['round/rater_error_rate']}, "
                  f"implicit accuracy vs rater {row.get('implicit/accuracy_rater', float('nan')):.3f}")  # fmt: skip
-    out = run.dir / "model"
+    out = run.dir / "model"  # in <stage>.partial until the stage is complete
     if audit is not None:
         out = save_model(acc.unwrap_model(policy), tok, out)
         write_summary(run, method=f"iterated {dc.loss} beta={dc.beta:g}", start=audit.rows[0], end=audit.rows[-1],
                       rounds=rounds, pairs_per_second=float(np.mean([r["pairs_per_second"] for r in rounds])),
                       num_processes=acc.num_processes)  # fmt: skip
-        run.info(f"saved {out} in {run.elapsed:.0f}s")
+        run.info(f"saved {run.final / 'model'} in {run.elapsed:.0f}s")
     acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"
 
 
 # ------------------------------------------------------------------------------------------ MODPO

@@ -46,7 +46,7 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
         str(stage_input(cfg, None, "sft", "model", "SFT model")),
         str(stage_input(cfg, None, "pretrain", "model", "pretrained model")),
     ]
-    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
+    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet, staged=True)
     rng = random.Random(cfg.seed * 31 + 3)
     problems = task.sample_items(lc.num_prompts, seed=TRAIN_PROMPT_SEED + cfg.seed)
     # 2. sample k completions per prompt from the configured policies
@@ -105,8 +105,7 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run.write_json("summary.json", {**stats, "sources": dict(Counter(paths[s] for s in origin))})
     run.info(f"{len(train)} train / {len(evals)} eval pairs ({dropped} identical dropped); rater error vs gold "
              f"{stats.get('rater/error_rate', float('nan')):.3f}")  # fmt: skip
-    run.close()
-    return run.dir
+    return run.commit()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
@@ -138,7 +137,7 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
     it holds out (``split_of``: a dataset task on the same file), the eval pairs are exactly those, so the
     audit's prompts are never trained on; otherwise a seeded shuffle splits off ``eval_fraction``."""
     lc = cfg.label
-    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet)
+    run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet, staged=True)
     comps = source.comparisons()
     split_of = getattr(task, "split_of", None)
     sides = [split_of(c.prompt) for c in comps] if callable(split_of) else []
@@ -162,5 +161,4 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
     run.log_metrics(stats, 0)
     run.write_json("summary.json", {**stats, "sources": {str(lc.file.path): len(comps)}})
     run.info(f"{len(train)} train / {len(evals)} eval pairs from {lc.file.path}")
-    run.close()
-    return run.dir
+    return run.commit()

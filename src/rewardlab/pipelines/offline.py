@@ -254,10 +254,9 @@ def _train_and_finish(s: _Stage, method: OfflineMethodConfig, prompts: list[str]
                                         "seconds": run.elapsed})  # fmt: skip
         shown = [k for k in ("gold", "proxy", s.task.info.headline) if k and f"{k}/all" in data]
         run.info("data (all -> weighted): " + ", ".join(f"{k} {data[f'{k}/all']:+.3f} -> {data[f'{k}/weighted']:+.3f}"
-                                                        for k in shown) + f"; saved {out} in {run.elapsed:.0f}s")  # fmt: skip
+                                                        for k in shown) + f"; saved {run.final / 'model'} in {run.elapsed:.0f}s")  # fmt: skip
     s.acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"
 
 
 def _plain_loss(weights: torch.Tensor) -> Callable[[list[int], list[Example]], LossFn]:
@@ -383,7 +382,7 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
     out = run.dir / "model"
     if not acc.is_main_process:
         acc.wait_for_everyone()
-        return out
+        return run.final / "model"
     final = evaluate_conditions(model, tok, task, held_out, rm, conditions, max_new_tokens=oc.max_new_tokens,
                                 seed=0)  # fmt: skip
     base_path = cfg.stage_dir("pretrain") / "model"
@@ -391,12 +390,12 @@ def run_phf(cfg: PipelineConfig, quiet: bool = False) -> Path:
         base_tok, base = load_policy(base_path)
         final.update(evaluate_conditions(base, base_tok, task, held_out, rm, {"mle_base": None},
                                          max_new_tokens=oc.max_new_tokens, seed=0))  # fmt: skip
-    out = save_model(model, tok, out)
+    save_model(model, tok, out)
     run.write_json("summary.json", {"final": final, "threshold": threshold, "good_fraction_seen":
                                     sum(good_shares) / max(1, len(good_shares)), "seconds": run.elapsed})  # fmt: skip
     names = [c for c in ("good", "none", "bad", "mle_base") if f"{c}/proxy/mean" in final]
     run.info("proxy / gold by condition: " + ", ".join(
-        f"{c} {final[f'{c}/proxy/mean']:+.3f} / {final[f'{c}/gold/mean']:+.3f}" for c in names) + f"; saved {out}")  # fmt: skip
-    run.close()
+        f"{c} {final[f'{c}/proxy/mean']:+.3f} / {final[f'{c}/gold/mean']:+.3f}" for c in names) + f"; saved {run.final / 'model'}")  # fmt: skip
+    out = run.commit() / "model"
     acc.wait_for_everyone()
     return out

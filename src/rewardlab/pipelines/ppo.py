@@ -138,16 +138,14 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             ckpt.end_step(step, kl_coef=kl_ctl.value, audit_rows=audit.rows if audit is not None else [])
             advance(prog, f"score {metrics['objective/scores']:+.2f} kl {metrics['objective/kl']:.2f}")
     # 8. save the policy and the summary
-    out = run.dir / "model"
     if acc.is_main_process and audit is not None:
-        out = save_model(acc.unwrap_model(policy), tok, run.dir / "model")
+        save_model(acc.unwrap_model(policy), tok, run.dir / "model")
         run.write_json(
             "summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "seconds": run.elapsed}
         )
-        run.info(f"saved {out} in {run.elapsed:.0f}s")
+        run.info(f"saved {run.final / 'model'} in {run.elapsed:.0f}s")
     acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"
 
 
 def rollout_generator(seed: int, shard: int) -> torch.Generator:

@@ -56,11 +56,9 @@ def run_pretrain(cfg: PipelineConfig, quiet: bool = False) -> Path:
     )
     model = train_lm(model, next_batch, pc.optim, run, Cadence(pc.steps, eval_every=pc.eval_every, evaluate=evaluate,
                      checkpoint=ckpt), accelerator=acc, chunks=pc.length_chunks)  # fmt: skip
-    out = run.dir / "model"
     if acc.is_main_process:
-        out, _ = finish_lm_stage(
+        finish_lm_stage(
             run, model, tokenizer, task, held_out, cfg.label.max_new_tokens, params=num_parameters(model)
         )
     acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"

@@ -64,7 +64,7 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
                                            member=m, evaluate=evaluate, accelerator=acc, checkpoint=ckpt))  # fmt: skip
     if not acc.is_main_process:  # normalization, evaluation and saving happen once, on the main process
         acc.wait_for_everyone()
-        return run.dir / "model"
+        return run.final / "model"
 
     # 3. normalize, evaluate against rater and gold labels, save
     # Normalize (mean 0, std 1 per member) on samples of the SFT policy, or on the training completions.
@@ -77,9 +77,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     if rc.ensemble_size > 1:
         final["eval/ensemble_std_mean"] = float(rm.score(prompts, responses).std.mean())
     run.log_metrics(final, -1)
-    run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
-                                    "seconds": run.elapsed})  # fmt: skip
     out = rm.save(run.dir / "model")
+    run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
+                                    "seconds": run.elapsed})  # the last file: the stage is complete  # fmt: skip
     hard = max(
         (int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None
     )
@@ -89,8 +89,8 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     if hard is not None and task.info.has_gold:
         msg += (f"; hardest (d{hard}) rater {final.get(f'eval/accuracy_rater_d{hard}', float('nan')):.3f} "
                 f"gold {final.get(f'eval/accuracy_gold_d{hard}', float('nan')):.3f}")  # fmt: skip
-    run.info(f"{msg}; ECE {final['eval/ece']:.3f}; saved {out} in {run.elapsed:.0f}s")
-    run.close()
+    run.info(f"{msg}; ECE {final['eval/ece']:.3f}; saved {run.final / 'model'} in {run.elapsed:.0f}s")
+    out = run.commit() / "model"
     acc.wait_for_everyone()
     return out
 

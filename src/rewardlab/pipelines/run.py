@@ -31,7 +31,11 @@ from rewardlab.utils import RewardlabError, atomic_write_text
 
 
 def _done(cfg: PipelineConfig, stage: str) -> bool:
-    """A stage is done when each of its folders holds one of the registry's done markers."""
+    """A stage is done when each of its folders holds one of the registry's done markers.
+
+    A stage folder exists only once the stage committed it (it writes into ``<name>.partial`` until its
+    ``summary.json``, written last, is in place), so an interrupted or failed stage is never "done".
+    """
     m = method(stage)
     return all(
         any((cfg.stage_dir(f) / marker).exists() for marker in m.done_marker()) for f in m.folders(cfg)
@@ -69,14 +73,32 @@ def run_arm(arm: PipelineConfig, methods: Sequence[str], wanted: set[str], reuse
 
 def _arm_worker(arm_json: str, methods: list[str], wanted: list[str], reuse: bool, queue: Any) -> None:
     """Entry point of a worker process: one arm, its progress relayed to the parent through ``queue``."""
-    from rewardlab.runs import set_relay
+    import signal
 
+    from rewardlab.runs import abandon_open_runs, describe_os_error, set_relay
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(
+        signal.SIGTERM, on_sigterm
+    )  # the parent stops workers with SIGTERM: leave status.json behind
     arm = PipelineConfig.model_validate_json(arm_json)
     set_relay(queue, arm.arm)
     try:
         times = run_arm(arm, methods, set(wanted), reuse, quiet=True)
+    except KeyboardInterrupt:
+        abandon_open_runs("interrupted", "stopped by Ctrl-C or SIGTERM")
+        raise SystemExit(130) from None
     except BaseException as e:  # the parent names the arm and re-raises
-        queue.put(("error", arm.arm, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        if isinstance(e, RewardlabError):
+            msg = str(e)
+        elif isinstance(e, OSError):
+            msg = describe_os_error(e)
+        else:
+            msg = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+        abandon_open_runs("failed", msg.splitlines()[0])
+        queue.put(("error", arm.arm, msg))
         raise SystemExit(1) from None
     queue.put(("done", arm.arm, times))
 
@@ -152,6 +174,23 @@ def run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None = None, reu
     Arms (rater preset x seed) run ``arm_processes`` at a time in worker processes, each with
     ``threads // arm_processes`` torch threads. Each stage's wall time goes to ``<run_dir>/timings.json``.
     """
+    from rewardlab.runs import FolderLock
+
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock = FolderLock(Path(cfg.run_dir) / ".rewardlab-run.lock", f"the run folder {cfg.run_dir}")
+        note = lock.acquire()
+        if note and not quiet:
+            console.print(f"[bold]rewardlab:[/] {note}")
+    try:
+        return _run_pipeline(cfg, seeds=seeds, reuse=reuse, stages=stages, quiet=quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None, reuse: bool, stages: Sequence[str] | None,
+                  quiet: bool) -> Path:  # fmt: skip
     from rewardlab.distributed import main_process_only
 
     wanted = set(stages or ("pretrain", "sft", *ARM_STAGES, "report"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -12,29 +11,14 @@ from rewardlab.audit.policy_eval import evaluate_policy
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
+from rewardlab.feedback.records import load_prompt_completions
 from rewardlab.optimize.lm import Example, collate_lm, lm_loss, train_lm
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.policies.tokenizer import encode_examples
 from rewardlab.tasks.base import has_capability
 from rewardlab.training import BatchOrder, Cadence, bucket_batches, shuffled_batches
-from rewardlab.utils import RewardlabError, read_jsonl, write_jsonl
-
-
-def load_prompt_completions(path: Path | str) -> list[dict[str, Any]]:
-    """Read TRL prompt-completion JSONL (``prompt``/``completion``, plain or conversational), validated."""
-    rows = read_jsonl(path)
-    if not rows:
-        raise RewardlabError(f"{path}: no records")
-    for i, r in enumerate(rows, 1):
-        for key in ("prompt", "completion"):
-            if key not in r:
-                raise RewardlabError(f"{path}: record {i}: missing field '{key}'")
-            if not isinstance(r[key], str | list):
-                raise RewardlabError(
-                    f"{path}: record {i}: field '{key}' must be a string or a list of messages"
-                )
-    return rows
+from rewardlab.utils import RewardlabError, write_jsonl
 
 
 def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -95,9 +79,7 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     )
     model = train_lm(model, next_batch, sc.optim, run, Cadence(sc.steps, eval_every=sc.eval_every, evaluate=evaluate,
                      checkpoint=ckpt), accelerator=acc, data_state=order)  # fmt: skip
-    out = run.dir / "model"
     if acc.is_main_process:
-        out, _ = finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
+        finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
     acc.wait_for_everyone()
-    run.close()
-    return out
+    return run.commit() / "model"
