@@ -444,7 +444,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(micro, tmp_path, case):
     proc = subprocess.run([*cmd, *sets], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ref, out = dirs["uninterrupted"] / ARM / stage, dirs["killed"] / ARM / stage
-    assert (out / "checkpoint").is_dir() and not (out / "model").exists()
+    from rewardlab.runs import partial_dir
+
+    assert (partial_dir(out) / "checkpoint").is_dir() and not out.exists()  # killed: only <stage>.partial
     assert main([*cmd[3:], "--resume", *sets]) == 0
     assert "resumed from" in (out / "run.log").read_text()
     for name in ("metrics.jsonl", "audit.jsonl"):

@@ -18,6 +18,7 @@ from rewardlab.feedback.file import FileSourceConfig
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.methods import METHODS, OPTIMIZERS
 from rewardlab.policies.models import ModelConfig
+from rewardlab.policies.tokenizer import Truncation
 from rewardlab.tasks.base import Task, validate_section
 from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
 from rewardlab.utils import RewardlabError, read_text_file
@@ -83,7 +84,20 @@ class PretrainConfig(_Strict):
     checkpoint_every: int = checkpoint_every_field(250)
 
 
-class SFTConfig(_Strict):
+class DataLimits(_Strict):
+    """How long an example from user data may be (prompt + completion, in tokens) and how a longer one is cut."""
+
+    max_length: int | None = Field(
+        None, gt=0, description="tokens per example, prompt + completion (default: the model's positions)"
+    )
+    truncation: Truncation = Field(
+        "keep_end",
+        description="a longer example: keep_end drops the prompt's oldest tokens, keep_start its newest (then the "
+        "completion's end); error refuses it. Cut examples are counted in the log and summary.json",
+    )
+
+
+class SFTConfig(DataLimits):
     """Supervised fine-tuning on expert demonstrations with completion-only loss."""
 
     model_path: str | None = Field(None, description="base model folder; default: <run_dir>/pretrain/model")
@@ -133,7 +147,7 @@ class LabelConfig(_Strict):
     batch_size: int = Field(256, gt=0)
 
 
-class RewardConfig(_Strict):
+class RewardConfig(DataLimits):
     """Train the proxy: a scalar head on an LM backbone."""
 
     init_path: str | None = Field(None, description="backbone to start from; default: <run_dir>/sft/model")
@@ -237,7 +251,7 @@ class BoNConfig(_Strict):
     samples_to_save: int = Field(128, ge=0)
 
 
-class DPOConfig(_Strict):
+class DPOConfig(DataLimits):
     """Direct preference optimization of the SFT policy on the arm's rater labels: one trainer, a loss per
     variant (``rewardlab.losses``): ``sigmoid`` (DPO; with ``label_smoothing`` > 0 conservative DPO),
     ``ipo``, ``robust`` (rDPO), ``hinge`` (SLiC) and ``simpo`` (reference-free), plus an optional NLL term.

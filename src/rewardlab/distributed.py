@@ -114,6 +114,7 @@ class ReplicaRun(Run):
         self.staged = staged
         self.health = HealthWatch()
         self.config_changes = []
+        self.recorded = {}
         self._sinks = []
         self._lock = None
         self._handles_open = False

@@ -327,6 +327,7 @@ class Run:
         self.staged = staged
         self.health = HealthWatch()
         self.config_changes: list[str] = []
+        self.recorded: dict[str, Any] = {}
         self._handles_open = False
         self._lock: FolderLock | None = None
         notes: list[str] = []
@@ -435,10 +436,15 @@ class Run:
             s.log({k: v for k, v in row.items() if k != "step"}, step)
         self.check_health(row, step)
 
+    def record(self, key: str, value: Any) -> None:
+        """A fact about the stage's data (e.g. ``data/truncated``) that goes into its ``summary.json``."""
+        self.recorded[key] = value
+
     def write_json(self, name: str, obj: Any) -> Path:
-        """Write ``obj`` as JSON atomically; a ``summary.json`` gets the run's ``warnings`` (and resume changes)."""
+        """Write ``obj`` as JSON atomically; a ``summary.json`` gets the run's recorded facts, ``warnings`` (and
+        the config changes accepted on resume)."""
         if name == "summary.json" and isinstance(obj, dict):
-            obj = {**obj, "warnings": list(self.warnings)}
+            obj = {**obj, **self.recorded, "warnings": list(self.warnings)}
             if self.config_changes:
                 obj["config_changes_on_resume"] = list(self.config_changes)
         return atomic_write_text(self.dir / name, json.dumps(obj, indent=2, default=_clean) + "\n")

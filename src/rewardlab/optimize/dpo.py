@@ -51,7 +51,7 @@ from rewardlab.losses import (
     robust_dpo_loss,
     simpo_loss,
 )
-from rewardlab.policies.tokenizer import encode_examples
+from rewardlab.policies.tokenizer import Limits, encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
 from rewardlab.training import BatchOrder, Cadence, Trainee, bucket_batches
@@ -79,14 +79,15 @@ class PairExample:
 
 
 def tokenize_comparisons(
-    tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison]
+    tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], limits: Limits | None = None
 ) -> list[PairExample]:
-    """Prompt (chat-formatted when the tokenizer has a template) and the two completions, tokenized once."""
+    """Prompt (chat-formatted when the tokenizer has a template) and the two completions, tokenized once and
+    cut to ``limits`` (default: the model's positions, keeping the prompt's end)."""
     if not comps:
         raise RewardlabError("dpo: no comparisons to tokenize")
     prompts = [c.prompt for c in comps]
-    ch = encode_examples(tokenizer, prompts, [c.chosen for c in comps])
-    rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps])
+    ch = encode_examples(tokenizer, prompts, [c.chosen for c in comps], limits)
+    rj = encode_examples(tokenizer, prompts, [c.rejected for c in comps], limits)
     # each side's prompt is a suffix of the same prompt (cut to fit its completion): share the shorter one
     return [
         PairExample(pc if len(pc) <= len(pr) else pr, c, r) for (pc, c), (pr, r) in zip(ch, rj, strict=True)

@@ -46,7 +46,7 @@ from rewardlab.optimize.dpo import (
 from rewardlab.optimize.lm import save_model
 from rewardlab.pipelines.common import eval_problems, label_source, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
-from rewardlab.policies.tokenizer import completion_text
+from rewardlab.policies.tokenizer import Limits, completion_text
 from rewardlab.rewards.model import RewardModel
 from rewardlab.training import Cadence, Trainee, make_optimizer
 from rewardlab.utils import RewardlabError, atomic_write_text
@@ -109,8 +109,12 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     all_train = load_comparisons(train_path)
     train_comps = _pairs(all_train, dc.drop_ties)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
-    train = PreferenceData(tokenize_comparisons(tok, train_comps))
-    held = PreferenceData(tokenize_comparisons(tok, eval_comps))
+    limits = Limits.for_stage(tok, dc, "dpo")
+    train = PreferenceData(tokenize_comparisons(tok, train_comps, limits))
+    held = PreferenceData(tokenize_comparisons(tok, eval_comps, limits))
+    if limits.describe():
+        run.info(limits.describe())  # type: ignore[arg-type]
+        run.record("data/truncated", limits.cut)
     cache: dict[str, Any] = {}
     if needs_reference(dc, modpo_weight):
         for name, data in (("train", train), ("eval", held)):
@@ -241,7 +245,8 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
     policy = load_causal_lm(policy_path)
     ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
-    held = PreferenceData(tokenize_comparisons(tok, eval_comps))
+    limits = Limits.for_stage(tok, dc, "dpo")
+    held = PreferenceData(tokenize_comparisons(tok, eval_comps, limits))
     rater = require_rater(label_source(cfg, task, seed=cfg.seed * 101 + 7), "iterated DPO")
     gen = torch.Generator().manual_seed(cfg.seed * 17 + 7)
     spr = ic.steps_per_round
@@ -299,7 +304,7 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
                 f"{stage}: round {rnd}: every sampled pair was identical or a tie; nothing to train on"
             )
         round_ref = ref if ic.reference == "initial" else copy.deepcopy(model).eval().requires_grad_(False)
-        data = PreferenceData(tokenize_comparisons(tok, comps))
+        data = PreferenceData(tokenize_comparisons(tok, comps, limits))
         if needs_reference(dc) and dc.reference == "precomputed":
             data.ref_chosen, data.ref_rejected, _, _ = cached_reference_logps(
                 round_ref, data.examples, pad, None, packing=dc.packing, device=acc.device

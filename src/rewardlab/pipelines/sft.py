@@ -15,7 +15,7 @@ from rewardlab.feedback.records import load_prompt_completions
 from rewardlab.optimize.lm import Example, collate_lm, lm_loss, train_lm
 from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
-from rewardlab.policies.tokenizer import encode_examples
+from rewardlab.policies.tokenizer import Limits, encode_examples
 from rewardlab.tasks.base import has_capability
 from rewardlab.training import BatchOrder, Cadence, bucket_batches, shuffled_batches
 from rewardlab.utils import RewardlabError, write_jsonl
@@ -42,9 +42,13 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
         rows = [{"prompt": task.prompt(i), "completion": demo(i, rng)} for i in items]
         if acc.is_main_process:
             write_jsonl(run.dir / "demos.jsonl", rows)
+    limits = Limits.for_stage(tokenizer, sc, "sft")
     examples: list[Example] = encode_examples(
-        tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows]
+        tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], limits
     )
+    if limits.describe():
+        run.info(limits.describe())  # type: ignore[arg-type]
+        run.record("data/truncated", limits.cut)
     n_eval = max(1, int(len(examples) * sc.eval_fraction))
     eval_ex, train_ex = examples[:n_eval], examples[n_eval:]
     if not train_ex:

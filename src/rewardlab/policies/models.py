@@ -6,6 +6,7 @@ local Llama/Qwen checkpoint is the path our own tiny models take.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from rewardlab.policies.tokenizer import context_limit
 from rewardlab.utils import RewardlabError
 
 
@@ -86,7 +88,26 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    positions = model_positions(p)
+    if positions is not None and (context_limit(tok) or positions + 1) > positions:
+        tok.model_max_length = positions  # never encode past the model's positions (an IndexError otherwise)
     return tok
+
+
+def model_positions(path: Path | str) -> int | None:
+    """The number of positions of the model saved in ``path`` (or its first reward-model member), if stated."""
+    p = Path(path)
+    for cfg in (p / "config.json", p / "members" / "0" / "config.json"):
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+                if isinstance(data.get(key), int) and data[key] > 0:
+                    return int(data[key])
+            return None
+    return None
 
 
 def load_causal_lm(path: Path | str) -> PreTrainedModel:

@@ -15,10 +15,13 @@ so preference data can be plain strings or conversational messages, as in TRL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from rewardlab.utils import RewardlabError
 
 PAD, EOS, UNK, USER, ASSISTANT, SYSTEM = "<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "<system>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, USER, ASSISTANT, SYSTEM]
@@ -134,31 +137,101 @@ def context_limit(tokenizer: PreTrainedTokenizerBase) -> int | None:
     return n if n < _NO_LIMIT else None
 
 
-def fit_example(prompt: list[int], completion: list[int], limit: int | None) -> tuple[list[int], list[int]]:
-    """Cut an example to ``limit`` tokens: the prompt loses its *oldest* tokens first (the last turns of a
-    dialogue matter most), keeping at least one; then the completion is cut at its end (keeping EOS)."""
+#: How an example longer than the limit is cut (TRL's ``truncation_mode`` names): ``keep_end`` drops the prompt's
+#: oldest tokens (a dialogue keeps its last turns), ``keep_start`` its newest; both then cut the completion's end
+#: (keeping EOS). ``error`` refuses the example, naming it.
+Truncation = Literal["keep_end", "keep_start", "error"]
+
+
+def fit_example(prompt: list[int], completion: list[int], limit: int | None,
+                truncation: Truncation = "keep_end") -> tuple[list[int], list[int]]:  # fmt: skip
+    """Cut an example to ``limit`` tokens: the prompt loses its oldest (``keep_end``) or newest (``keep_start``)
+    tokens first, keeping at least one; then the completion is cut at its end (keeping EOS)."""
     if limit is None or len(prompt) + len(completion) <= limit:
         return prompt, completion
-    prompt = prompt[-max(1, limit - len(completion)) :]
+    keep = max(1, limit - len(completion))
+    prompt = prompt[:keep] if truncation == "keep_start" else prompt[-keep:]
     if len(prompt) + len(completion) > limit:
         completion = [*completion[: max(0, limit - len(prompt) - 1)], completion[-1]]
     return prompt, completion
+
+
+def fit_examples(examples: Sequence[tuple[list[int], list[int]]], limit: int | None, truncation: Truncation = "keep_end",
+                 where: str = "data") -> tuple[list[tuple[list[int], list[int]]], int]:  # fmt: skip
+    """Each example cut to ``limit`` tokens (:func:`fit_example`); returns them and how many were cut.
+
+    With ``truncation="error"`` the first example over the limit raises an error naming it (1-based)."""
+    out, cut = [], 0
+    for i, (p, c) in enumerate(examples, 1):
+        if limit is not None and len(p) + len(c) > limit:
+            if truncation == "error":
+                raise RewardlabError(
+                    f"{where}: example {i} has {len(p) + len(c)} tokens, more than the limit of {limit} "
+                    "(set truncation: keep_end or keep_start to cut it, or raise max_length up to the model's positions)"
+                )
+            cut += 1
+            p, c = fit_example(p, c, limit, truncation)
+        out.append((p, c))
+    return out, cut
+
+
+@dataclass
+class Limits:
+    """A stage's limit on user data: ``max_length`` tokens per example, cut by ``truncation``; it counts what it
+    cuts (``cut`` of ``seen`` examples) so the stage can log it. Build it with :meth:`for_stage`."""
+
+    max_length: int | None
+    truncation: Truncation = "keep_end"
+    where: str = "data"
+    seen: int = 0
+    cut: int = 0
+
+    @classmethod
+    def for_stage(cls, tokenizer: PreTrainedTokenizerBase, section: Any, name: str) -> Limits:
+        """From a config section with ``max_length``/``truncation`` (named ``name`` in errors): ``max_length``
+        if set, else the model's positions; one above the model's positions is an error."""
+        model = context_limit(tokenizer)
+        max_length = getattr(section, "max_length", None)
+        if max_length is not None and model is not None and max_length > model:
+            raise RewardlabError(
+                f"{name}.max_length={max_length} is more than the model's {model} positions; lower it or leave it unset"
+            )
+        return cls(max_length if max_length is not None else model, getattr(section, "truncation", "keep_end"),
+                   name)  # fmt: skip
+
+    def describe(self) -> str | None:
+        """One log line when examples were cut, else None."""
+        if not self.cut:
+            return None
+        return (f"{self.cut} of {self.seen} examples were longer than {self.max_length} tokens and were cut "
+                f"({self.where}.truncation={self.truncation})")  # fmt: skip
 
 
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     completions: Sequence[str | Sequence[dict[str, str]]],
+    limits: Limits | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """Batch-encode (prompt, completion) pairs to (prompt_ids, completion_ids + [eos]), each cut to the
-    tokenizer's ``model_max_length`` (:func:`fit_example`; a no-op for the built-in tasks' short texts)."""
+    """Batch-encode (prompt, completion) pairs to (prompt_ids, completion_ids + [eos]), each cut to ``limits``
+    (default: the tokenizer's ``model_max_length``, ``keep_end``; a no-op for the built-in tasks' short texts)."""
     if len(prompts) != len(completions):
         raise ValueError("prompts and completions differ in length")
     eos = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
     p_ids = tokenizer([prompt_text(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
     c_ids = tokenizer([" " + completion_text(c) for c in completions], add_special_tokens=False)["input_ids"]
-    limit = context_limit(tokenizer)
-    return [fit_example(list(p), [*c, eos], limit) for p, c in zip(p_ids, c_ids)]
+    return fit_to(limits, tokenizer, [(list(p), [*c, eos]) for p, c in zip(p_ids, c_ids, strict=True)])
+
+
+def fit_to(limits: Limits | None, tokenizer: PreTrainedTokenizerBase,
+           examples: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """``examples`` cut to ``limits`` (counted there), or to the tokenizer's limit with ``keep_end``."""
+    if limits is None:
+        return fit_examples(examples, context_limit(tokenizer))[0]
+    out, cut = fit_examples(examples, limits.max_length, limits.truncation, limits.where)
+    limits.seen += len(examples)
+    limits.cut += cut
+    return out
 
 
 def tokenizer_for_task(

@@ -24,7 +24,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
-from rewardlab.policies.tokenizer import Prompt, completion_text, encode_examples
+from rewardlab.policies.tokenizer import (
+    Limits,
+    Prompt,
+    completion_text,
+    context_limit,
+    encode_examples,
+)
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.utils import RewardlabError, atomic_dir, length_sorted_batches
 
@@ -49,16 +55,47 @@ def backbone_of(model: PreTrainedModel) -> Backbone:
 
 
 def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], completions: Sequence[Any],
-                      backbone: Backbone = "causal") -> list[tuple[list[int], list[int]]]:  # fmt: skip
-    """(prompt_ids, completion_ids) for scoring. Causal: the policy's encoding, ending in EOS. Encoder: the
-    tokenizer's own pair encoding (``[CLS] prompt [SEP] completion [SEP]``, truncated from the prompt's
-    start to ``model_max_length``), returned whole as the prompt part with an empty completion."""
+                      backbone: Backbone = "causal", limits: Limits | None = None) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """(prompt_ids, completion_ids) for scoring, cut to ``limits`` (default: the model's positions, keeping the
+    prompt's end). Causal: the policy's encoding, ending in EOS. Encoder: the tokenizer's own pair encoding
+    (``[CLS] prompt [SEP] completion [SEP]``), returned whole as the prompt part with an empty completion."""
     if backbone == "causal":
-        return encode_examples(tokenizer, prompts, completions)
+        return encode_examples(tokenizer, prompts, completions, limits)
     ptexts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
-    enc = tokenizer(ptexts, [completion_text(c) for c in completions], truncation="only_first",
-                    max_length=min(int(tokenizer.model_max_length), 512))  # fmt: skip
-    return [(list(ids), []) for ids in enc["input_ids"]]
+    ctexts = [completion_text(c) for c in completions]
+    if limits is None:
+        limits = Limits(min(context_limit(tokenizer) or 512, 512))
+    full = tokenizer(ptexts, ctexts)["input_ids"]
+    limit = limits.max_length
+    over = [i for i, ids in enumerate(full) if limit is not None and len(ids) > limit]
+    limits.seen += len(full)
+    if not over:
+        return [(list(ids), []) for ids in full]
+    if limits.truncation == "error":
+        i = over[0]
+        raise RewardlabError(f"{limits.where}: example {i + 1} has {len(full[i])} tokens, more than the limit of {limit} "
+                             "(set truncation: keep_end or keep_start to cut it, or raise max_length)")  # fmt: skip
+    limits.cut += len(over)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = (
+        "left" if limits.truncation == "keep_end" else "right"
+    )  # the prompt's side to cut
+    try:
+        cut = tokenizer([ptexts[i] for i in over], [ctexts[i] for i in over], truncation="only_first",
+                        max_length=limit)["input_ids"]  # fmt: skip
+        still = [j for j, ids in enumerate(cut) if len(ids) > limit]  # the completion alone is too long
+        if still:
+            tokenizer.truncation_side = "right"
+            cut2 = tokenizer([ptexts[over[j]] for j in still], [ctexts[over[j]] for j in still],
+                             truncation="longest_first", max_length=limit)["input_ids"]  # fmt: skip
+            for j, ids in zip(still, cut2, strict=True):
+                cut[j] = ids
+    finally:
+        tokenizer.truncation_side = side
+    out = [list(ids) for ids in full]
+    for i, ids in zip(over, cut, strict=True):
+        out[i] = list(ids)
+    return [(ids, []) for ids in out]
 
 
 def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:

@@ -24,6 +24,7 @@ from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
+from rewardlab.policies.tokenizer import Limits
 from rewardlab.rewards.model import RewardModel, backbone_of, collate_sequences, encode_for_reward
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
@@ -45,12 +46,13 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, comps: Sequence[Comparison], use_margin: bool,
-                   verifier: PreTrainedModel | None = None, backbone: str = "causal") -> TokenizedPairs:  # fmt: skip
+                   verifier: PreTrainedModel | None = None, backbone: str = "causal",
+                   limits: Limits | None = None) -> TokenizedPairs:  # fmt: skip
     if not comps:
         raise RewardlabError("reward: no comparisons to train on")
     prompts = [c.prompt for c in comps]
-    ch = encode_for_reward(tokenizer, prompts, [c.chosen for c in comps], backbone)
-    rj = encode_for_reward(tokenizer, prompts, [c.rejected for c in comps], backbone)
+    ch = encode_for_reward(tokenizer, prompts, [c.chosen for c in comps], backbone, limits)  # type: ignore[arg-type]
+    rj = encode_for_reward(tokenizer, prompts, [c.rejected for c in comps], backbone, limits)  # type: ignore[arg-type]
     margin = torch.tensor([float(c.margin or 0.0) if use_margin else 0.0 for c in comps])
     target = torch.tensor([0.5 if c.meta.get("tie") else 1.0 for c in comps])
     fc = verifier_features(verifier, tokenizer, ch) if verifier is not None else None
@@ -66,10 +68,11 @@ class TokenizedRankings:
 
 
 def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Ranking],
-                      verifier: PreTrainedModel | None = None, backbone: str = "causal") -> TokenizedRankings:  # fmt: skip
+                      verifier: PreTrainedModel | None = None, backbone: str = "causal",
+                      limits: Limits | None = None) -> TokenizedRankings:  # fmt: skip
     seqs, feats = [], []
     for r in ranks:
-        ex = encode_for_reward(tokenizer, [r.prompt] * len(r.completions), r.completions, backbone)
+        ex = encode_for_reward(tokenizer, [r.prompt] * len(r.completions), r.completions, backbone, limits)  # type: ignore[arg-type]
         seqs.append([p + c for p, c in ex])
         if verifier is not None:
             feats.append(verifier_features(verifier, tokenizer, ex))
@@ -128,15 +131,19 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     acc = accelerator or make_accelerator()
     world = acc.num_processes
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
-    # 1. tokenize, and the resumable batch order
+    # 1. tokenize (cut to reward.max_length, counted), and the resumable batch order
+    limits = Limits.for_stage(tokenizer, cfg, "reward")
     if cfg.loss == "plackett_luce":
         if not rankings:
             raise RewardlabError("reward.loss=plackett_luce needs K-wise rankings (label.k > 2)")
-        tr = tokenize_rankings(tokenizer, rankings, verifier, backbone_of(model))
+        tr = tokenize_rankings(tokenizer, rankings, verifier, backbone_of(model), limits)
         n = len(tr.seqs)
     else:
-        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin, verifier, backbone_of(model))
+        tp = tokenize_pairs(tokenizer, pairs or [], cfg.use_margin, verifier, backbone_of(model), limits)
         n = len(tp.chosen)
+    if member == 0 and limits.describe():
+        run.info(limits.describe())  # type: ignore[arg-type]
+        run.record("data/truncated", limits.cut)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.packing == "bucket":  # similar lengths in a batch: ~13% less padding on 2,000 synthetic pairs
