@@ -5,6 +5,8 @@ formula evaluated here with python floats, never read off the code under test.""
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -269,3 +271,296 @@ def test_alol_loss_gradient_only_through_logp() -> None:
     _close(
         logp.grad, [-0.8 * rho0 / 5, -0.8 * rho0 / 5, 0.0, -0.5 * rho1 / 5, -0.5 * rho1 / 5, -0.5 * rho1 / 5]
     )
+
+
+# ------------------------------------------------------------------------------ shape checks name their inputs
+def _pairs(n1: int, n2: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(n1), torch.zeros(n2)
+
+
+SHAPE_CASES: list[tuple[str, Any]] = [
+    ("r_chosen and r_rejected must", lambda: L.bradley_terry_loss(*_pairs(2, 3))),
+    ("r_chosen and r_rejected must", lambda: L.preference_accuracy(*_pairs(2, 3))),
+    ("scores and ranking must", lambda: L.plackett_luce_loss(torch.zeros(2, 3), torch.zeros(2, 2, dtype=torch.long))),
+    ("valid has shape", lambda: L.plackett_luce_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 2))),
+    ("logp and ref_logp must", lambda: L.kl_estimators(*_pairs(2, 3))),
+    ("logp and ref_logp must", lambda: L.kl_penalty(*_pairs(2, 3))),
+    ("logp and ref_logp must", lambda: L.alol_importance_weights(torch.zeros(1, 2), torch.zeros(1, 3), torch.ones(1, 2), 0.5)),
+    ("rewards and values must", lambda: L.gae(torch.zeros(1, 2), torch.zeros(1, 3), torch.ones(1, 2))),
+    ("logp and old_logp must", lambda: L.ppo_policy_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.ones(2))),
+    ("logp and advantages must", lambda: L.ppo_policy_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.ones(2))),
+    ("values and old_values must", lambda: L.ppo_value_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.ones(2))),
+    ("values and returns must", lambda: L.ppo_value_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.ones(2))),
+    ("rloo_advantages: k must", lambda: L.rloo_advantages(torch.zeros(4), 0)),
+    ("grpo_advantages: k must", lambda: L.grpo_advantages(torch.zeros(4), 0)),
+    ("grpo_advantages: 3 scores", lambda: L.grpo_advantages(torch.zeros(3), 2)),
+    ("policy_chosen_logps and policy_rejected_logps must",
+     lambda: L.dpo_sigmoid_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(3))),
+    ("policy_chosen_logps and ref_chosen_logps must",
+     lambda: L.dpo_sigmoid_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.zeros(2))),
+    ("policy_rejected_logps and ref_rejected_logps must",
+     lambda: L.dpo_sigmoid_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(3))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("message", "call"), SHAPE_CASES)
+def test_shape_errors_name_the_inputs(message: str, call: Any) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+# ------------------------------------------------------------------------------ DPO family: defaults and formulas
+PW, PL, RW, RL = [-3.0, -7.0, -2.0], [-5.0, -4.0, -2.5], [-3.5, -6.0, -2.2], [-4.0, -4.5, -2.0]
+DELTA = [(a - b) - (c - d) for a, c, b, d in zip(PW, PL, RW, RL)]
+
+
+def _dpo_args() -> tuple[torch.Tensor, ...]:
+    return _t(PW), _t(PL), _t(RW), _t(RL)
+
+
+def test_dpo_family_defaults_by_hand() -> None:
+    beta = 0.1  # every DPO-family loss defaults to TRL's beta = 0.1
+    _close(L.dpo_sigmoid_loss(*_dpo_args()).losses, [-_logsig(beta * d) for d in DELTA])
+    _close(L.hinge_dpo_loss(*_dpo_args()).losses, [max(0.0, 1.0 - beta * d) for d in DELTA])
+    _close(L.ipo_loss(*_dpo_args()).losses, [(d - 1.0 / (2 * beta)) ** 2 for d in DELTA])
+    eps = 0.1  # rDPO's default flip rate
+    _close(
+        L.robust_dpo_loss(*_dpo_args()).losses,
+        [(-(1 - eps) * _logsig(beta * d) + eps * _logsig(-beta * d)) / (1 - 2 * eps) for d in DELTA],
+    )
+    out = L.dpo_sigmoid_loss(*_dpo_args())
+    _close(out.chosen_rewards, [beta * (a - b) for a, b in zip(PW, RW)])
+    _close(out.rejected_rewards, [beta * (a - b) for a, b in zip(PL, RL)])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_cdpo_and_rdpo_by_hand(eps: float) -> None:
+    beta = 0.5
+    z = [beta * d for d in DELTA]
+    _close(
+        L.dpo_sigmoid_loss(*_dpo_args(), beta=beta, label_smoothing=eps).losses,
+        [-(1 - eps) * _logsig(x) - eps * _logsig(-x) for x in z],
+    )
+    _close(
+        L.robust_dpo_loss(*_dpo_args(), beta=beta, label_smoothing=eps).losses,
+        [(-(1 - eps) * _logsig(x) + eps * _logsig(-x)) / (1 - 2 * eps) for x in z],
+    )
+
+
+def test_ipo_per_token_form_by_hand() -> None:
+    beta = 0.25
+    nw, nl = [1.0, 3.0, 0.0], [2.0, 1.0, 4.0]
+    out = L.ipo_loss(*_dpo_args(), beta=beta, chosen_lengths=_t(nw), rejected_lengths=_t(nl))
+    h = [(a - b) / max(x, 1.0) - (c - d) / max(y, 1.0) for a, b, c, d, x, y in zip(PW, RW, PL, RL, nw, nl)]
+    _close(out.losses, [(x - 1.0 / (2 * beta)) ** 2 for x in h])
+    _close(L.ipo_loss(*_dpo_args(), beta=beta).losses, [(d - 2.0) ** 2 for d in DELTA])
+    with pytest.raises(ValueError):
+        L.ipo_loss(*_dpo_args(), chosen_lengths=_t(nw))
+
+
+def test_dpo_family_parameter_ranges() -> None:
+    for fn in (L.dpo_sigmoid_loss, L.robust_dpo_loss):
+        fn(*_dpo_args(), label_smoothing=0.0)  # type: ignore[operator]
+        fn(*_dpo_args(), label_smoothing=0.49)  # type: ignore[operator]
+        for bad in (0.5, 0.7, -0.1):
+            with pytest.raises(ValueError):
+                fn(*_dpo_args(), label_smoothing=bad)  # type: ignore[operator]
+    for fn in (L.dpo_sigmoid_loss, L.ipo_loss, L.robust_dpo_loss, L.hinge_dpo_loss):
+        for bad in (0.0, -0.1):
+            with pytest.raises(ValueError, match="beta must be > 0"):
+                fn(*_dpo_args(), beta=bad)  # type: ignore[operator]
+
+
+# ------------------------------------------------------------------------------ reward modelling
+def test_bradley_terry_soft_targets_by_hand() -> None:
+    rc, rr = [1.0, -0.5], [0.25, 0.5]
+    d = [a - b for a, b in zip(rc, rr)]
+    _close(L.bradley_terry_loss(_t(rc), _t(rr), target=0.0, reduction="none"), [-_logsig(-x) for x in d])
+    _close(L.bradley_terry_loss(_t(rc), _t(rr), target=1.0, reduction="none"), [-_logsig(x) for x in d])
+    with pytest.raises(ValueError):
+        L.bradley_terry_loss(_t(rc), _t(rr), target=1.5)
+    with pytest.raises(ValueError):
+        L.bradley_terry_loss(_t(rc), _t(rr), target=-0.5)
+
+
+def test_preference_accuracy_single_pair_and_ties() -> None:
+    assert L.preference_accuracy(_t([1.0]), _t([0.0])) == 1.0
+    assert L.preference_accuracy(_t([1.0, 2.0]), _t([1.0, 3.0]), ties="half") == 0.25
+    with pytest.raises(ValueError):
+        L.preference_accuracy(_t([]), _t([]))
+
+
+def test_ece_bins_by_hand() -> None:
+    # p = 0.5 is predicted "first item" (confidence 0.5); label 1 -> correct
+    assert L.expected_calibration_error(_t([0.5]), _t([1.0]), n_bins=2) == pytest.approx(0.5)
+    assert L.expected_calibration_error(_t([0.5]), _t([0.0]), n_bins=2) == pytest.approx(0.5 - 0.0)
+    # two bins of [0, 1]: 0.5 falls in (0, 0.5], 0.9 in (0.5, 1]: |1 - 0.5| + |0 - 0.9| over 2
+    assert L.expected_calibration_error(_t([0.5, 0.1]), _t([1.0, 1.0]), n_bins=2) == pytest.approx(
+        (0.5 + 0.9) / 2
+    )
+    # an upper bin edge belongs to its bin: with 4 bins 0.75 is in (0.5, 0.75], 0.8 in (0.75, 1]
+    assert L.expected_calibration_error(_t([0.75, 0.2]), _t([1.0, 1.0]), n_bins=4) == pytest.approx(
+        (0.25 + 0.8) / 2
+    )
+    # ten bins: 0.7 is in (0.6, 0.7] (not in (0.7, 0.8] with 0.75)
+    assert L.expected_calibration_error(_t([0.7, 0.25]), _t([1.0, 1.0]), n_bins=10) == pytest.approx(
+        (0.3 + 0.75) / 2
+    )
+    # the default is 10 bins
+    assert L.expected_calibration_error(_t([0.7, 0.25]), _t([1.0, 1.0])) == pytest.approx((0.3 + 0.75) / 2)
+    for ok in ([0.0], [1.0]):
+        L.expected_calibration_error(_t(ok), _t([1.0]))
+    for bad in ([1.1], [-0.1], [1.5], [2.5]):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            L.expected_calibration_error(_t(bad), _t([1.0]))
+
+
+# ------------------------------------------------------------------------------ token-level helpers
+def _ref_log_softmax(row: list[float]) -> list[float]:
+    m = max(row)
+    lse = m + math.log(sum(math.exp(x - m) for x in row))
+    return [x - lse for x in row]
+
+
+def _ref_entropy(row: list[float]) -> float:
+    return -sum(math.exp(x) * x for x in _ref_log_softmax(row))
+
+
+LOGITS4 = [[[[0.5, -1.0, 2.0, 0.0], [1.5, 0.5, -0.5, 0.25]], [[0.0, 0.0, 3.0, -2.0], [-1.0, 2.5, 0.5, 1.0]]],
+           [[[2.0, 1.0, 0.0, -1.0], [0.3, 0.2, 0.1, 0.0]], [[-0.5, 1.5, -2.5, 3.5], [1.0, 1.0, 1.0, 1.0]]]]  # fmt: skip
+INDEX4 = [[[2, 0], [3, 1]], [[0, 3], [1, 2]]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_selective_log_softmax_any_rank_by_hand(dtype: torch.dtype) -> None:
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    x4 = torch.tensor(LOGITS4, dtype=dtype)
+    i4 = torch.tensor(INDEX4)
+    exp4 = [
+        _ref_log_softmax(LOGITS4[a][b][c])[INDEX4[a][b][c]]
+        for a in range(2)
+        for b in range(2)
+        for c in range(2)
+    ]
+    got = L.selective_log_softmax(x4, i4)
+    assert got.shape == (2, 2, 2)
+    assert got.float().flatten().tolist() == pytest.approx(exp4, abs=tol)
+    row = LOGITS4[0][1][1]
+    got1 = L.selective_log_softmax(torch.tensor(row, dtype=dtype), torch.tensor(1))
+    assert got1.shape == () and float(got1) == pytest.approx(_ref_log_softmax(row)[1], abs=tol)
+    with pytest.raises(ValueError):
+        L.selective_log_softmax(x4, i4[:, :1])
+
+
+def test_entropy_any_rank_by_hand() -> None:
+    x4 = torch.tensor(LOGITS4, dtype=torch.float64)
+    exp4 = [_ref_entropy(LOGITS4[a][b][c]) for a in range(2) for b in range(2) for c in range(2)]
+    got = L.entropy_from_logits(x4)
+    assert got.shape == (2, 2, 2) and got.flatten().tolist() == pytest.approx(exp4, rel=1e-10)
+    row = LOGITS4[1][0][0]
+    assert float(L.entropy_from_logits(torch.tensor(row, dtype=torch.float64))) == pytest.approx(
+        _ref_entropy(row)
+    )
+
+
+def test_masked_var_needs_valid_entries() -> None:
+    with pytest.raises(ValueError, match="no valid entries"):
+        L.masked_var(_t([1.0, 2.0]), torch.zeros(2))
+    with pytest.raises(ValueError, match="one valid entry"):
+        L.masked_var(_t([1.0, 2.0]), torch.tensor([1, 0]))
+    _close(L.masked_var(_t([1.0, 2.0, 4.0]), torch.tensor([1, 1, 0])), 0.5)
+    _close(L.masked_var(_t([1.0, 2.0, 4.0]), torch.tensor([1, 1, 0]), unbiased=False), 0.25)
+
+
+# ------------------------------------------------------------------------------ KL controllers, best-of-n, groups
+def test_kl_controller_ranges() -> None:
+    assert L.FixedKLController(0.0).value == 0.0
+    assert L.AdaptiveKLController(0.0, 0.5, 0.5).value == 0.0
+    with pytest.raises(ValueError):
+        L.FixedKLController(-0.1)
+    for args in ((-0.1, 1.0, 1.0), (0.1, 0.0, 1.0), (0.1, -1.0, 1.0), (0.1, 1.0, 0.0), (0.1, 1.0, -1.0)):
+        with pytest.raises(ValueError):
+            L.AdaptiveKLController(*args)
+    c = L.AdaptiveKLController(0.2, 0.5, 0.5)
+    c.update(current_kl=0.55, n_steps=1)  # error = clip(0.55/0.5 - 1) = 0.1, times n/horizon = 2
+    assert c.value == pytest.approx(0.2 * (1 + 0.1 * 1 / 0.5))
+
+
+def test_kl_penalty_default_is_k1() -> None:
+    logp, ref = _t([-1.0, -2.0]), _t([-1.5, -1.0])
+    _close(L.kl_penalty(logp, ref), [0.5, -1.0])
+    with pytest.raises(ValueError):
+        L.kl_penalty(logp, ref, "k4")  # type: ignore[arg-type]
+
+
+def test_integer_arguments_are_checked() -> None:
+    for bad in (1.5, 0, True, -2):
+        with pytest.raises(ValueError):
+            L.best_of_n_kl(bad)  # type: ignore[arg-type]
+    assert L.best_of_n_kl(4.0) == pytest.approx(math.log(4) - 0.75)  # type: ignore[arg-type]
+    for bad_k in (1.5, True, 0):
+        with pytest.raises(ValueError):
+            L.grpo_advantages(_t([1.0, 2.0, 3.0]), bad_k)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        L.grpo_advantages(_t([]), 1)
+
+
+def test_grpo_small_groups_and_batches_by_hand() -> None:
+    # one score: the std over one value is 0, so the advantage is 0 (not NaN), in every scale
+    for scale in ("group", "batch", "none"):
+        _close(L.grpo_advantages(_t([3.0]), 1, scale=scale), [0.0])  # type: ignore[arg-type]
+    # k = 2: the group std (unbiased) of (1, 3) is sqrt(2)
+    s = math.sqrt(2.0)
+    _close(L.grpo_advantages(_t([1.0, 3.0]), 2), [-1 / (s + 1e-4), 1 / (s + 1e-4)])
+    # batch scale with two scores in groups of one: centered 0, still 0
+    _close(L.grpo_advantages(_t([1.0, 3.0]), 1, scale="batch"), [0.0, 0.0])
+    # batch scale, two groups of two: group-centred, divided by the batch std of all four
+    sc = [1.0, 3.0, 2.0, 6.0]
+    mean = sum(sc) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in sc) / 3)
+    _close(L.grpo_advantages(_t(sc), 2, scale="batch", eps=0.0), [-1 / sd, 1 / sd, -2 / sd, 2 / sd])
+    _close(L.rloo_advantages(_t(sc), 2), [-2.0, 2.0, -4.0, 4.0])
+
+
+# ------------------------------------------------------------------------------ GAE and PPO
+def test_gae_edges_and_defaults_by_hand() -> None:
+    empty = L.gae(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0))
+    assert empty[0].shape == (2, 0) and empty[1].shape == (2, 0)
+    adv, ret = L.gae(_t([[2.0]]), _t([[0.5]]), torch.ones(1, 1))
+    _close(adv, [1.5])  # one token: delta = r - V
+    _close(ret, [2.0])
+    r, v = [[1.0, 0.0, 2.0]], [[0.5, 0.25, 1.0]]
+    adv, _ = L.gae(_t(r), _t(v), torch.ones(1, 3))  # defaults: gamma 1, lambda 0.95
+    d2 = 2.0 - 1.0
+    d1 = 0.0 + 1.0 - 0.25
+    d0 = 1.0 + 0.25 - 0.5
+    a2 = d2
+    a1 = d1 + 0.95 * a2
+    a0 = d0 + 0.95 * a1
+    _close(adv, [a0, a1, a2])
+
+
+def test_ppo_defaults_by_hand() -> None:
+    logp, old = _t([0.0, 0.5, -0.5]), _t([0.0, 0.0, 0.0])
+    adv = _t([1.0, 1.0, -1.0])
+    loss, _ = L.ppo_policy_loss(logp, old, adv, torch.ones(3))  # default clip 0.2
+    ratio = [1.0, math.exp(0.5), math.exp(-0.5)]
+    terms = [max(-a * r, -a * min(max(r, 0.8), 1.2)) for a, r in zip([1.0, 1.0, -1.0], ratio)]
+    _close(loss, sum(terms) / 3)
+    values, old_v, ret = _t([1.0, -1.0, 0.1]), _t([0.0, 0.0, 0.0]), _t([0.0, 0.5, 0.3])
+    vloss, stats = L.ppo_value_loss(values, old_v, ret, torch.ones(3))  # default clip 0.2
+    clipped = [0.2, -0.2, 0.1]
+    per = [max((v - r) ** 2, (c - r) ** 2) for v, c, r in zip([1.0, -1.0, 0.1], clipped, [0.0, 0.5, 0.3])]
+    _close(vloss, 0.5 * sum(per) / 3)
+    # clipped branch active (larger) for rows 0? (0.2-0)^2 < 1: no; row 1: (-0.2-0.5)^2 = 0.49 < 2.25: no
+    _close(stats["clipfrac"], 0.0)
+    values2, old2, ret2 = _t([0.5, -0.5]), _t([0.2, -0.1]), _t([0.0, 0.0])
+    vloss2, stats2 = L.ppo_value_loss(values2, old2, ret2, torch.ones(2), clip_range_value=0.1)
+    clipped2 = [0.3, -0.2]  # old + clip(V - old, -0.1, 0.1)
+    per2 = [max(v**2, c**2) for v, c in zip([0.5, -0.5], clipped2)]
+    _close(vloss2, 0.5 * sum(per2) / 2)
+    _close(stats2["clipfrac"], 0.0)
+    values3, old3, ret3 = _t([0.5]), _t([2.0]), _t([0.0])
+    vloss3, stats3 = L.ppo_value_loss(values3, old3, ret3, torch.ones(1), clip_range_value=0.5)
+    _close(vloss3, 0.5 * max(0.25, 1.5**2))  # clipped value 1.5 is further from the return
+    _close(stats3["clipfrac"], 1.0)
