@@ -308,7 +308,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(micro, tmp_path, method):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     out = {k: d / ARM / method for k, d in runs.items()}
-    assert (out["killed"] / "checkpoint").is_dir() and not (out["killed"] / "model").exists()
+    from rewardlab.runs import partial_dir
+
+    assert (partial_dir(out["killed"]) / "checkpoint").is_dir() and not out[
+        "killed"
+    ].exists()  # only <method>.partial
     assert main([method, str(MICRO), "--run-dir", str(runs["killed"]), "--quiet", "--resume", *sets]) == 0
     assert "resumed from" in (out["killed"] / "run.log").read_text()
 

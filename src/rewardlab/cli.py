@@ -104,16 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rewardlab: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        from rewardlab.runs import describe_os_error
+        from rewardlab.runs import describe_os_error, open_run_dir
 
-        _abandon("failed", describe_os_error(e))
-        print(f"rewardlab: error: {describe_os_error(e)}", file=sys.stderr)
+        msg = describe_os_error(e, open_run_dir())
+        _abandon("failed", msg)
+        print(f"rewardlab: error: {msg}", file=sys.stderr)
         return 2
     except MemoryError:
         _abandon("failed", "out of memory")
         print("rewardlab: error: out of memory (a smaller batch_size, max_length or model?)", file=sys.stderr)
         return 2
     except BaseException as e:
+        from rewardlab.runs import as_os_error, describe_os_error, open_run_dir
+
+        io = as_os_error(e) if isinstance(e, Exception) else None
+        if io is not None:  # an I/O failure a library reported in its own exception type
+            msg = describe_os_error(io, open_run_dir())
+            _abandon("failed", msg)
+            print(f"rewardlab: error: {msg}", file=sys.stderr)
+            return 2
         _abandon("failed", f"{type(e).__name__}: {e}")
         raise
     finally:

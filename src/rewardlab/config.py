@@ -27,6 +27,20 @@ from rewardlab.utils import RewardlabError, read_text_file
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_their_defaults(cls, data: Any) -> Any:
+        """A sub-section given in part (``--set sft.optim.lr=0.01``, or ``optim: {lr: 0.01}``) keeps the
+        section's own defaults for the rest (SFT's ``warmup_steps: 20``), not the sub-section class's."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            given = out.get(name)
+            if isinstance(f.default, BaseModel) and isinstance(given, dict):
+                out[name] = {**f.default.model_dump(mode="json", exclude_unset=True), **given}
+        return out
+
 
 # Field factories: the settings every trainer shares are defined once (a stage gives its own default).
 def steps_field(default: int, what: str = "optimizer steps") -> Any:
@@ -600,6 +614,8 @@ class PipelineConfig(_Strict):
         changes = _diff(_resume_view(old, stage), _resume_view(self.model_dump(mode="json"), stage))
         accepted, measured, refused = [], [], []
         for key, a, b in changes:
+            if key in ("resume", "allow_config_change"):
+                continue  # the flags of this very command
             line = f"{key}: {a!r} -> {b!r}"
             if _matches(key, RESUME_INERT):
                 accepted.append(line)

@@ -111,7 +111,8 @@ class HealthWatch:
     * a gradient norm (any ``*grad_norm`` metric) of exactly 0 for :data:`COLLAPSE_PATIENCE` rows in a row;
     * a training loss within 0.5% of ln |V| (a uniform next-token distribution) for as many rows, once a
       trainer has told the watch its vocabulary size;
-    * a parse rate (any ``*parse_rate`` metric) that was above 0 and falls to 0.
+    * a parse rate (any ``*parse_rate`` metric) that was above 0 and falls to 0;
+    * at the end (:meth:`finish`), a training loss that ended far above where it started (diverged).
 
     Each warning is given once; :attr:`warnings` ends up in the stage's ``summary.json`` and the report.
     """
@@ -122,6 +123,7 @@ class HealthWatch:
         self._zero_grad: dict[str, int] = {}
         self._uniform = 0
         self._parse_seen: dict[str, tuple[int, float]] = {}
+        self._losses: list[tuple[int, float]] = []
         self._given: set[str] = set()
 
     def _warn(self, kind: str, msg: str) -> str | None:
@@ -150,6 +152,8 @@ class HealthWatch:
                     out.append(self._warn("parse", f"collapsed: {k} fell to 0 at step {step} (it was {v0:.3f} "
                                                    f"at step {s0}); no answer can be read any more"))  # fmt: skip
         loss = metrics.get("train/loss")
+        if isinstance(loss, int | float) and math.isfinite(loss):
+            self._losses.append((step, float(loss)))
         if self.vocab_size and isinstance(loss, int | float) and math.isfinite(loss):
             uniform = math.log(self.vocab_size)
             self._uniform = self._uniform + 1 if abs(loss - uniform) <= 0.005 * uniform else 0
@@ -157,6 +161,19 @@ class HealthWatch:
                 out.append(self._warn("uniform", f"collapsed: train/loss has been ln |V| = {uniform:.3f} (a uniform "
                                       f"next-token distribution) for {COLLAPSE_PATIENCE} logged steps, up to step {step}"))  # fmt: skip
         return [m for m in out if m]
+
+    def finish(self) -> list[str]:
+        """End-of-run checks: a train/loss whose last logged values average over twice its first (and above
+        it by 0.1 or more) diverged. Returns the warnings raised."""
+        if len(self._losses) < 3:
+            return []
+        (s0, first), tail = self._losses[0], [v for _, v in self._losses[-3:]]
+        last = sum(tail) / len(tail)
+        if last > 2 * first and last - first >= 0.1:
+            msg = self._warn("diverged", f"diverged: train/loss rose from {first:.4g} (step {s0}) to {last:.4g} "
+                                         f"(mean of the last 3 logged steps); learning rate too large?")  # fmt: skip
+            return [msg] if msg else []
+        return []
 
 
 # ------------------------------------------------------------------------- stage folders
@@ -295,6 +312,11 @@ def _repair_swap(final: Path) -> None:
 
 #: Runs of this process that are open (staged and not committed), for :func:`abandon_open_runs`.
 _OPEN: list[Run] = []
+
+
+def open_run_dir() -> Path | None:
+    """The folder the innermost open staged run of this process writes into (for error messages)."""
+    return _OPEN[-1].dir if _OPEN else None
 
 
 def abandon_open_runs(state: str, reason: str) -> list[Path]:
@@ -444,6 +466,8 @@ class Run:
         """Write ``obj`` as JSON atomically; a ``summary.json`` gets the run's recorded facts, ``warnings`` (and
         the config changes accepted on resume)."""
         if name == "summary.json" and isinstance(obj, dict):
+            for msg in self.health.finish():
+                self.warn(msg)
             obj = {**obj, **self.recorded, "warnings": list(self.warnings)}
             if self.config_changes:
                 obj["config_changes_on_resume"] = list(self.config_changes)
@@ -543,6 +567,20 @@ def _io(fn: Callable[[], T], where: Path) -> T:
         return fn()
     except OSError as e:
         raise RewardlabError(describe_os_error(e, where)) from None
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """``e`` as an ``OSError`` when it is one, or when a library wrapped one in its own type and kept only the
+    message (safetensors: ``I/O error: File too large (os error 27)``); else None."""
+    if isinstance(e, OSError):
+        return e
+    import re
+
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def describe_os_error(e: OSError, where: Path | str | None = None) -> str:

@@ -52,6 +52,9 @@ def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedToken
 
     final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, seed=0)
     greedy, _ = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, greedy=True)
+    run.check_health(
+        {f"final/{k}": v for k, v in final.items()}, -1
+    )  # a parse rate fallen to 0 is a collapse
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
     out = save_model(model, tokenizer, run.dir / "model")
     run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})

@@ -75,7 +75,7 @@ def _arm_worker(arm_json: str, methods: list[str], wanted: list[str], reuse: boo
     """Entry point of a worker process: one arm, its progress relayed to the parent through ``queue``."""
     import signal
 
-    from rewardlab.runs import abandon_open_runs, describe_os_error, set_relay
+    from rewardlab.runs import abandon_open_runs, as_os_error, describe_os_error, set_relay
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -93,8 +93,8 @@ def _arm_worker(arm_json: str, methods: list[str], wanted: list[str], reuse: boo
     except BaseException as e:  # the parent names the arm and re-raises
         if isinstance(e, RewardlabError):
             msg = str(e)
-        elif isinstance(e, OSError):
-            msg = describe_os_error(e)
+        elif (io := as_os_error(e)) is not None:
+            msg = describe_os_error(io)
         else:
             msg = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
         abandon_open_runs("failed", msg.splitlines()[0])

@@ -38,6 +38,7 @@ from rewardlab.audit.laws import (
     smoothed_peak,
 )
 from rewardlab.methods import METHODS, REPORT_ORDER, label_of
+from rewardlab.runs import unfinished_attempt
 from rewardlab.tasks.base import TaskInfo
 from rewardlab.utils import RewardlabError
 
@@ -64,6 +65,14 @@ class MethodRun:
     kind: LawKind
     rows: list[dict[str, Any]]
     dir: Path
+    #: An unfinished attempt (``<method>.partial``): its ``status.json`` (state, reason, step); None when complete.
+    status: dict[str, Any] | None = None
+    #: Warnings the run itself raised (``summary.json``: a collapse, ...).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is None
 
     @property
     def x_key(self) -> str:
@@ -116,12 +125,33 @@ class Arm:
 
 
 def _num(v: Any) -> float:
-    if isinstance(v, bool) or v is None:
-        return math.nan if v is None else float(v)
-    try:
+    """A metric value as a float: numbers (and booleans) only; anything else (a string, even "0.5") is NaN."""
+    if isinstance(v, bool):
         return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+    if isinstance(v, int | float):
+        return float(v)
+    return math.nan
+
+
+#: Audit-row fields that hold text, not a metric.
+TEXT_FIELDS = frozenset({"kl/estimator", "method", "arm", "preset", "rater"})
+
+
+def reject_non_numeric(rows: list[dict[str, Any]], path: Path, warnings: list[str]) -> None:
+    """Null every metric value that is not a number (in place), with one warning per field naming the file,
+    the first line and how many values were dropped: a non-numeric value is never counted as a point."""
+    bad: dict[str, tuple[int, Any, int]] = {}
+    for i, r in enumerate(rows, 1):
+        for k, v in r.items():
+            if k in TEXT_FIELDS or v is None or (isinstance(v, int | float) and not isinstance(v, bool)):
+                continue
+            if isinstance(v, bool | dict | list) and k not in ("step", "n"):
+                continue  # structured extras (e.g. a round's details) are not plotted
+            first = bad.get(k, (i, v, 0))
+            bad[k] = (first[0], first[1], first[2] + 1)
+            r[k] = None
+    for k, (line, v, n) in bad.items():
+        warnings.append(f"{path}: {k!r} has {n} non-numeric value(s) (first: {v!r} in row {line}); ignored")
 
 
 def row_kl(row: dict[str, Any], kind: str) -> float:
@@ -180,6 +210,7 @@ def read_jsonl_lenient(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
 def load_method(path: Path, warnings: list[str]) -> MethodRun | None:
     """Load ``path/audit.jsonl``; ``None`` (with a warning) when it has no usable rows."""
     rows = read_jsonl_lenient(path / "audit.jsonl", warnings)
+    reject_non_numeric(rows, path / "audit.jsonl", warnings)
     if any("step" in r for r in rows):
         kind: LawKind = "rl"
         key = "step"
@@ -196,11 +227,42 @@ def load_method(path: Path, warnings: list[str]) -> MethodRun | None:
     if not by_x:
         warnings.append(f"{path / 'audit.jsonl'}: no row with a numeric {key!r}; method skipped")
         return None
-    return MethodRun(path.name, kind, [by_x[x] for x in sorted(by_x)], path)
+    run = MethodRun(path.name.removesuffix(PARTIAL), kind, [by_x[x] for x in sorted(by_x)], path)
+    if path.name.endswith(PARTIAL):
+        run.status = unfinished_attempt(path.parent / run.name) or {"state": "unfinished"}
+        warnings.append(f"{path}: {run.name} did not finish ({describe_status(run.status)}); drawn up to its last "
+                        "audit and marked unfinished")  # fmt: skip
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_text(encoding="utf-8"))
+            listed = data.get("warnings") if isinstance(data, dict) else None
+            run.warnings = [str(w) for w in listed] if isinstance(listed, list) else []
+        except (OSError, ValueError, AttributeError) as e:
+            warnings.append(f"{summary}: unreadable ({e})")
+    for w in run.warnings:
+        warnings.append(f"{path}: {w}")
+    return run
+
+
+PARTIAL = ".partial"
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    """``interrupted at step 12 (stopped by Ctrl-C)`` from an unfinished attempt's status."""
+    text = str(status.get("state", "unfinished"))
+    if status.get("step") is not None:
+        text += f" at step {status['step']}"
+    if status.get("reason"):
+        text += f": {status['reason']}"
+    return text
 
 
 def _method_dirs(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_dir() and (p / "audit.jsonl").is_file())
+    """Method folders of an arm: complete ones, and an unfinished ``<method>.partial`` where no complete one exists."""
+    dirs = sorted(p for p in d.iterdir() if p.is_dir() and (p / "audit.jsonl").is_file())
+    complete = {p.name for p in dirs if not p.name.endswith(PARTIAL)}
+    return [p for p in dirs if not (p.name.endswith(PARTIAL) and p.name.removesuffix(PARTIAL) in complete)]
 
 
 def _method_sort_key(name: str, kind: str) -> tuple[int, int, str]:
@@ -420,6 +482,9 @@ def summarize_method(arm: Arm, run: MethodRun, info: TaskInfo | None = None) -> 
     s["length_start"], s["length_end"] = _first_last_finite(run.column("behavior/length"))
     s["kl_end"] = _first_last_finite(kl)[1]
     s["wall_seconds"] = wall_seconds(run.dir)
+    s["finished"] = run.finished
+    s["status"] = describe_status(run.status) if run.status is not None else "complete"
+    s["run_warnings"] = list(run.warnings)
     s["attribution"] = gold_attribution(run.rows[0], run.rows[-1], info.gold_parts) if info.has_gold else {}
     if not info.has_gold:
         s["law"], s["law_error"] = None, "the task has no gold"

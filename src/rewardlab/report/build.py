@@ -24,6 +24,7 @@ from rewardlab.report.analysis import (
     method_label,
     pick_examples,
 )
+from rewardlab.runs import console
 from rewardlab.utils import RewardlabError, atomic_write_text
 
 __all__ = ["build_report", "compare_methods", "load_arms", "main", "method_label"]
@@ -40,6 +41,9 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
     arms = load_arms(run_dir, warnings)
     info = load_task_info(run_dir, arms, warnings)
     summary = build_summary(arms, run_dir, warnings, info)
+    for w in warnings:  # in the page's notes too
+        console.print("[bold yellow]report warning:[/] ", end="", highlight=False)
+        console.print(w, highlight=False, markup=False)
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures = {

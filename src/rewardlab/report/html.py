@@ -221,7 +221,9 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
     for arm, a in summary["arms"].items():
         for m, s in a["methods"].items():
             att = s.get("attribution", {})
-            rows.append(([arm, m, _x(s, s["x_end"]), fmt(s["gold_start"]), fmt(s["gold_peak"]),
+            name = m + ("" if s.get("finished", True) else f" (did not finish: {s.get('status')})")
+            name += "".join(f" [WARNING: {w}]" for w in s.get("run_warnings") or [])
+            rows.append(([arm, name, _x(s, s["x_end"]), fmt(s["gold_start"]), fmt(s["gold_peak"]),
                           _x(s, s.get("gold_peak_x")) + (" (last: still rising)" if s.get("gold_peak_at_end") else ""),
                           fmt(s["gold_end"]), signed(s["gold_end"] - s["gold_start"]
                           if _finite(s["gold_end"], s["gold_start"]) else None),

@@ -153,7 +153,11 @@ def plot_goodhart(arms: Sequence[Arm], out: Path | str, has_gold: bool = True) -
         c, ls, mk = colors[method], styles[preset], _marker(runs[0])
         _draw(ax_p, runs, key="proxy/mean", color=c, ls=ls, marker=mk)
         data_h.append(Line2D([], [], color=c, ls=ls, lw=2, marker=mk, ms=4))
-        data_l.append(_group_label(preset, method, len(runs)))
+        unfinished = sum(not r.finished for r in runs)
+        data_l.append(
+            _group_label(preset, method, len(runs))
+            + (f" [{unfinished} did not finish]" if unfinished else "")
+        )
         if not has_gold:
             continue
         mean = _draw(ax_g, runs, key="gold/mean", color=c, ls=ls, marker=mk)
