@@ -542,3 +542,19 @@ def test_config_yaml_of_a_run_is_written_into_the_partial_folder_first(tmp_path:
     assert yaml.safe_load((run.dir / "config.yaml").read_text())["run_dir"] == str(tmp_path)
     assert run.dir == tmp_path / "s.partial" and not (tmp_path / "s").exists()
     run.abandon("failed", "test")
+
+
+def test_criteria_count_an_unfinished_method_as_no(tmp_path: Path) -> None:
+    from rewardlab.audit.criteria import check_seed
+
+    def method(finished: bool) -> dict:
+        return {"kind": "rl", "finished": finished, "behavior_start": 0.0, "behavior_end": 0.9, "gold_start": 0.3,
+                "gold_end": 0.0, "gold_peak": 0.4, "proxy_start": 0.0, "proxy_end": 1.0}  # fmt: skip
+
+    arms = {"b-s0": {"methods": {"ppo": method(False)}}, "c-s0": {"methods": {"ppo": method(True)}}}
+    assert check_seed(tmp_path, arms, "b-s0", "c-s0") == [
+        ("ppo", "both arms finished", "b-s0: did not finish", False)
+    ]
+    arms["b-s0"]["methods"]["ppo"]["finished"] = True
+    rows = check_seed(tmp_path, arms, "b-s0", "c-s0")
+    assert len(rows) == 7 and rows[0][1] == "biased: headline behaviour rises >= 0.30" and rows[0][3]
