@@ -485,7 +485,10 @@ class PipelineConfig(_Strict):
     """A whole experiment: shared settings plus one section per stage."""
 
     seed: int = 0
-    resume: bool = Field(False, description="trainers continue from <stage>.partial/checkpoint when there is one (docs/run-folders.md)")
+    resume: bool = Field(
+        False,
+        description="trainers continue from <stage>.partial/checkpoint when there is one (docs/run-folders.md)",
+    )
     allow_config_change: bool = Field(
         False,
         description="with resume: accept changes to fields that alter only what is measured (RESUME_MEASUREMENT)",
