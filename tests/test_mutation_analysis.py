@@ -91,15 +91,16 @@ def _ppo(tmp: Path, name: str = "ppo") -> MethodRun:
 
 
 def test_num_and_column() -> None:
-    assert _num(True) == 1.0 and _num(False) == 0.0 and _num(2) == 2.0 and _num("1.5") == 1.5
-    assert math.isnan(_num(None)) and math.isnan(_num("x")) and math.isnan(_num([1]))
+    assert _num(True) == 1.0 and _num(False) == 0.0 and _num(2) == 2.0 and _num(1.5) == 1.5
+    # numbers only: a string, even "1.5", is not a metric value
+    assert math.isnan(_num(None)) and math.isnan(_num("1.5")) and math.isnan(_num([1]))
     run = MethodRun("m", "rl", [{"a": 1}, {"a": None}, {}, {"a": "x"}, {"a": True}, {"a": "2"}], Path("."))
-    np.testing.assert_array_equal(run.column("a"), [1.0, NAN, NAN, NAN, 1.0, 2.0])
+    np.testing.assert_array_equal(run.column("a"), [1.0, NAN, NAN, NAN, 1.0, NAN])
 
 
 def test_row_kl_by_hand() -> None:
     assert row_kl({"kl": 0.3, "n": 4}, "bon") == 0.3
-    assert row_kl({"kl": "0.2", "n": 4}, "bon") == 0.2
+    assert math.isnan(row_kl({"kl": "0.2", "n": 4}, "bon"))  # a non-numeric KL is not replaced by the n formula
     assert row_kl({"kl": None, "n": 4}, "bon") == pytest.approx(math.log(4) - 3 / 4)
     assert row_kl({"n": 8}, "bon") == pytest.approx(math.log(8) - 7 / 8)
     assert row_kl({"n": 1}, "bon") == 0.0
