@@ -558,3 +558,10 @@ def test_criteria_count_an_unfinished_method_as_no(tmp_path: Path) -> None:
     arms["b-s0"]["methods"]["ppo"]["finished"] = True
     rows = check_seed(tmp_path, arms, "b-s0", "c-s0")
     assert len(rows) == 7 and rows[0][1] == "biased: headline behaviour rises >= 0.30" and rows[0][3]
+
+
+def test_a_beta_sweep_or_modpo_run_is_compared_on_its_methods_sections() -> None:
+    old = load_config(MICRO).model_dump(mode="json")
+    assert load_config(MICRO, ["ppo.steps=9"]).check_resume("dpo-b0.1", old) == []
+    with pytest.raises(RewardlabError, match=r"dpo\.steps: 20 -> 9"):
+        load_config(MICRO, ["dpo.steps=9"]).check_resume("modpo-w0.5", old)

@@ -663,9 +663,14 @@ _ALSO_READS = {"iterative_dpo": ("dpo",), "modpo": ("dpo",)}
 
 def _resume_view(data: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of a dumped config that ``stage`` reads: top-level scalars, ``task`` and its section(s)."""
-    if stage not in METHODS:
+    import re
+
+    base = re.sub(r"-[bw][0-9.e+-]+$", "", stage)  # a DPO beta-sweep or MODPO weight run: its method's view
+    if base not in METHODS:
+        base = "dpo" if base != stage else base
+    if base not in METHODS:
         return data
-    section = METHODS[stage].section
+    section = METHODS[base].section
     keep = {"task", section, *_ALSO_READS.get(section, ())}
     return {k: v for k, v in data.items() if k in keep or not isinstance(v, dict | list)}
 
