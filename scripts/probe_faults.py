@@ -175,9 +175,9 @@ def probes() -> list[Probe]:
             ("labels.jsonl:1", "gold_chosen", "finite"),
         ),
         Probe(
-            "labels: unknown field",
-            lambda d: _label_file(d, _jsonl([{**PAIR, "score": 1}])),
-            ("labels.jsonl:1", "score"),
+            "labels: chosen is a number",
+            lambda d: _label_file(d, _jsonl([{**PAIR, "chosen": 4}])),
+            ("labels.jsonl:1", "chosen"),
         ),
         Probe(
             "labels: file missing",
@@ -217,7 +217,7 @@ def probes() -> list[Probe]:
         Probe(
             "sft: model folder without config",
             lambda d: _sft(d, "--set", f"sft.model_path={d}/in"),
-            ("not a model folder",),
+            ("no saved tokenizer",),
             prepare=lambda d: (d / "in").mkdir(),
             watch=("sft",),
         ),

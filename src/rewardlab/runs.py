@@ -438,7 +438,7 @@ class Run:
         if _RELAY is not None:
             _RELAY[0].put(("info", _RELAY[1], self.stage, f"[bold yellow]WARNING[/] {msg}"))
         else:
-            console.print(f"[bold yellow]{self.stage} WARNING[/] {msg}", highlight=False)
+            console.print(f"[bold yellow]{self.stage} WARNING[/] {msg}", highlight=False, soft_wrap=True)
 
     @property
     def warnings(self) -> list[str]:
@@ -512,7 +512,9 @@ class Run:
             _io(lambda: _swap_into_place(self.dir, self.final), self.final)
             self.dir = self.final
         for w in self.warnings:
-            console.print(f"[bold yellow]{self.stage} finished with a warning:[/] {w}", highlight=False)
+            console.print(
+                f"[bold yellow]{self.stage} finished with a warning:[/] {w}", highlight=False, soft_wrap=True
+            )
         self._release()
         return self.final
 

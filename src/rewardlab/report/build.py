@@ -43,7 +43,7 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
     summary = build_summary(arms, run_dir, warnings, info)
     for w in warnings:  # in the page's notes too
         console.print("[bold yellow]report warning:[/] ", end="", highlight=False)
-        console.print(w, highlight=False, markup=False)
+        console.print(w, highlight=False, markup=False, soft_wrap=True)
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures = {
