@@ -296,6 +296,20 @@ SHAPE_CASES: list[tuple[str, Any]] = [
     ("grpo_advantages: 3 scores", lambda: L.grpo_advantages(torch.zeros(3), 2)),
     ("policy_chosen_logps and policy_rejected_logps must",
      lambda: L.dpo_sigmoid_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(3))),
+    ("policy_chosen_logps and policy_rejected_logps must",
+     lambda: L.simpo_loss(torch.zeros(2), torch.zeros(3), torch.ones(2), torch.ones(3))),
+    ("policy_chosen_logps and chosen_lengths must",
+     lambda: L.simpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(3), torch.ones(2))),
+    ("policy_rejected_logps and rejected_lengths must",
+     lambda: L.simpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(3))),
+    ("policy_chosen_logps and chosen_lengths must", lambda: L.chosen_nll_loss(torch.zeros(2), torch.ones(3))),
+    ("margin_chosen and policy_chosen_logps must",
+     lambda: L.modpo_loss(*[torch.zeros(2)] * 4, torch.zeros(3), torch.zeros(2))),
+    ("margin_rejected and policy_rejected_logps must",
+     lambda: L.modpo_loss(*[torch.zeros(2)] * 4, torch.zeros(2), torch.zeros(3))),
+    ("token_weights and logp must",
+     lambda: L.weighted_nll(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1), token_weights=torch.ones(1, 3))),
+    ("groups and rewards must", lambda: L.top_quantile_mask(torch.zeros(3), 0.5, torch.zeros(2))),
     ("policy_chosen_logps and ref_chosen_logps must",
      lambda: L.dpo_sigmoid_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.zeros(2))),
     ("policy_rejected_logps and ref_rejected_logps must",
@@ -564,3 +578,64 @@ def test_ppo_defaults_by_hand() -> None:
     vloss3, stats3 = L.ppo_value_loss(values3, old3, ret3, torch.ones(1), clip_range_value=0.5)
     _close(vloss3, 0.5 * max(0.25, 1.5**2))  # clipped value 1.5 is further from the return
     _close(stats3["clipfrac"], 1.0)
+
+
+# ------------------------------------------------------------------------------ second round of boundaries
+def test_value_clipping_that_increases_the_loss() -> None:
+    # V moved from 0 to 1 towards a return of 1: unclipped error 0, clipped value 0.2 -> (0.2 - 1)^2
+    loss, stats = L.ppo_value_loss(_t([1.0]), _t([0.0]), _t([1.0]), torch.ones(1))  # default clip 0.2
+    _close(loss, 0.5 * 0.8**2)
+    _close(stats["clipfrac"], 1.0)
+
+
+def test_grpo_batch_scale_with_two_scores() -> None:
+    s = math.sqrt(2.0)  # unbiased std of (1, 3)
+    _close(L.grpo_advantages(_t([1.0, 3.0]), 2, scale="batch"), [-1 / (s + 1e-4), 1 / (s + 1e-4)])
+
+
+def test_weighted_nll_one_valid_token() -> None:
+    _close(L.weighted_nll(_t([[-2.0, -9.0]]), torch.tensor([[1, 0]]), _t([1.5])), 3.0)
+
+
+def test_top_quantile_mask_three_groups_by_hand() -> None:
+    r = [5.0, 1.0, 3.0, 10.0, 20.0, 30.0, -1.0, -2.0, -3.0]
+    g = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # median of each group (fraction 0.5): 3, 20, -2; the median itself is kept (>=)
+    assert L.top_quantile_mask(torch.tensor(r), 0.5, torch.tensor(g)).tolist() == [
+        True, False, True, False, True, True, True, True, False,
+    ]  # fmt: skip
+
+
+def test_rwr_single_reward() -> None:
+    _close(L.rwr_weights(_t([3.0]), 0.7), [1.0])
+
+
+def test_alol_weights_clip_above_and_below() -> None:
+    logp, ref, mask = _t([[1.0, 0.5], [-1.0, -1.0]]), _t([[0.0, 0.0], [0.0, 0.0]]), torch.ones(2, 2)
+    w = L.alol_importance_weights(logp, ref, mask, 0.5)  # ratios e^1.5 (above 1.5) and e^-2 (below 0.5)
+    _close(w, [1.5, 0.5])
+    loss, stats = L.alol_loss(logp, ref, mask, _t([1.0, 0.0]), variant="alol")  # default clip 0.9
+    _close(stats["alol/importance_weight"], (1.9 + math.exp(-2.0)) / 2)  # [0.1, 1.9] keeps e^-2 = 0.135
+    _close(stats["alol/clipfrac"], 0.5)
+    _close(stats["alol/positive_fraction"], 0.5)  # an advantage of exactly 0 is not positive
+    _close(loss, 1.0 * 1.9 * -(1.0 + 0.5) / 4)  # -log-probs of the first row, weighted
+    assert stats["alol/advantage"].dtype == torch.float64
+    # one row inside the clip range, one outside: the clipped share is per sequence
+    logp2 = _t([[0.1, 0.0], [2.0, 0.0]])
+    _, stats2 = L.alol_loss(logp2, torch.zeros(2, 2, dtype=torch.float64), mask, _t([1.0, 1.0]), clip=0.5)
+    _close(stats2["alol/clipfrac"], 0.5)
+    # float32 advantages with float64 log-probs: the stats follow the log-probs' dtype
+    _, stats3 = L.alol_loss(logp2, torch.zeros(2, 2, dtype=torch.float64), mask, torch.tensor([1.0, 1.0]))
+    assert stats3["alol/advantage"].dtype == torch.float64
+
+
+def test_alol_clip_range_is_closed() -> None:
+    # per-token ratios exactly at the ends of [1 - clip, 1 + clip] are not clipped
+    logp = _t([[math.log(2.0), 0.0]])
+    _, stats = L.alol_loss(logp, torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2), _t([1.0]), clip=1.0,
+                           variant="alol_seq")  # fmt: skip
+    _close(stats["alol/clipfrac"], 0.0)
+    logp = _t([[math.log(0.5), 0.0]])
+    _, stats = L.alol_loss(logp, torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2), _t([1.0]), clip=0.5,
+                           variant="alol_seq")  # fmt: skip
+    _close(stats["alol/clipfrac"], 0.0)
