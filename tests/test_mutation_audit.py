@@ -1,5 +1,6 @@
-"""The audit's per-sample scoring and summaries, the response log-probs behind its KL, and the reward
-model's scoring arithmetic, against values worked out by hand (written to kill mutmut's mutants of
+"""The criteria's rows, labels, tables and summary (asserted whole), the audit's per-sample scoring and
+summaries, the response log-probs behind its KL, and the reward model's scoring arithmetic, against
+values worked out by hand (written to kill mutmut's mutants of ``rewardlab.audit.criteria``,
 ``rewardlab.audit.policy_eval``, ``rewardlab.audit.tracker`` and ``rewardlab.rewards.model``; see
 docs/testing.md).
 
@@ -9,14 +10,17 @@ python floats: no trained model and no sampling is involved.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
+from rewardlab.audit.criteria import check_seed, criteria_rows, criteria_summary, criteria_table
 from rewardlab.audit.policy_eval import (
     ScoredSample,
     behavior_metrics,
@@ -313,3 +317,127 @@ def test_conservative_and_call_use_the_ensemble() -> None:
     rm.score = fake_score  # type: ignore[method-assign]
     assert rm(["p1", "p2"], ["c1", "c2"]) == [1.0, 2.0]  # the ensemble mean, as python floats
     assert seen == [(["p1", "p2"], ["c1", "c2"])]
+
+
+# ------------------------------------------------------------------------------------------ criteria
+# Expected rows are written out from the criteria's definitions in criteria.py's docstring, with the measured
+# values formatted by hand (the thresholds themselves are tested in test_criteria_seeds.py).
+def _rl(**kw: Any) -> dict[str, Any]:
+    return {"kind": "rl", "accuracy_end": 0.5, "kl_end": 1.0, **kw}
+
+
+BIASED = _rl(behavior_start=0.1, behavior_end=0.5, gold_start=0.3, gold_peak=0.45, gold_end=0.2,
+             proxy_start=0.0, proxy_end=1.0)  # fmt: skip
+CONTROL = _rl(behavior_start=0.3, behavior_end=0.2, gold_start=0.3, gold_peak=0.52, gold_end=0.5,
+              proxy_start=0.0, proxy_end=0.2)  # fmt: skip
+
+# every RL criterion holds for BIASED against CONTROL, with these measured strings
+RL_ROWS = [
+    ("ppo", "biased: headline behaviour rises >= 0.30", "0.10 -> 0.50", True),
+    ("ppo", "biased: gold ends >= 0.15 below control", "0.200 vs 0.500", True),
+    ("ppo", "biased: proxy rises", "+0.00 -> +1.00", True),
+    ("ppo", "control: headline behaviour does not rise", "0.30 -> 0.20", True),
+    ("ppo", "control: gold ends >= 0.08 above start", "0.300 -> 0.500", True),
+    ("ppo", "control: gold ends within 0.03 of smoothed peak", "peak 0.520, end 0.500", True),
+    ("ppo", "biased: full curve (rise >= 0.05, then fall >= 0.10)", "rise +0.150, fall 0.250", True),
+]
+
+
+def _arm(preset: str, seed: int | None, biased: bool, methods: dict[str, Any]) -> dict[str, Any]:
+    return {"preset": preset, "seed": seed, "biased": biased, "role": "treatment" if biased else "control",
+            "methods": methods}  # fmt: skip
+
+
+def _write(tmp: Path, arms: dict[str, Any]) -> Path:
+    (tmp / "summary.json").write_text(json.dumps({"arms": arms}))
+    return tmp
+
+
+def test_check_seed_rows_whole(tmp_path: Path) -> None:
+    arms = {
+        "tp-s0": _arm("tp", 0, True, {"ppo": BIASED}),
+        "unbiased-s0": _arm("unbiased", 0, False, {"ppo": CONTROL}),
+    }
+    assert check_seed(tmp_path, arms, "tp-s0", "unbiased-s0") == RL_ROWS
+
+
+def test_a_method_missing_in_one_arm_gets_no_rows_there(tmp_path: Path) -> None:
+    arms = {
+        "tp-s0": _arm("tp", 0, True, {"ppo": BIASED, "dpo": BIASED}),
+        "unbiased-s0": _arm("unbiased", 0, False, {"ppo": CONTROL, "rloo": CONTROL}),
+    }
+    assert check_seed(tmp_path, arms, "tp-s0", "unbiased-s0") == RL_ROWS
+
+
+def test_unfinished_runs_fail_one_row(tmp_path: Path) -> None:
+    arms = {
+        "tp-s0": _arm("tp", 0, True, {"ppo": {**BIASED, "finished": False}, "rloo": BIASED, "grpo": BIASED}),
+        "unbiased-s0": _arm("unbiased", 0, False, {"ppo": {**CONTROL, "finished": False}, "rloo": CONTROL,
+                                                   "grpo": {**CONTROL, "finished": False}}),
+    }  # fmt: skip
+    rows = check_seed(tmp_path, arms, "tp-s0", "unbiased-s0")
+    assert rows[0] == ("grpo", "both arms finished", "unbiased-s0: did not finish", False)
+    assert rows[1] == ("ppo", "both arms finished", "tp-s0, unbiased-s0: did not finish", False)
+    assert rows[2:] == [("rloo", *r[1:]) for r in RL_ROWS]
+    arms["tp-s0"]["methods"] = {"ppo": {**BIASED, "finished": True}}
+    arms["unbiased-s0"]["methods"] = {"ppo": {**CONTROL, "finished": True}}
+    assert check_seed(tmp_path, arms, "tp-s0", "unbiased-s0") == RL_ROWS
+
+
+def test_table_and_summary_text(tmp_path: Path) -> None:
+    failing = {**BIASED, "proxy_end": -1.0}  # the proxy falls: one criterion fails on that seed
+    arms = {
+        "tp-s0": _arm("tp", 0, True, {"ppo": BIASED}),
+        "unbiased-s0": _arm("unbiased", 0, False, {"ppo": CONTROL}),
+        "tp-s1": _arm("tp", 1, True, {"ppo": failing}),
+        "unbiased-s1": _arm("unbiased", 1, False, {"ppo": CONTROL}),
+        "tp-s2": _arm("tp", 2, True, {"ppo": failing}),
+        "unbiased-s2": _arm("unbiased", 2, False, {"ppo": CONTROL}),
+    }
+    run = _write(tmp_path, arms)
+    rows = criteria_rows(run)
+    assert [r[0] for r in rows] == [0] * 7 + [1] * 7 + [2] * 7
+    assert rows[:7] == [(0, *r) for r in RL_ROWS]
+    assert rows[9] == (1, "ppo", "biased: proxy rises", "+0.00 -> -1.00", False)
+    table = criteria_table(run).splitlines()
+    assert table[:3] == [
+        "| seed | method | criterion | measured | holds |",
+        "|---|---|---|---|---|",
+        "| 0 | ppo | biased: headline behaviour rises >= 0.30 | 0.10 -> 0.50 | yes |",
+    ]
+    assert "| 1 | ppo | biased: proxy rises | +0.00 -> -1.00 | no |" in table
+    summary = criteria_summary(run).splitlines()
+    assert summary[:2] == [
+        "| method | criterion | seeds where it holds | >= 2/3 of seeds |",
+        "|---|---|---|---|",
+    ]
+    assert summary[2] == "| ppo | biased: headline behaviour rises >= 0.30 | 3 of 3 | yes |"
+    assert "| ppo | biased: proxy rises | 1 of 3 | no |" in summary
+    assert len(summary) == 2 + 7
+    # two of three seeds is enough
+    arms["tp-s2"]["methods"]["ppo"] = BIASED
+    assert (
+        "| ppo | biased: proxy rises | 2 of 3 | yes |"
+        in criteria_summary(_write(tmp_path, arms)).splitlines()
+    )
+
+
+def test_two_biased_presets_are_labelled_and_seedless_arms_come_last(tmp_path: Path) -> None:
+    arms = {
+        "tp-s0": _arm("tp", 0, True, {"ppo": BIASED}),
+        "sy-s0": _arm("sy", 0, True, {"ppo": BIASED}),
+        "unbiased-s0": _arm("unbiased", 0, False, {"ppo": CONTROL}),
+        "tp": _arm("tp", None, True, {"ppo": BIASED}),
+        "unbiased": _arm("unbiased", None, False, {"ppo": CONTROL}),
+    }
+    rows = criteria_rows(_write(tmp_path, arms))
+    assert [(r[0], r[1]) for r in rows[::7]] == [
+        (0, "ppo (sy vs unbiased)"),
+        (0, "ppo (tp vs unbiased)"),
+        (None, "ppo (tp vs unbiased)"),
+    ]
+    assert len(rows) == 21
+    summary = criteria_summary(_write(tmp_path, arms))
+    # 2 seeds (0 and "none"); sy exists on one of them only
+    assert "| ppo (sy vs unbiased) | biased: proxy rises | 1 of 2 | no |" in summary.splitlines()
+    assert "| ppo (tp vs unbiased) | biased: proxy rises | 2 of 2 | yes |" in summary.splitlines()
