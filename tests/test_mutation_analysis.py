@@ -100,7 +100,8 @@ def test_num_and_column() -> None:
 
 def test_row_kl_by_hand() -> None:
     assert row_kl({"kl": 0.3, "n": 4}, "bon") == 0.3
-    assert math.isnan(row_kl({"kl": "0.2", "n": 4}, "bon"))  # a non-numeric KL is not replaced by the n formula
+    # a non-numeric KL is not replaced by the n formula
+    assert math.isnan(row_kl({"kl": "0.2", "n": 4}, "bon"))
     assert row_kl({"kl": None, "n": 4}, "bon") == pytest.approx(math.log(4) - 3 / 4)
     assert row_kl({"n": 8}, "bon") == pytest.approx(math.log(8) - 7 / 8)
     assert row_kl({"n": 1}, "bon") == 0.0
