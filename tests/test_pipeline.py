@@ -79,7 +79,8 @@ def _strip_time(rows):
 
 
 def test_same_seed_same_metrics(tmp_path):
-    args = ["--set", "pretrain.steps=10", "--set", "sft.steps=5", "--quiet"]
+    args = ["--set", "pretrain.steps=10", "--set", "sft.steps=5", "--set", "threads=1", "--set",
+            "pretrain.eval_prompts=16", "--set", "sft.eval_prompts=16", "--quiet"]  # fmt: skip
     for d in ("a", "b"):
         assert (
             main(["run", str(MICRO), "--run-dir", str(tmp_path / d), "--stages", "pretrain,sft", *args]) == 0
