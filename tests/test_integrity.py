@@ -565,3 +565,20 @@ def test_a_beta_sweep_or_modpo_run_is_compared_on_its_methods_sections() -> None
     assert load_config(MICRO, ["ppo.steps=9"]).check_resume("dpo-b0.1", old) == []
     with pytest.raises(RewardlabError, match=r"dpo\.steps: 20 -> 9"):
         load_config(MICRO, ["dpo.steps=9"]).check_resume("modpo-w0.5", old)
+
+
+def test_a_tokenizer_claiming_more_positions_than_its_model_is_clamped(tmp_path: Path) -> None:
+    """A GPT-2-like folder whose tokenizer says 1024 while the model has 24 positions: never encode past 24."""
+    from rewardlab.policies.models import ModelConfig, build_causal_lm, load_tokenizer
+    from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
+    from rewardlab.tasks.arithmetic import TASK_WORDS
+
+    tok = build_task_tokenizer(TASK_WORDS, model_max_length=1024)
+    model = build_causal_lm(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                                        max_position_embeddings=24), tok)  # fmt: skip
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.model_max_length == 24
+    ((p, c),) = encode_examples(loaded, [" ".join(["what is 1 + 1 ?"] * 20)], ["2"])
+    assert len(p) + len(c) == 24 and c[-1] == loaded.eos_token_id
