@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-config-change", action="store_true",
                        help="with --resume: accept changes to fields that alter only what is measured (eval_every, "
                             "eval_prompts, samples_to_save); changes that alter training are always refused")  # fmt: skip
+        p.add_argument("--skip-bad-records", action="store_true",
+                       help="count, log and skip malformed records of label.file instead of stopping at the first "
+                            "(sets label.file.skip_bad_records)")  # fmt: skip
         if name == "run":
             p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
             p.add_argument(
@@ -156,6 +159,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     if args.resume:
         overrides.append("resume=true")
+    if args.skip_bad_records:
+        overrides.append("label.file.skip_bad_records=true")
     if args.allow_config_change:
         if not args.resume:
             raise RewardlabError("--allow-config-change only applies with --resume")

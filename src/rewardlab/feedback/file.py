@@ -33,6 +33,9 @@ class FileSourceConfig(BaseModel):
         description="rename columns to prompt/chosen/rejected, e.g. {question: prompt, good: chosen, bad: rejected}",
     )
     limit: int | None = Field(None, gt=0, description="read at most this many records")
+    skip_bad_records: bool = Field(
+        False, description="count, log and skip malformed records instead of stopping (--skip-bad-records)"
+    )
 
 
 _KNOWN = ("prompt", "chosen", "rejected", "rater", "margin", "gold_chosen", "gold_rejected", "meta")
