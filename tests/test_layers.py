@@ -9,6 +9,7 @@ The order, lowest first (a package is one layer; top-level modules are named):
     feedback  raters, file sources, records
     policies  loading, tokenizers, sampling
     rewards   proxies: reward models, verifier
+    evals     behaviour evaluations of any policy (Anthropic's evals, TruthfulQA, GSM8K)
     methods   the registry of methods (plain data)
     config    typed configs
     audit     proxy vs gold vs KL, law fits, criteria
@@ -35,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"feedback"},
     {"policies"},
     {"rewards"},
+    {"evals"},
     {"methods"},
     {"config"},
     {"audit"},
@@ -144,5 +146,5 @@ def test_the_checks_catch_a_violation(tmp_path: Path) -> None:
     assert _layer("report.build") > _layer("rewards.model")
 
 
-LAYERS_NAMES = ["core", "kernels", "losses", "tasks", "feedback", "policies", "rewards", "methods", "config",
+LAYERS_NAMES = ["core", "kernels", "losses", "tasks", "feedback", "policies", "rewards", "evals", "methods", "config",
                 "audit", "report", "optimize", "pipelines", "cli"]  # fmt: skip

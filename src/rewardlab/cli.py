@@ -21,6 +21,11 @@ RUN_HELP = (
     "its controls, then write the report"
 )
 
+EVAL_HELP = (
+    "behaviour evaluations of any local causal LM: Anthropic's model-written evals (two-choice log-probs), "
+    "TruthfulQA MC1/MC2, GSM8K exact match"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -59,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("criteria", help="check the headline demonstration per seed (after `report`)",
                         description="print, per seed, whether the biased arm over-optimizes and the control does not")  # fmt: skip
     cp.add_argument("run_dir", type=Path)
+    ep = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
+    ep.add_argument("model_dir", type=Path, help="a local causal-LM folder with its tokenizer")
+    ep.add_argument("--sets", default="all",
+                    help="comma-separated sets, groups (anthropic, truthfulqa, gsm8k) or globs (default: all)")  # fmt: skip
+    ep.add_argument("--limit", type=int, default=None, help="score only the first N items of each set")
+    ep.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: none)")
+    ep.add_argument("--data-dir", type=Path, default=None,
+                    help="folder holding anthropic-evals/, truthfulqa/, gsm8k/ (default: $REWARDLAB_DATA or ../shared/data)")  # fmt: skip
+    ep.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
+    ep.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: the most tokens generated")
     return parser
 
 
@@ -140,6 +155,10 @@ def _abandon(state: str, reason: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "eval":
+        from rewardlab.evals.run import eval_command
+
+        return eval_command(args)
     if args.command == "criteria":
         from rewardlab.audit.criteria import report_text
 
