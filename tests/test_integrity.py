@@ -582,3 +582,14 @@ def test_a_tokenizer_claiming_more_positions_than_its_model_is_clamped(tmp_path:
     assert loaded.model_max_length == 24
     ((p, c),) = encode_examples(loaded, [" ".join(["what is 1 + 1 ?"] * 20)], ["2"])
     assert len(p) + len(c) == 24 and c[-1] == loaded.eos_token_id
+
+
+def test_a_diverged_pretraining_finishes_with_a_loud_warning(tmp_path: Path, capsys) -> None:
+    """A learning rate far too large: exit 0 (it did finish) but the log, summary and console say it diverged."""
+    args = ["pretrain", str(MICRO), "--run-dir", str(tmp_path), "--quiet", *SMALL, "--set", "pretrain.steps=40",
+            "--set", "pretrain.optim.lr=5"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("diverged: train/loss ends at")
+    assert "worse than a uniform guess" in capsys.readouterr().err
+    assert "WARNING diverged" in (tmp_path / "pretrain" / "run.log").read_text()

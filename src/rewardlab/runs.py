@@ -112,7 +112,8 @@ class HealthWatch:
     * a training loss within 0.5% of ln |V| (a uniform next-token distribution) for as many rows, once a
       trainer has told the watch its vocabulary size;
     * a parse rate (any ``*parse_rate`` metric) that was above 0 and falls to 0;
-    * at the end (:meth:`finish`), a training loss that ended far above where it started (diverged).
+    * at the end (:meth:`finish`), a training loss that ended far above where it started, or (with the vocabulary
+      size) above 1.5 ln |V|, worse than guessing uniformly (diverged).
 
     Each warning is given once; :attr:`warnings` ends up in the stage's ``summary.json`` and the report.
     """
@@ -169,6 +170,11 @@ class HealthWatch:
             return []
         (s0, first), tail = self._losses[0], [v for _, v in self._losses[-3:]]
         last = sum(tail) / len(tail)
+        if self.vocab_size and last > 1.5 * math.log(self.vocab_size):  # worse than guessing uniformly
+            msg = self._warn("diverged", f"diverged: train/loss ends at {last:.4g} (mean of the last 3 logged steps), "
+                                         f"worse than a uniform guess (ln |V| = {math.log(self.vocab_size):.3f}); "
+                                         "learning rate too large?")  # fmt: skip
+            return [msg] if msg else []
         if last > 2 * first and last - first >= 0.1:
             msg = self._warn("diverged", f"diverged: train/loss rose from {first:.4g} (step {s0}) to {last:.4g} "
                                          f"(mean of the last 3 logged steps); learning rate too large?")  # fmt: skip
