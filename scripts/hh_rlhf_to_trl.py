@@ -39,17 +39,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-HUMAN, ASSISTANT = "Human", "Assistant"
-SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+from rewardlab.feedback.hh import HH_SUBSETS, MalformedRecord, hh_record
+from rewardlab.feedback.hh import split_turns as _split_turns
+
+SUBSETS = HH_SUBSETS
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf"
-_MARKER = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 
 
 class MalformedTranscript(ValueError):
@@ -57,52 +57,33 @@ class MalformedTranscript(ValueError):
 
 
 def split_turns(transcript: str) -> list[tuple[str, str]]:
-    """``[(role, text), ...]`` of an HH-RLHF transcript, ``role`` ``Human`` or ``Assistant``.
-
-    The transcript must start (after optional leading whitespace) with a ``Human:`` turn; a transcript
-    without the leading blank line is accepted too. Text before the first marker is an error.
-    """
-    if not isinstance(transcript, str):
-        raise MalformedTranscript(f"expected a string, got {type(transcript).__name__}")
-    text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript.lstrip()
-    parts = _MARKER.split(text)
-    # parts = [before, role1, text1, role2, text2, ...]
-    if parts[0].strip():
-        raise MalformedTranscript(f"text before the first 'Human:' turn: {parts[0].strip()[:60]!r}")
-    turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
-    if not turns:
-        raise MalformedTranscript("no 'Human:' / 'Assistant:' turns")
-    if turns[0][0] != HUMAN:
-        raise MalformedTranscript("the first turn is not 'Human:'")
-    return turns
-
-
-def _final_reply(turns: list[tuple[str, str]], side: str) -> str:
-    if len(turns) < 2 or turns[-1][0] != ASSISTANT:
-        raise MalformedTranscript(f"{side} does not end with an 'Assistant:' reply")
-    return turns[-1][1]
+    """``[(role, text), ...]`` of an HH-RLHF transcript (:func:`rewardlab.feedback.hh.split_turns`)."""
+    try:
+        return _split_turns(transcript)
+    except MalformedRecord as e:
+        raise MalformedTranscript(e.problem) from None
 
 
 def convert_pair(chosen: str, rejected: str, fmt: str = "text") -> dict[str, Any]:
-    """One TRL explicit-prompt record from an HH-RLHF ``chosen``/``rejected`` pair of transcripts."""
-    c_turns, r_turns = split_turns(chosen), split_turns(rejected)
-    c_reply, r_reply = _final_reply(c_turns, "chosen"), _final_reply(r_turns, "rejected")
-    context = c_turns[:-1]
-    if r_turns[:-1] != context:
-        n = next(
-            (i for i, (a, b) in enumerate(zip(context, r_turns[:-1])) if a != b),
-            min(len(context), len(r_turns) - 1),
-        )
-        raise MalformedTranscript(f"chosen and rejected differ before their final reply (turn {n + 1})")
+    """One TRL explicit-prompt record from an HH-RLHF ``chosen``/``rejected`` pair of transcripts.
+
+    The turns and the shared prompt come from :func:`rewardlab.feedback.hh.hh_record` (the reader behind
+    ``label.file.format: hh``); ``fmt="text"`` joins the prompt's turns into one ``Human:``/``Assistant:``
+    transcript ending with ``Assistant:``, ``fmt="messages"`` keeps TRL's conversational record.
+    """
+    try:
+        rec = hh_record(chosen, rejected)
+    except MalformedRecord as e:
+        raise MalformedTranscript(e.problem) from None
     if fmt == "messages":
-        role = {HUMAN: "user", ASSISTANT: "assistant"}
-        return {
-            "prompt": [{"role": role[r], "content": t} for r, t in context],
-            "chosen": [{"role": "assistant", "content": c_reply}],
-            "rejected": [{"role": "assistant", "content": r_reply}],
-        }
-    prompt = "\n\n".join(f"{r}: {t}" for r, t in context) + f"\n\n{ASSISTANT}:"
-    return {"prompt": prompt, "chosen": c_reply, "rejected": r_reply}
+        return rec
+    role = {"user": "Human", "assistant": "Assistant"}
+    prompt = "\n\n".join(f"{role[m['role']]}: {m['content']}" for m in rec["prompt"]) + "\n\nAssistant:"
+    return {
+        "prompt": prompt,
+        "chosen": rec["chosen"][0]["content"],
+        "rejected": rec["rejected"][0]["content"],
+    }
 
 
 def _length(record: dict[str, Any]) -> int:

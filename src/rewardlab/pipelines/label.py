@@ -139,9 +139,13 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
     lc = cfg.label
     run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet, staged=True)
     comps = source.comparisons()
+    held_out = getattr(source, "held_out", None)
+    held = held_out() if callable(held_out) else None
     split_of = getattr(task, "split_of", None)
-    sides = [split_of(c.prompt) for c in comps] if callable(split_of) else []
-    if "eval" in sides:
+    sides = [split_of(c.prompt) for c in comps] if callable(split_of) and not held else []
+    if held:  # label.file.split: train -> the file's fixed validation split is the eval set
+        evals, train = held, comps
+    elif "eval" in sides:
         evals = [c for c, side in zip(comps, sides, strict=True) if side == "eval"]
         train = [c for c, side in zip(comps, sides, strict=True) if side != "eval"]
     else:
@@ -158,7 +162,18 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
     stats: dict[str, float] = {"label/pairs_train": len(train), "label/pairs_eval": len(evals)}
     if any(c.gold_chosen is not None for c in comps):
         stats.update({f"rater/{k}": v for k, v in _flatten(rater_error_rate(comps)).items()})
+    read = getattr(source, "stats", None)
+    extra: dict = {}
+    if read is not None:
+        stats["label/bad_records"] = read.bad
+        extra["read"] = read.as_dict()
+        for k, n in read.dropped.items():
+            run.info(f"{n} pair(s) dropped: {k.replace('_', ' ')}")
+        if read.bad:
+            run.warn(f"{read.bad} malformed record(s) skipped (--skip-bad-records); first: "
+                     + "; ".join(read.bad_reasons))  # fmt: skip
     run.log_metrics(stats, 0)
-    run.write_json("summary.json", {**stats, "sources": {str(lc.file.path): len(comps)}})
-    run.info(f"{len(train)} train / {len(evals)} eval pairs from {lc.file.path}")
+    run.write_json("summary.json", {**stats, "sources": {str(lc.file.path): len(comps)}, **extra})
+    split = f", split {lc.file.split} (eval: validation)" if held else ""
+    run.info(f"{len(train)} train / {len(evals)} eval pairs from {lc.file.path}{split}")
     return run.commit()
