@@ -111,7 +111,9 @@ def select_sets(data_dir: Path, spec: str) -> list[str]:
             hits = available
         else:
             hits = [
-                n for n in available if n == part or n.startswith(part.rstrip("/") + "/") or fnmatch.fnmatch(n, part)
+                n
+                for n in available
+                if n == part or n.startswith(part.rstrip("/") + "/") or fnmatch.fnmatch(n, part)
             ]
         if not hits:
             raise RewardlabError(f"--sets: {part!r} matches no set under {data_dir}; available: {available}")
@@ -175,7 +177,9 @@ def load_truthfulqa(data_dir: Path, limit: int | None = None) -> list[MCItem]:
             items.append(MCItem(str(rec["question"]), tuple(mc1_t), tuple(int(v) for v in mc1_t.values()),
                                 tuple(mc2_t), tuple(int(v) for v in mc2_t.values())))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
-            raise RewardlabError(f"{path}: item {i}: needs question, mc1_targets, mc2_targets ({e})") from None
+            raise RewardlabError(
+                f"{path}: item {i}: needs question, mc1_targets, mc2_targets ({e})"
+            ) from None
     return items
 
 

@@ -57,7 +57,9 @@ def score_two_choice(
 ) -> dict[str, Any]:
     """The row of one Anthropic set: per item :func:`two_choice` of the two answers' log-probs."""
     contexts = [context(it.question, ANTHROPIC_PLAIN) for it in items]
-    lp = logprobs([*contexts, *contexts], [*(it.matching for it in items), *(it.not_matching for it in items)])
+    lp = logprobs(
+        [*contexts, *contexts], [*(it.matching for it in items), *(it.not_matching for it in items)]
+    )
     n = len(items)
     matches = [two_choice(lp[i], lp[n + i]) for i in range(n)]
     inverted = name in INVERTED_SETS
@@ -150,7 +152,9 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
             notes.append(f"{r['ties']} ties")
         if r.get("no_number"):
             notes.append(f"{r['no_number']} without a number")
-        lines.append(f"{name:<{width}}  {r['n']:>5}  {r['rate']:>6.3f}  [{lo:.3f}, {hi:.3f}]  {'; '.join(notes)}".rstrip())
+        lines.append(
+            f"{name:<{width}}  {r['n']:>5}  {r['rate']:>6.3f}  [{lo:.3f}, {hi:.3f}]  {'; '.join(notes)}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -179,7 +183,9 @@ def eval_command(args: argparse.Namespace) -> int:
         return context_text(tokenizer, question, plain)
 
     def generate(contexts: Sequence[str]) -> list[str]:
-        return scorer.generate(contexts, args.max_new_tokens, stop=() if tokenizer.chat_template else GSM8K_STOP)
+        return scorer.generate(
+            contexts, args.max_new_tokens, stop=() if tokenizer.chat_template else GSM8K_STOP
+        )
 
     def progress(msg: str) -> None:
         print(f"  {msg}", file=sys.stderr, flush=True)

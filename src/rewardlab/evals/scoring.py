@@ -63,7 +63,9 @@ class LMScorer:
             if limit is not None and len(c_ids) + len(a_ids) > limit:
                 keep = limit - len(a_ids)
                 if keep < 1:
-                    raise RewardlabError(f"the answer {cont!r} alone is longer than the model's {limit} positions")
+                    raise RewardlabError(
+                        f"the answer {cont!r} alone is longer than the model's {limit} positions"
+                    )
                 c_ids = c_ids[-keep:]
                 self.truncated += 1
             if not c_ids:
