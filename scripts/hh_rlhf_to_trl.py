@@ -22,7 +22,10 @@ empty reply, pairs longer than ``--max-chars`` (prompt plus the longer reply) an
 first, no final ``Assistant:`` turn, or chosen and rejected disagreeing before the last reply) is an
 error naming the file and line.
 
-The output is what ``label.source: file`` and ``task: {kind: dataset}`` read (configs/hh-file.yaml)::
+``label.source: file`` reads the raw HH-RLHF files directly (``label.file.path: ../shared/data/hh-rlhf``,
+with the fixed train/validation/test split of ``label.file.split``; :mod:`rewardlab.feedback.hh`, whose turn
+splitting this script uses). The dataset task reads TRL-format JSONL only, so this script's output is what
+``task: {kind: dataset}`` and ``label.source: file`` read together (configs/hh-file.yaml)::
 
     python scripts/hh_rlhf_to_trl.py --subset helpful-base --limit 400 --max-chars 600 \\
         --out /tmp/hh/hh-400.jsonl
