@@ -449,3 +449,29 @@ def test_full_hh_test_splits_give_the_documented_counts():
         "helpful-online": [908, 112, 110],
         "helpful-rejection-sampled": [2183, 271, 260],
     }
+
+
+@pytest.mark.parametrize(
+    "line", [b'{"prompt": ', b"[1]", b'{"prompt": "\xff"}', b'{"prompt": "' + b"p" * 200 + b'"}']
+)
+def test_jsonl_problems_read_as_utils_reads_them(tmp_path, monkeypatch, line):
+    from rewardlab.utils import read_jsonl_numbered
+
+    monkeypatch.setenv("REWARDLAB_MAX_RECORD_BYTES", "100")
+    path = tmp_path / "x.jsonl"
+    path.write_bytes((GOOD + "\n").encode() + line + b"\n")
+    with pytest.raises(RewardlabError) as theirs:
+        read_jsonl_numbered(path)
+    with pytest.raises(RewardlabError) as ours:
+        read_preferences(path)
+    assert str(ours.value).startswith(str(theirs.value))
+
+
+def test_every_stage_subcommand_takes_skip_bad_records():
+    from rewardlab.cli import build_parser
+    from rewardlab.methods import METHODS
+
+    parser = build_parser()
+    for name in (*METHODS, "run"):
+        assert parser.parse_args([name, "--skip-bad-records"]).skip_bad_records is True
+        assert parser.parse_args([name]).skip_bad_records is False
