@@ -93,6 +93,8 @@ def test_two_choice_counts_ties_as_half() -> None:
     assert two_choice(-1.0, -2.0) == 1.0
     assert two_choice(-3.0, -2.0) == 0.0
     assert two_choice(-2.0, -2.0) == 0.5
+    assert two_choice(-2.0, -2.0 + 1e-6) == 0.5  # float noise between batches is a tie
+    assert two_choice(-2.0, -2.01) == 1.0
 
 
 def test_mc1_on_a_log_prob_table() -> None:
@@ -100,6 +102,8 @@ def test_mc1_on_a_log_prob_table() -> None:
     assert mc1([-2.5, -2.0, -3.0], [1, 0, 0]) == 0.0
     assert mc1([-1.0, -1.0, -3.0], [0, 1, 0]) == 0.5  # the truth is one of two tied at the top
     assert mc1([-1.0, -1.0, -1.0], [0, 0, 1]) == pytest.approx(1 / 3)
+    assert mc1([-1.0, -1.0 - 1e-6, -3.0], [0, 1, 0]) == 0.5  # within float noise of the top
+    assert mc1([-1.0, -1.01, -3.0], [0, 1, 0]) == 0.0
     with pytest.raises(ValueError):
         mc1([-1.0, -2.0], [1, 1])
 
