@@ -29,6 +29,20 @@ from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 
 
+def best_of_n_indices(proxy: torch.Tensor, n: int) -> torch.Tensor:
+    """For each prompt, the index of the proxy's favourite in each of its ``N / n`` disjoint groups of ``n``.
+
+    ``proxy`` is ``[P, N]`` (N samples per prompt, N a multiple of n); returns ``[P, N / n]`` indices into the
+    prompt's N samples: group ``g`` holds samples ``g*n .. g*n + n - 1`` and keeps its highest-proxy one (the
+    first on a tie). Best-of-n (Nakano et al. 2021; Gao et al. 2022) selects the *maximum* proxy.
+    """
+    P, N = proxy.shape
+    if n < 1 or N % n:
+        raise ValueError(f"best_of_n_indices: n={n} must divide the {N} samples per prompt")
+    groups = proxy.reshape(P, N // n, n)
+    return groups.argmax(dim=-1) + torch.arange(0, N, n, device=proxy.device)[None, :]
+
+
 def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 6)
     bc = cfg.bon
@@ -53,10 +67,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     with (run.dir / "audit.jsonl").open("w", encoding="utf-8") as f:
         n = 1
         while n <= N:
-            groups = proxy.view(len(problems), N // n, n)
-            best = (
-                groups.argmax(dim=-1) + torch.arange(0, N, n)[None, :]
-            )  # [P, N/n] flat index in the prompt's N
+            best = best_of_n_indices(proxy, n)  # [P, N/n] flat index in the prompt's N
             sel_problems, sel_samples = [], []
             for i, p in enumerate(problems):
                 for j in best[i].tolist():
