@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -441,3 +442,32 @@ def test_two_biased_presets_are_labelled_and_seedless_arms_come_last(tmp_path: P
     # 2 seeds (0 and "none"); sy exists on one of them only
     assert "| ppo (sy vs unbiased) | biased: proxy rises | 1 of 2 | no |" in summary.splitlines()
     assert "| ppo (tp vs unbiased) | biased: proxy rises | 2 of 2 | yes |" in summary.splitlines()
+
+
+def test_single_sample_and_no_gold_with_proxy() -> None:
+    task = FakeTask()
+    one = score_responses(task, ITEMS[:1], RESPONSES[:1], _proxy)  # type: ignore[arg-type]
+    m = summarize(task, ITEMS[:1], one)  # type: ignore[arg-type]
+    assert m["proxy/mean"] == 4.0 and m["gold/mean"] == 1.0 and m["gold/accuracy_d1"] == 1.0
+    assert gold_parts(one, ("a",)) == {"gold/part_a": 0.75, "gold/unparseable_rate": 0.0}
+    s = score_sample(FakeTask(has_gold=False), ITEMS[1], "no", 0.25)  # type: ignore[arg-type]
+    assert s == ScoredSample("q1", "no", {"d": 2, "wrong": False}, proxy=0.25)
+
+
+def test_summarize_empty_is_silent_and_groups_tolerate_a_missing_key() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an empty list
+        empty = summarize(FakeTask(), [], [])  # type: ignore[arg-type]
+    assert math.isnan(empty["behavior/length"])
+    task = FakeTask()
+    items = [{**ITEMS[0], "d": None}, *ITEMS[1:]]
+    samples = score_responses(task, items, RESPONSES)  # type: ignore[arg-type]
+    for s in samples:
+        if s.meta["d"] is None:
+            del s.meta["d"]  # an item without the group key
+    m = summarize(task, items, samples)  # type: ignore[arg-type]
+    assert (
+        m["gold/mean_dNone"] == 1.0
+        and m["gold/mean_d1"] == 0.25
+        and m["gold/mean_d2"] == pytest.approx(-0.25)
+    )
