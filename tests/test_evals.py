@@ -417,3 +417,15 @@ def test_a_long_context_keeps_its_last_tokens_and_is_counted(crafted: tuple) -> 
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([kept])).logits[0, :-1], -1)
     assert lp == pytest.approx(sum(float(logp[t - 1, kept[t]]) for t in range(21, 24)), abs=1e-4)
+
+
+def test_batched_log_probs_equal_one_at_a_time(crafted: tuple) -> None:
+    """Left padding with positions from the mask: a row's log-prob does not depend on its batch."""
+    model, tok, _ = crafted
+    items = load_two_choice(DATA, LM_SURVIVAL, limit=6) + load_two_choice(DATA, PERSONA, limit=6)
+    contexts = [context_text(tok, it.question, ANTHROPIC_PLAIN) for it in items]
+    answers = [it.not_matching for it in items]
+    assert len({len(tok(c)["input_ids"]) for c in contexts}) > 6  # lengths differ: rows are padded
+    batched = LMScorer(model, tok, batch_size=12).logprobs(contexts, answers)
+    alone = [LMScorer(model, tok, batch_size=1).logprobs([c], [a])[0] for c, a in zip(contexts, answers)]
+    assert batched == pytest.approx(alone, abs=1e-4)

@@ -8,6 +8,7 @@ the number of items cut so is counted.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ class LMScorer:
         """``log p(continuation | context) = sum_t log p(c_t | context, c_<t)`` for each pair.
 
         The continuation is tokenized on its own (with its leading space), so every option of a question is
-        scored on the same context tokens. Pairs are batched by length, right-padded.
+        scored on the same context tokens. Pairs are batched by length, left-padded (positions from the mask).
         """
         if len(contexts) != len(continuations):
             raise ValueError("logprobs: one continuation per context")
@@ -74,6 +75,7 @@ class LMScorer:
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
         out = [0.0] * len(seqs)
         device = next(self.model.parameters()).device
+        keep_arg = "logits_to_keep" in inspect.signature(type(self.model).forward).parameters
         was_training = self.model.training
         self.model.eval()
         try:
@@ -82,17 +84,22 @@ class LMScorer:
                 width = max(len(seqs[i][0]) for i in idx)
                 ids = torch.full((len(idx), width), int(pad), dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
+                for r, i in enumerate(idx):  # left padding: every answer ends at the last column
                     row = seqs[i][0]
-                    ids[r, : len(row)] = torch.tensor(row)
-                    mask[r, : len(row)] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+                    ids[r, width - len(row) :] = torch.tensor(row)
+                    mask[r, width - len(row) :] = 1
+                # the answer's k tokens are predicted by the logits at the k positions before each of them,
+                # so only the last (longest answer + 1) columns of logits are needed (a real vocabulary's
+                # logits over the whole context would dominate memory)
+                keep = min(width, max(seqs[i][1] for i in idx) + 1)
+                ids, mask = ids.to(device), mask.to(device)
+                extra = {"logits_to_keep": keep} if keep_arg else {}
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                    **extra).logits[:, -keep:]  # fmt: skip
+                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                token_logp = logp.gather(-1, ids[:, width - keep + 1 :].unsqueeze(-1)).squeeze(-1)
                 for r, i in enumerate(idx):
-                    length, n_answer = len(seqs[i][0]), seqs[i][1]
-                    # the token at position t is predicted by the logits at t - 1
-                    out[i] = float(token_logp[r, length - 1 - n_answer : length - 1].sum())
+                    out[i] = float(token_logp[r, keep - 1 - seqs[i][1] :].sum())
         finally:
             self.model.train(was_training)
         return out
