@@ -280,6 +280,7 @@ def _pairs(n1: int, n2: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 SHAPE_CASES: list[tuple[str, Any]] = [
     ("r_chosen and r_rejected must", lambda: L.bradley_terry_loss(*_pairs(2, 3))),
+    ("mask has shape", lambda: L.masked_sum(torch.zeros(2), torch.ones(3))),
     ("r_chosen and r_rejected must", lambda: L.preference_accuracy(*_pairs(2, 3))),
     ("scores and ranking must", lambda: L.plackett_luce_loss(torch.zeros(2, 3), torch.zeros(2, 2, dtype=torch.long))),
     ("valid has shape", lambda: L.plackett_luce_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 2))),
@@ -408,6 +409,10 @@ def test_ece_bins_by_hand() -> None:
     # p = 0.5 is predicted "first item" (confidence 0.5); label 1 -> correct
     assert L.expected_calibration_error(_t([0.5]), _t([1.0]), n_bins=2) == pytest.approx(0.5)
     assert L.expected_calibration_error(_t([0.5]), _t([0.0]), n_bins=2) == pytest.approx(0.5 - 0.0)
+    # one bin: p = 0.5 predicts the first item (correct with label 1), so accuracy 2/2 against confidence 1.4/2
+    assert L.expected_calibration_error(_t([0.5, 0.9]), _t([1.0, 1.0]), n_bins=1) == pytest.approx(
+        (2 - 1.4) / 2
+    )
     # two bins of [0, 1]: 0.5 falls in (0, 0.5], 0.9 in (0.5, 1]: |1 - 0.5| + |0 - 0.9| over 2
     assert L.expected_calibration_error(_t([0.5, 0.1]), _t([1.0, 1.0]), n_bins=2) == pytest.approx(
         (0.5 + 0.9) / 2
