@@ -471,3 +471,10 @@ def test_summarize_empty_is_silent_and_groups_tolerate_a_missing_key() -> None:
         and m["gold/mean_d1"] == 0.25
         and m["gold/mean_d2"] == pytest.approx(-0.25)
     )
+
+
+def test_normalize_keeps_the_scores_device() -> None:
+    # the statistics are built on the scores' device ("meta" stands in for an accelerator here)
+    rm = RewardModel([Member([0.0], reward_mean=1.0, reward_std=2.0), Member([0.0])], tokenizer=None)  # type: ignore[arg-type]
+    out = rm.normalize(torch.zeros(2, 3, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 3)
