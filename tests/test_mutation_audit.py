@@ -478,3 +478,11 @@ def test_normalize_keeps_the_scores_device() -> None:
     rm = RewardModel([Member([0.0], reward_mean=1.0, reward_std=2.0), Member([0.0])], tokenizer=None)  # type: ignore[arg-type]
     out = rm.normalize(torch.zeros(2, 3, device="meta"))
     assert out.device.type == "meta" and out.shape == (2, 3)
+
+
+def test_verifier_feature_moves_to_the_scores_device() -> None:
+    member = Member([0.0, 1.0], verifier_weight=0.5).to("meta")
+    rm = RewardModel([member], tokenizer=None)  # type: ignore[arg-type]
+    ids = torch.tensor([[1, 0]], device="meta")
+    out = rm.raw_member_scores(ids, torch.ones(1, 2, dtype=torch.long, device="meta"), torch.tensor([2.0]))
+    assert out.device.type == "meta" and out.shape == (1, 1)

@@ -234,3 +234,11 @@ def test_gold_attribution_by_hand() -> None:
     assert math.isnan(bad["a"]) and math.isnan(bad["unparseable"])
     only_mean = gold_attribution({"gold/mean": 0.0}, {"gold/mean": 1.0}, ())
     assert only_mean == {"unparseable": 1.0}
+
+
+def test_predict_of_a_scalar_is_a_python_float() -> None:
+    for fit in (fit_bon_law(D, R), fit_rl_law(D, R)):
+        for d in (0.0, 1.2):
+            out = fit.predict(d)
+            assert type(out) is float
+        assert isinstance(fit.predict([1.2]), np.ndarray)
