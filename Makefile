@@ -107,14 +107,19 @@ detected = ("killed", "timeout")
 counts = collections.Counter(status for _, status, _ in rows)
 eq = [r for r in rows if r[0] in equivalent and r[1] not in detected]
 stale = sorted(r[0] for r in rows if r[0] in equivalent and r[1] in detected)
-alive = [r for r in rows if r[0] not in equivalent and r[1] not in detected]
+unchecked = collections.Counter(r[0].rsplit("__mutmut_", 1)[0] for r in rows if r[1] == "not checked")
+alive = [r for r in rows if r[0] not in equivalent and r[1] not in (*detected, "not checked")]
 killed = counts["killed"] + counts["timeout"]
-total = len(rows) - len(eq)
+total = len(rows) - len(eq) - sum(unchecked.values())
 score = f"{killed} of {total} mutants killed ({100.0 * killed / max(total, 1):.1f}%); {len(eq)} equivalent mutants excluded"
+if unchecked:
+    score += f"; {sum(unchecked.values())} of {len(rows)} not checked (the run was stopped)"
 lines = ["# Surviving mutants", "", "Written by `make mutation` (docs/testing.md explains how to read it).", "",
          f"**Score: {score}.** Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", ""]
 for name, status, path in sorted(alive):
     lines += [f"## `{name}` ({status})", "", "```diff", get_diff_for_mutant(name, path=path).strip(), "```", ""]
+if unchecked:
+    lines += ["# Not checked", ""] + [f"- `{f}`: {n}" for f, n in sorted(unchecked.items())] + [""]
 lines += ["# Equivalent mutants (excluded from the score)", ""]
 lines += [f"- `{name}`: {equivalent[name]}" for name, _, _ in sorted(eq)]
 if stale:
