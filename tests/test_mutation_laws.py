@@ -242,3 +242,22 @@ def test_predict_of_a_scalar_is_a_python_float() -> None:
             out = fit.predict(d)
             assert type(out) is float
         assert isinstance(fit.predict([1.2]), np.ndarray)
+
+
+def test_errors_name_the_law_and_nulls_count_as_missing() -> None:
+    with pytest.raises(ValueError, match=r"^bon law: need at least 2"):
+        fit_bon_law([1.0], [0.1])
+    with pytest.raises(ValueError, match=r"^rl law: need at least 2"):
+        fit_rl_law([0.0, 1.0], [0.0, 0.1])
+    # JSON nulls are missing readings: ignored by the moving average, dropped by the fit
+    np.testing.assert_allclose(moving_average([1.0, None, 3.0], 3), [1.0, 2.0, 3.0])  # type: ignore[list-item]
+    d = [0.5, 1.0, 1.5]
+    fit = fit_law(
+        "bon", [0.0, None, *[x * x for x in d]], [0.2, 0.9, *[0.2 + _bon_ref(x, 0.6, 0.2) for x in d]]
+    )  # type: ignore[list-item]
+    assert fit.n_points == 4 and fit.gold0 == 0.2
+    assert fit.a == pytest.approx(0.6) and fit.b == pytest.approx(0.2)
+    fit = fit_law(
+        "bon", [0.0, 0.04, *[x * x for x in d]], [0.2, None, *[0.2 + _bon_ref(x, 0.6, 0.2) for x in d]]
+    )  # type: ignore[list-item]
+    assert fit.n_points == 4 and fit.a == pytest.approx(0.6)
