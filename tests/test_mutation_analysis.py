@@ -337,3 +337,87 @@ def test_build_summary_reads_task_json_when_no_info_given(tmp_path: Path) -> Non
     out = build_summary(arms, tmp_path, [])
     assert out["task"] == INFO.to_dict()
     assert out["arms"]["tp-s0"]["methods"]["ppo"]["behavior"] == "behavior/sycophancy_rate"
+
+
+# ---------------------------------------------------------------- summaries: the task info reaches every table
+def _rl_run(
+    tmp_path: Path, name: str, golds: list[float], kls: list[float], extra: dict[str, list[float]]
+) -> Any:
+    from rewardlab.report.analysis import MethodRun
+
+    rows = [{"step": 2 * i, "gold/mean": g, "proxy/mean": 0.1 * i, "kl/k1": k, "kl/estimator": "k1",
+             **{key: vals[i] for key, vals in extra.items()}} for i, (g, k) in enumerate(zip(golds, kls, strict=True))]  # fmt: skip
+    return MethodRun(name, "rl", rows, tmp_path / name)
+
+
+def _arm_of(name: str, preset: str, seed: int, run: Any, role: str = "treatment") -> Any:
+    from rewardlab.report.analysis import Arm
+
+    return Arm(name, preset, seed, Path(name), {run.name: run}, role)
+
+
+def test_nanmean0_of_opposite_infinities_is_nan_without_a_warning() -> None:
+    import warnings
+
+    from rewardlab.report.analysis import _nanmean0
+
+    a = np.array([[np.inf, 1.0], [-np.inf, 3.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf + -inf is an invalid operation numpy would warn about
+        out = _nanmean0(a)
+    assert math.isnan(out[0]) and out[1] == 2.0
+
+
+def test_fit_runs_reads_a_slightly_negative_kl_as_zero(tmp_path: Path) -> None:
+    from rewardlab.audit.laws import fit_rl_law
+    from rewardlab.report.analysis import fit_runs
+
+    golds = [0.30, 0.38, 0.40, 0.36, 0.30]
+    run = _rl_run(tmp_path, "ppo", golds, [-0.01, 1.0, 4.0, 9.0, 16.0], {})  # k1 can dip below 0
+    fit = fit_runs([run])
+    want = fit_rl_law(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.array(golds) - 0.30)
+    assert fit.a == pytest.approx(want.a) and fit.b == pytest.approx(want.b)
+
+
+def test_compare_methods_and_build_summary_use_the_tasks_headline(tmp_path: Path) -> None:
+    from rewardlab.report.analysis import build_summary, compare_methods
+    from rewardlab.tasks.base import TaskInfo
+
+    extra = {"behavior/padding_rate": [0.1, 0.2, 0.7], "behavior/sycophancy_rate": [0.0, 0.05, 0.05]}
+    arm = _arm_of(
+        "time-pressed-s0",
+        "time-pressed",
+        0,
+        _rl_run(tmp_path, "ppo", [0.3, 0.2, 0.1], [0.0, 1.0, 4.0], extra),
+    )
+    info = TaskInfo(name="concise", has_gold=True, behaviors={"padding_rate": "padding", "sycophancy_rate": "s"},
+                    headline="padding_rate")  # fmt: skip
+    assert compare_methods([arm], info)[0]["behavior_end"] == 0.7
+    summary = build_summary([arm], tmp_path, [], info)
+    assert summary["comparison"][0]["behavior_end"] == 0.7
+    assert summary["arms"]["time-pressed-s0"]["methods"]["ppo"]["behavior_end"] == 0.7
+
+
+def test_build_summary_infers_the_task_from_the_rows_and_warns_on_a_bad_task_json(tmp_path: Path) -> None:
+    from rewardlab.report.analysis import build_summary
+
+    extra = {"behavior/padding_rate": [0.1, 0.2, 0.7], "behavior/length": [3.0, 4.0, 9.0]}
+    arm = _arm_of("a-s0", "a", 0, _rl_run(tmp_path, "ppo", [0.3, 0.2, 0.1], [0.0, 1.0, 4.0], extra))
+    summary = build_summary([arm], tmp_path, [])  # no task.json: inferred from the audit rows
+    assert summary["task"]["headline"] == "padding_rate" and summary["comparison"][0]["behavior_end"] == 0.7
+    (tmp_path / "task.json").write_text("{not json")
+    warnings: list[str] = []
+    summary = build_summary([arm], tmp_path, warnings)
+    assert any("task.json: unreadable" in w for w in warnings) and summary["warnings"] == warnings
+
+
+def test_build_summary_pools_every_group_with_several_seeds(tmp_path: Path) -> None:
+    from rewardlab.report.analysis import build_summary
+    from rewardlab.tasks.base import TaskInfo
+
+    golds, kls = [0.30, 0.38, 0.40, 0.36, 0.30], [0.0, 1.0, 4.0, 9.0, 16.0]
+    arms = [_arm_of("a-s0", "a", 0, _rl_run(tmp_path, "ppo", golds, kls, {})),  # one seed: not pooled
+            _arm_of("b-s0", "b", 0, _rl_run(tmp_path, "ppo", golds, kls, {})),
+            _arm_of("b-s1", "b", 1, _rl_run(tmp_path, "ppo", [g + 0.01 for g in golds], kls, {}))]  # fmt: skip
+    pooled = build_summary(arms, tmp_path, [], TaskInfo(name="t", has_gold=True))["pooled_laws"]
+    assert [(p["preset"], p["method"], p["n_seeds"]) for p in pooled] == [("b", "ppo", 2)]
