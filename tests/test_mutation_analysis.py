@@ -423,13 +423,9 @@ def test_build_summary_pools_every_group_with_several_seeds(tmp_path: Path) -> N
     assert [(p["preset"], p["method"], p["n_seeds"]) for p in pooled] == [("b", "ppo", 2)]
 
 
-def test_summarize_method_without_task_info_assumes_gold_and_flags_a_peak_at_the_last_of_two_points(
-    tmp_path: Path,
-) -> None:
+def test_summarize_method_without_task_info_assumes_gold(tmp_path: Path) -> None:
     from rewardlab.report.analysis import summarize_method
 
     run = _rl_run(tmp_path, "ppo", [0.30, 0.35, 0.40, 0.41], [0.0, 1.0, 4.0, 9.0], {})
     s = summarize_method(_arm_of("a-s0", "a", 0, run), run)  # no TaskInfo: the arithmetic defaults, with gold
     assert s["law"] is not None and s["law_error"] is None
-    two = _rl_run(tmp_path, "ppo", [0.30, 0.40], [0.0, 1.0], {})
-    assert summarize_method(_arm_of("a-s0", "a", 0, two), two)["gold_peak_at_end"] is True
