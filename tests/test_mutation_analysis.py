@@ -429,3 +429,19 @@ def test_summarize_method_without_task_info_assumes_gold(tmp_path: Path) -> None
     run = _rl_run(tmp_path, "ppo", [0.30, 0.35, 0.40, 0.41], [0.0, 1.0, 4.0, 9.0], {})
     s = summarize_method(_arm_of("a-s0", "a", 0, run), run)  # no TaskInfo: the arithmetic defaults, with gold
     assert s["law"] is not None and s["law_error"] is None
+
+
+def test_summarize_method_says_whether_the_run_finished_and_carries_its_warnings(tmp_path: Path) -> None:
+    from rewardlab.report.analysis import summarize_method
+
+    run = _rl_run(tmp_path, "ppo", [0.30, 0.35, 0.40], [0.0, 1.0, 4.0], {})
+    s = summarize_method(_arm_of("a-s0", "a", 0, run), run)
+    assert (s["finished"], s["status"], s["run_warnings"]) == (True, "complete", [])
+    run.status = {"state": "interrupted", "step": 4, "reason": "stopped by Ctrl-C"}
+    run.warnings = ["collapsed: train/grad_norm has been 0"]
+    s = summarize_method(_arm_of("a-s0", "a", 0, run), run)
+    assert s["finished"] is False and s["status"] == "interrupted at step 4: stopped by Ctrl-C"
+    assert (
+        s["run_warnings"] == ["collapsed: train/grad_norm has been 0"]
+        and s["run_warnings"] is not run.warnings
+    )
