@@ -331,7 +331,14 @@ def run_probe(p: Probe, base: Path, work: Path) -> dict:
     t = time.perf_counter()
     if p.signal_after:
         sig, started = p.signal_after
-        proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=ENV,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.time() + 300
         while time.time() < deadline and not ((d / started).is_file() and (d / started).read_text().strip()):
             time.sleep(0.2)

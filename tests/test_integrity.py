@@ -304,8 +304,10 @@ def test_ctrl_c_and_sigterm_print_one_line_with_the_command_that_resumes(
     run_dir = tmp_path / "r"
     shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("sft"))
     args = ["sft", str(MICRO), "--run-dir", str(run_dir), *SMALL, "--set", "sft.steps=100000"]
+    # a background job inherits SIGINT ignored (Python then never raises KeyboardInterrupt): restore the default
     proc = subprocess.Popen([sys.executable, "-m", "rewardlab.cli", *args, "--quiet"], stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     metrics = partial_dir(run_dir / "sft") / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
