@@ -58,7 +58,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from rewardlab.runs import Run
-from rewardlab.utils import RewardlabError, atomic_dir
+from rewardlab.utils import RewardlabError, atomic_dir, restore_replaced_dir
 
 KILL_ENV = "REWARDLAB_TEST_SIGKILL_AFTER"
 FORMAT = 1
@@ -283,8 +283,6 @@ class Checkpointer:
 
 def _repair(path: Path) -> None:
     """Undo what a kill inside :func:`atomic_dir` can leave: a moved-away old checkpoint, temp folders."""
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not path.exists() and olds:
-        os.replace(olds[-1], path)
-    for p in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+    restore_replaced_dir(path)
+    for p in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(p, ignore_errors=True)

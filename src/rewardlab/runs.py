@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from rewardlab.utils import RewardlabError, atomic_write_text
+from rewardlab.utils import RewardlabError, atomic_write_text, replace_dir, restore_replaced_dir
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -295,27 +294,6 @@ def unfinished_attempt(final: Path | str) -> dict[str, Any] | None:
     return status
 
 
-def _swap_into_place(src: Path, final: Path) -> None:
-    """Rename ``src`` to ``final``, replacing it (old folder moved aside first, then removed)."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(src, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _repair_swap(final: Path) -> None:
-    """Undo a kill between the two renames of :func:`_swap_into_place`: put the moved-aside folder back."""
-    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not final.exists() and olds:
-        os.replace(olds[-1], final)
-        olds = olds[:-1]
-    for p in olds:
-        shutil.rmtree(p, ignore_errors=True)
-
-
 #: Runs of this process that are open (staged and not committed), for :func:`abandon_open_runs`.
 _OPEN: list[Run] = []
 
@@ -385,7 +363,7 @@ class Run:
     def _prepare(self, config: BaseModel | None) -> list[str]:
         """Set up ``<name>.partial``: fresh, or (``resume``) continued after the config check."""
         notes: list[str] = []
-        _repair_swap(self.final)
+        restore_replaced_dir(self.final)  # a kill between commit's two renames
         part, resume = self.dir, bool(getattr(config, "resume", False))
         if resume:
             from_final = not part.is_dir() and (self.final / "checkpoint").is_dir()
@@ -515,7 +493,7 @@ class Run:
         self._close_handles()
         if self.staged:
             _io(lambda: (self.dir / "status.json").unlink(missing_ok=True), self.dir)
-            _io(lambda: _swap_into_place(self.dir, self.final), self.final)
+            _io(lambda: replace_dir(self.dir, self.final), self.final)
             self.dir = self.final
         for w in self.warnings:
             console.print(

@@ -65,17 +65,34 @@ def atomic_dir(target: Path | str, write: Callable[[Path], None]) -> Path:
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Rename the folder ``src`` to ``target``, replacing it: the old folder is moved aside
+    (``.<name>.old-*``), the new one renamed in, the old one removed. A kill between the two renames
+    leaves no ``target``; :func:`restore_replaced_dir` puts the old one back."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(src, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced_dir(target: Path) -> None:
+    """Undo a kill inside :func:`replace_dir`: put the newest moved-aside folder back when ``target`` is
+    missing, and remove any other moved-aside copies."""
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds:
+        os.replace(olds.pop(), target)
+    for p in olds:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
