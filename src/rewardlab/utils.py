@@ -7,9 +7,9 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -156,44 +156,62 @@ def read_text_file(path: Path | str, what: str = "file") -> str:
     return decode_utf8(data, path)
 
 
+def iter_jsonl(f: BinaryIO, path: Path | str) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line, value, None)`` for each non-blank line of the binary JSONL stream ``f``, or ``(line, None,
+    problem)`` for a line longer than :func:`max_record_bytes`, not UTF-8 (with its byte offset) or not JSON.
+
+    An over-long line is never read into memory whole: its problem is yielded first, and the rest of the line
+    is skipped in chunks only if the caller asks for the next line. Read errors of ``f`` propagate.
+    """
+    limit = max_record_bytes()
+    offset, i = 0, 0
+    while True:
+        raw = f.readline(limit + 2)
+        if not raw:
+            return
+        i += 1
+        offset += len(raw)
+        if len(raw.rstrip(b"\r\n")) > limit:
+            yield i, None, f"record is longer than the limit of {limit:,} bytes (REWARDLAB_MAX_RECORD_BYTES)"
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                offset += len(raw)
+            continue
+        try:
+            line = decode_utf8(raw, path, i, offset - len(raw))
+        except RewardlabError as e:
+            yield i, None, str(e).removeprefix(f"{path}:{i}: ")
+            continue
+        if not line.strip():
+            continue
+        try:
+            value, problem = json.loads(line), None
+        except json.JSONDecodeError as e:
+            value, problem = None, f"malformed JSON ({e.msg} at column {e.colno})"
+        except RecursionError:
+            value, problem = None, "JSON nested too deeply"
+        yield i, value, problem
+
+
 def read_jsonl_numbered(path: Path | str) -> list[tuple[int, dict[str, Any]]]:
     """JSONL objects with their 1-based line numbers (blank lines skipped but counted).
 
     A missing or unreadable file, a malformed line, a non-object line, a byte that is not UTF-8 (with
     its byte offset) or a record longer than :func:`max_record_bytes` raises an error naming the file and
-    line. An over-long line is not read into memory past the limit.
+    line (:func:`iter_jsonl`). An over-long line is not read into memory past the limit.
     """
     path = Path(path)
     if not path.is_file():
         raise RewardlabError(f"{path}: file not found")
-    limit = max_record_bytes()
-    rows: list[tuple[int, dict[str, Any]]] = []
-    offset = 0
     try:
         f = path.open("rb")
     except OSError as e:
         raise RewardlabError(f"{path}: cannot read ({e.strerror or e})") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
     with f:
-        i = 0
-        while True:
-            raw = f.readline(limit + 2)
-            if not raw:
-                break
-            i += 1
-            if len(raw.rstrip(b"\r\n")) > limit:
-                raise RewardlabError(
-                    f"{path}:{i}: record is longer than the limit of {limit:,} bytes (REWARDLAB_MAX_RECORD_BYTES)"
-                )
-            line = decode_utf8(raw, path, i, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RewardlabError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
-            except RecursionError:
-                raise RewardlabError(f"{path}:{i}: JSON nested too deeply") from None
+        for i, row, problem in iter_jsonl(f, path):
+            if problem is not None:
+                raise RewardlabError(f"{path}:{i}: {problem}")
             if not isinstance(row, dict):
                 raise RewardlabError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
             rows.append((i, row))

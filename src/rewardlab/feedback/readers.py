@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Literal
 
 from rewardlab.feedback.hh import HH_SUBSETS, MalformedRecord, hh_record, hh_split, is_hh_transcript
 from rewardlab.feedback.records import Comparison
-from rewardlab.utils import RewardlabError, decode_utf8, max_record_bytes
+from rewardlab.utils import RewardlabError, decode_utf8, iter_jsonl
 
 __all__ = [
     "MAX_REASONS",
@@ -153,49 +153,17 @@ def _read_all(path: Path) -> bytes:
 
 
 def _jsonl(path: Path) -> Iterator[_Raw]:
-    """JSONL records, plain or gzip'd: the checks of :func:`rewardlab.utils.read_jsonl_numbered` (UTF-8 with
-    the byte offset, the record-size limit, one JSON object per line), one record at a time so that a bad
-    line can be skipped."""
-    limit = max_record_bytes()
-    offset, i = 0, 0
+    """JSONL records, plain or gzip'd, one at a time so that a bad line can be skipped: the checks of
+    :func:`rewardlab.utils.iter_jsonl` (UTF-8 with the byte offset, the record-size limit, one JSON value per line)."""
+    i = 0
     with _open_binary(path) as f:
-        while True:
-            try:
-                raw = f.readline(limit + 2)
-            except (OSError, EOFError, zlib.error) as e:
-                raise RewardlabError(f"{path}:{i + 1}: not a readable gzip file ({e})") from None
-            if not raw:
-                return
-            i += 1
-            where = f"{path}:{i}"
-            if len(raw.rstrip(b"\r\n")) > limit:
-                while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line
-                    raw = f.readline(1 << 20)
-                    offset += len(raw)
-                yield _Raw(
-                    where,
-                    i,
-                    error=f"record is longer than the limit of {limit:,} bytes (REWARDLAB_MAX_RECORD_BYTES)",
+        try:
+            for i, row, problem in iter_jsonl(f, path):
+                yield (
+                    _Raw(f"{path}:{i}", i, row) if problem is None else _Raw(f"{path}:{i}", i, error=problem)
                 )
-                continue
-            try:
-                line = decode_utf8(raw, path, i, offset)
-            except RewardlabError as e:
-                yield _Raw(where, i, error=str(e).removeprefix(f"{where}: "))
-                offset += len(raw)
-                continue
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield _Raw(where, i, error=f"malformed JSON ({e.msg} at column {e.colno})")
-                continue
-            except RecursionError:
-                yield _Raw(where, i, error="JSON nested too deeply")
-                continue
-            yield _Raw(where, i, row)
+        except (OSError, EOFError, zlib.error) as e:
+            raise RewardlabError(f"{path}:{i + 1}: not a readable gzip file ({e})") from None
 
 
 def _json(path: Path) -> Iterator[_Raw]:
