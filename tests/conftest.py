@@ -9,8 +9,22 @@ the choice (subprocesses inherit it); ``tests/test_cpu_linear.py`` still tests `
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
+import torch
 
 from rewardlab.kernels import cpu_linear
 
 if "REWARDLAB_CPU_LINEAR" not in os.environ:
     os.environ["REWARDLAB_CPU_LINEAR"] = "onednn" if cpu_linear._onednn_ops_work() else "mkl"
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models run
+    fastest on one thread, two spin-wait on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
