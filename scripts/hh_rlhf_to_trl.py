@@ -23,7 +23,7 @@ first, no final ``Assistant:`` turn, or chosen and rejected disagreeing before t
 error naming the file and line.
 
 ``label.source: file`` reads the raw HH-RLHF files directly (``label.file.path: ../shared/data/hh-rlhf``,
-with the fixed train/validation/test split of ``label.file.split``; :mod:`rewardlab.feedback.hh`, whose turn
+with the fixed train/validation/test split of ``label.file.split``; :mod:`rewardlab.data.hh`, whose turn
 splitting this script uses). The dataset task reads TRL-format JSONL only, so this script's output is what
 ``task: {kind: dataset}`` and ``label.source: file`` read together (configs/hh-file.yaml)::
 
@@ -48,8 +48,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rewardlab.feedback.hh import HH_SUBSETS, MalformedRecord, hh_record
-from rewardlab.feedback.hh import split_turns as _split_turns
+from rewardlab.data.hh import HH_SUBSETS, hh_record
+from rewardlab.data.hh import split_turns as _split_turns
+from rewardlab.data.records import MalformedRecord
 
 SUBSETS = HH_SUBSETS
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf"
@@ -60,7 +61,7 @@ class MalformedTranscript(ValueError):
 
 
 def split_turns(transcript: str) -> list[tuple[str, str]]:
-    """``[(role, text), ...]`` of an HH-RLHF transcript (:func:`rewardlab.feedback.hh.split_turns`)."""
+    """``[(role, text), ...]`` of an HH-RLHF transcript (:func:`rewardlab.data.hh.split_turns`)."""
     try:
         return _split_turns(transcript)
     except MalformedRecord as e:
@@ -70,7 +71,7 @@ def split_turns(transcript: str) -> list[tuple[str, str]]:
 def convert_pair(chosen: str, rejected: str, fmt: str = "text") -> dict[str, Any]:
     """One TRL explicit-prompt record from an HH-RLHF ``chosen``/``rejected`` pair of transcripts.
 
-    The turns and the shared prompt come from :func:`rewardlab.feedback.hh.hh_record` (the reader behind
+    The turns and the shared prompt come from :func:`rewardlab.data.hh.hh_record` (the reader behind
     ``label.file.format: hh``); ``fmt="text"`` joins the prompt's turns into one ``Human:``/``Assistant:``
     transcript ending with ``Assistant:``, ``fmt="messages"`` keeps TRL's conversational record.
     """

@@ -3,6 +3,7 @@
 The order, lowest first (a package is one layer; top-level modules are named):
 
     core      utils, runs, checkpoint, distributed, training
+    data      data files (JSONL/JSON/CSV/Parquet), record helpers, HH-RLHF transcripts and split
     kernels   kernels/ (CPU speed tricks: oneDNN linears, the fast decoder)
     losses    pure loss and estimator functions
     tasks     the Task protocol, the registry, concrete tasks
@@ -30,6 +31,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "rewardlab"
 LAYERS: list[set[str]] = [
     {"__init__", "utils", "checkpoint", "distributed", "runs", "training"},
+    {"data"},
     {"kernels"},
     {"losses"},
     {"tasks"},
@@ -146,5 +148,5 @@ def test_the_checks_catch_a_violation(tmp_path: Path) -> None:
     assert _layer("report.build") > _layer("rewards.model")
 
 
-LAYERS_NAMES = ["core", "kernels", "losses", "tasks", "feedback", "policies", "rewards", "evals", "methods", "config",
+LAYERS_NAMES = ["core", "data", "kernels", "losses", "tasks", "feedback", "policies", "rewards", "evals", "methods", "config",
                 "audit", "report", "optimize", "pipelines", "cli"]  # fmt: skip

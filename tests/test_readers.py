@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from rewardlab.cli import main
+from rewardlab.data.hh import HH_SUBSETS, hh_record, hh_split, opening_turn
+from rewardlab.data.records import extract_prompt
 from rewardlab.feedback.file import FileLabels, FileSourceConfig
-from rewardlab.feedback.hh import HH_SUBSETS, hh_record, hh_split, opening_turn
-from rewardlab.feedback.readers import MAX_REASONS, extract_prompt, read_preferences
+from rewardlab.feedback.readers import MAX_REASONS, read_preferences
 from rewardlab.tasks.dataset import DatasetTask, DatasetTaskConfig
 from rewardlab.utils import RewardlabError
 

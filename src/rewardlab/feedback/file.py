@@ -10,7 +10,7 @@ turns. Files: JSONL, JSON, CSV (each optionally gzip'd) and Parquet, or a folder
 recognises the prompt, each side is scored with it (for the audit only); otherwise the golds stay empty
 and the report leaves gold out.
 
-``label.file.split`` reads one part of the fixed 80/10/10 split (:func:`rewardlab.feedback.hh.hh_split`);
+``label.file.split`` reads one part of the fixed 80/10/10 split (:func:`rewardlab.data.hh.hh_split`);
 with ``split: train`` the label stage evaluates on the ``validation`` part (:meth:`FileLabels.held_out`).
 """
 

@@ -26,11 +26,12 @@ import hashlib
 import re
 from typing import Any, Literal
 
+from rewardlab.data.records import MalformedRecord
+
 __all__ = [
     "HH_SUBSETS",
     "SPLITS",
     "SPLIT_SALT",
-    "MalformedRecord",
     "hh_record",
     "hh_split",
     "is_hh_transcript",
@@ -49,14 +50,6 @@ SPLIT_FRACTIONS = (0.8, 0.9)
 HUMAN, ASSISTANT = "Human", "Assistant"
 _ROLE = {HUMAN: "user", ASSISTANT: "assistant"}
 _MARKER = re.compile(r"\n\n(Human|Assistant):[ \t]?")
-
-
-class MalformedRecord(ValueError):
-    """A record that cannot be read; ``field`` names the field at fault (or ``None``)."""
-
-    def __init__(self, field: str | None, problem: str) -> None:
-        super().__init__(f"field '{field}': {problem}" if field else problem)
-        self.field, self.problem = field, problem
 
 
 def is_hh_transcript(value: Any) -> bool:
