@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,13 +25,24 @@ from typing import Any, BinaryIO, Literal
 
 from rewardlab.utils import RewardlabError, decode_utf8, iter_jsonl
 
-__all__ = ["CONTAINERS", "FileFormat", "Raw", "container_of", "data_files", "iter_raw", "rows_of"]
+__all__ = [
+    "CONTAINERS",
+    "CSV_MESSAGES",
+    "FileFormat",
+    "Raw",
+    "container_of",
+    "data_files",
+    "iter_raw",
+    "rows_of",
+]
 
 FileFormat = Literal["auto", "jsonl", "json", "csv", "parquet", "hh"]
 _SUFFIXES = {
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json": "json", ".json.gz": "json",
     ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
 }  # fmt: skip
+#: A CSV cell that holds a JSON list of chat messages (read as messages, not text).
+CSV_MESSAGES = re.compile(r"^\s*\[\s*(\{|\])")
 PARQUET_HELP = "install pyarrow (pip install pyarrow, the rewardlab[parquet] extra)"
 
 

@@ -32,14 +32,13 @@ JSON list, no records at all) always stops.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rewardlab.data.files import FileFormat, Raw, iter_raw, rows_of
+from rewardlab.data.files import CSV_MESSAGES, FileFormat, Raw, iter_raw, rows_of
 from rewardlab.data.hh import HH_SUBSETS, hh_record, hh_split, is_hh_transcript
 from rewardlab.data.records import MalformedRecord, extract_prompt
 from rewardlab.feedback.records import Comparison
@@ -58,7 +57,6 @@ SplitChoice = Literal["all", "train", "validation", "test"]
 MAX_REASONS = 5
 _KNOWN = ("prompt", "chosen", "rejected", "rater", "margin", "gold_chosen", "gold_rejected", "meta")
 _NUMBERS = ("margin", "gold_chosen", "gold_rejected")
-_MESSAGES_CELL = re.compile(r"^\s*\[\s*(\{|\])")
 
 
 @dataclass
@@ -120,7 +118,7 @@ def _typed_csv(row: dict[str, Any]) -> dict[str, Any]:
                 raise MalformedRecord(k, f"expected a number, got {v[:40]!r}") from None
         elif k in ("rater",) and v == "":
             continue
-        elif k == "meta" or (k in ("prompt", "chosen", "rejected") and _MESSAGES_CELL.match(v)):
+        elif k == "meta" or (k in ("prompt", "chosen", "rejected") and CSV_MESSAGES.match(v)):
             if k == "meta" and not v.strip():
                 continue
             try:
