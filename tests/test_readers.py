@@ -419,6 +419,17 @@ def test_file_labels_split_train_evaluates_on_validation():
         FileLabels(cfg.model_copy(update={"skip_bad_records": False}), task, "hh").comparisons()
 
 
+def test_file_labels_limit_caps_the_validation_pairs_too():
+    task = DatasetTask(DatasetTaskConfig(path=str(SAMPLE)))
+    base = FileSourceConfig(path=str(HH_RAW), split="train", skip_bad_records=True)
+    everything = FileLabels(base, task, "hh").held_out() or []
+    assert len(everything) >= 2
+    limited = FileLabels(base.model_copy(update={"limit": 8}), task, "hh")
+    assert len(limited.comparisons()) == 8 and limited.held_out() == everything[:1]  # ceil(8 / 8)
+    explicit = FileLabels(base.model_copy(update={"limit": 8, "eval_limit": 2}), task, "hh")
+    assert explicit.held_out() == everything[:2]
+
+
 def test_label_stage_logs_skipped_records(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["label", str(ROOT / "configs/hh-file.yaml"), "--run-dir", str(run_dir), "--quiet",

@@ -51,6 +51,12 @@ class FileSourceConfig(BaseModel):
         "opening user turn (docs/data-formats.md); with train, the label stage evaluates on validation",
     )
     limit: int | None = Field(None, gt=0, description="read at most this many records")
+    eval_limit: int | None = Field(
+        None,
+        gt=0,
+        description="with split: train, read at most this many validation records; default: limit / 8 (the "
+        "split's 10:80 ratio), all when limit is unset",
+    )
     skip_bad_records: bool = Field(
         False, description="count, log and skip malformed records instead of stopping (--skip-bad-records)"
     )
@@ -99,4 +105,11 @@ class FileLabels:
         """With ``split: train``, the ``validation`` records (the label stage's eval pairs); else ``None``."""
         if self.config.split != "train":
             return None
-        return self._read("validation", None).comparisons
+        return self._read("validation", self.eval_limit()).comparisons
+
+    def eval_limit(self) -> int | None:
+        """How many validation records :meth:`held_out` reads: ``eval_limit``, else ``ceil(limit / 8)``."""
+        c = self.config
+        if c.eval_limit is not None:
+            return c.eval_limit
+        return -(-c.limit // 8) if c.limit is not None else None
