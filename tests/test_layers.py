@@ -15,7 +15,7 @@ The order, lowest first (a package is one layer; top-level modules are named):
     config    typed configs
     audit     proxy vs gold vs KL, law fits, criteria
     report    analysis -> plots, html -> build (reads run folders; recipes call it at the end)
-    optimize  the algorithms' step functions and loops
+    optimize  the algorithms' step functions and loops (and control/: planners, IRL, imitation on control tasks)
     pipelines the recipes (one per stage), rewardlab run
     cli
 
@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"audit"},
     {"report"},
-    {"optimize"},
+    {"optimize", "control"},
     {"pipelines"},
     {"cli"},
 ]

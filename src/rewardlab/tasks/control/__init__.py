@@ -1,0 +1,22 @@
+"""Control tasks: gymnasium environments whose every step carries a hidden gold reward.
+
+Importing this package registers the gridworlds with gymnasium (``gymnasium.make("rewardlab/BoatRace-v0")``);
+code outside ``tasks/`` builds them with :func:`rewardlab.tasks.registry.make_env` instead of importing
+this package. The interface is described in :mod:`rewardlab.tasks.control.gridworlds`.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+#: id -> entry point of every gridworld (keyword arguments of the class go through ``gymnasium.make``).
+GRIDWORLDS: dict[str, str] = {
+    "rewardlab/BoatRace-v0": "rewardlab.tasks.control.gridworlds:BoatRace",
+    "rewardlab/CleaningRobot-v0": "rewardlab.tasks.control.gridworlds:CleaningRobot",
+    "rewardlab/RewardTampering-v0": "rewardlab.tasks.control.gridworlds:RewardTampering",
+    "rewardlab/TomatoWatering-v0": "rewardlab.tasks.control.gridworlds:TomatoWatering",
+}
+
+for _id, _entry in GRIDWORLDS.items():
+    if _id not in registry:
+        register(id=_id, entry_point=_entry, disable_env_checker=True)
