@@ -73,7 +73,9 @@ METHODS: dict[str, Method] = {
                "supervised fine-tuning on demonstrations (completion-only loss)", "stage", "shared", optimizer=False),
         Method("label", "rewardlab.pipelines.label:run_label", "label",
                "the arm's preference labels: pairs sampled from policies and judged by its rater, or read from a "
-               "file (label.source)", "stage", main_process_only=True, optimizer=False),
+               "file, or given by people in the labeling app (label.source); `rewardlab label serve | enqueue | "
+               "add-annotator | export` run the app (docs/human-labeling.md)", "stage", main_process_only=True,
+               optimizer=False),
         Method("reward", "rewardlab.pipelines.reward:run_reward", "reward",
                "train the proxy reward model (Bradley-Terry / Plackett-Luce / ensemble) and evaluate it",
                "stage", optimizer=False),

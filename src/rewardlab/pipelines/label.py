@@ -139,6 +139,7 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
     lc = cfg.label
     run = Run(cfg.stage_dir("label"), "label", cfg, cfg.report_to, quiet, staged=True)
     comps = source.comparisons()
+    origin = str(getattr(source, "origin", lc.file.path))  # a file's path, or the labeling app's db#queue
     held_out = getattr(source, "held_out", None)
     held = held_out() if callable(held_out) else None
     split_of = getattr(task, "split_of", None)
@@ -155,7 +156,7 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
         evals, train = [comps[i] for i in order[:n_eval]], [comps[i] for i in order[n_eval:]]
     if not train:
         raise RewardlabError(
-            f"label.file.path: {len(comps)} records leave none for training after the eval split"
+            f"label.{lc.source}: {len(comps)} records from {origin} leave none for training after the eval split"
         )
     save_comparisons(run.dir / "train.jsonl", train)
     save_comparisons(run.dir / "eval.jsonl", evals)
@@ -173,7 +174,7 @@ def _label_from_file(cfg: PipelineConfig, task: Task, source: LabelFile, quiet: 
             run.warn(f"{read.bad} malformed record(s) skipped (--skip-bad-records); first: "
                      + "; ".join(read.bad_reasons))  # fmt: skip
     run.log_metrics(stats, 0)
-    run.write_json("summary.json", {**stats, "sources": {str(lc.file.path): len(comps)}, **extra})
+    run.write_json("summary.json", {**stats, "sources": {origin: len(comps)}, **extra})
     split = f", split {lc.file.split} (eval: validation)" if held else ""
-    run.info(f"{len(train)} train / {len(evals)} eval pairs from {lc.file.path}{split}")
+    run.info(f"{len(train)} train / {len(evals)} eval pairs from {origin}{split}")
     return run.commit()
