@@ -3,7 +3,8 @@
 A :class:`Checkpointer` saves, every ``checkpoint_every`` steps and at the last step, everything a
 trainer needs to continue as if it had never stopped, into ``<stage_dir>/checkpoint/``:
 
-* ``<name>.safetensors``: the weights of each tracked ``nn.Module`` (policy, critic, reward member);
+* ``<name>.safetensors``: the weights of each tracked ``nn.Module`` (policy, critic, reward member); for a
+  model with LoRA adapters (peft) only the adapter's tensors (the frozen base is the stage's input model);
 * ``state.pt``: the ``state_dict`` of each tracked optimizer, scheduler or data order, the state of
   each tracked ``torch.Generator`` / ``random.Random`` / numpy ``Generator``, per-process states
   (:meth:`Checkpointer.track_local`, e.g. one process's rollout generators) and every process's
@@ -45,6 +46,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +56,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from rewardlab.runs import Run
@@ -126,6 +128,35 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 def _unwrap(module: nn.Module, acc: Accelerator | None) -> nn.Module:
     return acc.unwrap_model(module) if acc is not None else getattr(module, "module", module)
+
+
+def _has_lora(module: nn.Module) -> bool:
+    """Whether ``module`` holds peft LoRA layers (peft is imported only by the LoRA path)."""
+    if "peft" not in sys.modules:
+        return False
+    from rewardlab.policies.lora import is_lora
+
+    return is_lora(module)
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """``module``'s weights into a safetensors file: with LoRA layers only the adapter's tensors."""
+    if _has_lora(module):
+        from rewardlab.policies.lora import adapter_state_dict
+
+        save_file({k: v.contiguous() for k, v in adapter_state_dict(module).items()}, str(path))
+    else:
+        save_model(module, str(path))
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load :func:`save_weights`' file into ``module`` (strict: every tensor must match)."""
+    if _has_lora(module):
+        from rewardlab.policies.lora import load_adapter_state
+
+        load_adapter_state(module, load_file(str(path)), where=str(path))
+    else:
+        load_model(module, str(path), strict=True)
 
 
 class Checkpointer:
@@ -221,7 +252,7 @@ class Checkpointer:
             def write(tmp: Path) -> None:
                 tmp.mkdir(parents=True)
                 for name, module in modules.items():
-                    save_model(_unwrap(module, self.acc), str(tmp / f"{name}.safetensors"))
+                    save_weights(_unwrap(module, self.acc), tmp / f"{name}.safetensors")
                 torch.save(state, tmp / "state.pt")
                 for name in self.files:
                     src = self.run.dir / name
@@ -255,7 +286,7 @@ class Checkpointer:
                 f = self.path / f"{name}.safetensors"
                 if not f.is_file():
                     raise RewardlabError(f"{self.path}: no weights for '{name}' ({f.name} missing)")
-                load_model(_unwrap(obj, self.acc), str(f), strict=True)
+                load_weights(_unwrap(obj, self.acc), f)
             elif name in state["shared"]:
                 load_state(obj, state["shared"][name])
             else:

@@ -102,38 +102,51 @@ class FastDecoder:
     def build(
         cls, model: torch.nn.Module, batch: int, total_len: int, exact: bool = True
     ) -> FastDecoder | None:
-        """A decoder for ``model``, or ``None`` when the model is not one this class replays exactly.
+        """A decoder for ``model``, or ``None`` when the model is not one this class replays exactly
+        (:meth:`unsupported` says why).
 
         ``exact=False`` (sampling) lets fp32 matmuls run through oneDNN (see ``ONEDNN_SAMPLING``).
         """
-        if type(model).__name__ not in cls._ARCHS:
+        if cls.unsupported(model) is not None:
             return None
+        return cls(model, batch, total_len, exact)
+
+    @classmethod
+    def unsupported(cls, model: torch.nn.Module) -> str | None:
+        """Why this class cannot replay ``model`` exactly (``None``: it can): it needs a plain
+        ``LlamaForCausalLM``/``Qwen2ForCausalLM`` on CPU, default RoPE, full attention in every layer,
+        RMSNorms, ``nn.Linear`` projections (no adapters) and no module hooks."""
+        name = type(model).__name__
+        if name not in cls._ARCHS:
+            return f"{name} is not a Llama/Qwen2 decoder"
         config: Any = getattr(model, "config", None)
         inner: Any = getattr(model, "model", None)
         param = next(model.parameters(), None)
-        if config is None or inner is None or param is None or param.device.type != "cpu":
-            return None
+        if config is None or inner is None or param is None:
+            return f"{name} has no config, decoder or parameters"
+        if param.device.type != "cpu":
+            return f"the model is on {param.device.type} (the fast decoder is a CPU kernel)"
         if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
-            return None
+            return "sliding-window layers"
         rotary = getattr(inner, "rotary_emb", None)
         if getattr(rotary, "rope_type", None) != "default" or getattr(config, "pretraining_tp", 1) != 1:
-            return None
+            return f"RoPE scaling {getattr(rotary, 'rope_type', None)!r} or tensor-parallel projections"
         if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
-            return None
+            return "global module hooks"
         if any(_observed(mod) for mod in model.modules()):
-            return None  # someone observes or edits intermediate outputs: run the real modules
+            return "module hooks (someone observes or edits intermediate outputs)"
         linears = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
         for layer in inner.layers:
             subs = [getattr(layer.self_attn, n, None) for n in linears[:4]]
             subs += [getattr(layer.mlp, n, None) for n in linears[4:]]
             if any(type(x) is not torch.nn.Linear for x in subs):
-                return None  # LoRA or quantized layers compute something else
+                return "adapter (e.g. LoRA) or quantized projections"
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if any(not type(n).__name__.endswith("RMSNorm") for n in norms):
-                return None
+                return "norms other than RMSNorm"
         if type(model.get_output_embeddings()) is not torch.nn.Linear:  # type: ignore[operator]
-            return None
-        return cls(model, batch, total_len, exact)
+            return "an LM head other than nn.Linear"
+        return None
 
     def load_prompt_cache(self, cache: DynamicCache, prompt_len: int) -> None:
         """Copy the prefilled prompt keys/values (``[B, kv_heads, prompt_len, head_dim]``) into slots 0.."""

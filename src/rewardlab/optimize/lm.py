@@ -55,8 +55,8 @@ def lm_loss(
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     n = int((labels != IGNORE).sum())
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)),
+    loss = F.cross_entropy(  # in float32 whatever the weights' dtype (a no-op for float32 logits)
+        logits[:, :-1].float().reshape(-1, logits.size(-1)),
         labels.reshape(-1),
         ignore_index=IGNORE,
         reduction=reduction,

@@ -90,7 +90,7 @@ class SharedValueHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # a bf16 trunk, a float32 head
 
 
 @dataclass

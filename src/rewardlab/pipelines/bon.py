@@ -23,8 +23,8 @@ from rewardlab.audit.policy_eval import (
 from rewardlab.audit.tracker import save_samples
 from rewardlab.config import PipelineConfig
 from rewardlab.losses import best_of_n_kl
-from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.pipelines.common import eval_problems, load_stage_model, setup_stage, stage_input
+from rewardlab.policies.models import load_tokenizer
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 
@@ -52,7 +52,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run.write_json("../arm.json", cfg.arm_info())
     tok, policy, rm = (
         load_tokenizer(policy_path),
-        load_causal_lm(policy_path).eval(),
+        load_stage_model(cfg, run, policy_path, "cpu").eval(),
         RewardModel.load(reward_path),
     )
     problems = eval_problems(task, bc.prompts)

@@ -6,11 +6,15 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.config import PipelineConfig
 from rewardlab.feedback.base import LabelFile, Rater
 from rewardlab.feedback.factory import make_source
+from rewardlab.policies.lora import LoRAConfig, PolicyModel, load_policy
+from rewardlab.policies.models import load_causal_lm, resolve_dtype
+from rewardlab.policies.sampling import sampler_path
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, atomic_write_text, seed_everything, set_threads
@@ -43,9 +47,36 @@ def stage_input(cfg: PipelineConfig, explicit: str | None, stage: str, name: str
     return p
 
 
+def load_stage_policy(cfg: PipelineConfig, run: Run, path: Path, lora: LoRAConfig | None,
+                      device: torch.device | str) -> PolicyModel:  # fmt: skip
+    """The policy a stage trains, from any local causal-LM folder: in ``cfg.dtype`` (resolved for ``device``),
+    with LoRA adapters when ``lora``; the log says which dtype and why, what trains, and how it is sampled."""
+    dtype, why = resolve_dtype(cfg.dtype, device)
+    policy = load_policy(path, dtype, lora)
+    run.info(why)
+    run.info(policy.describe())
+    run.info(sampler_path(policy.model)[1])
+    return policy
+
+
+def load_stage_model(
+    cfg: PipelineConfig, run: Run, path: Path, device: torch.device | str
+) -> PreTrainedModel:
+    """A causal LM a stage only samples from (best-of-n), in ``cfg.dtype``; dtype and sampler path logged."""
+    dtype, why = resolve_dtype(cfg.dtype, device)
+    model = load_causal_lm(path, dtype)
+    run.info(why)
+    run.info(sampler_path(model)[1])
+    return model
+
+
 def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                    held_out: list, max_new_tokens: int, **extra: object) -> tuple[Path, dict]:  # fmt: skip
-    """Final sampled and greedy evaluation, samples.jsonl, the model, then (last) summary.json."""
+                    held_out: list, max_new_tokens: int, *, policy: PolicyModel | None = None,
+                    **extra: object) -> tuple[Path, dict]:  # fmt: skip
+    """Final sampled and greedy evaluation, samples.jsonl, the model, then (last) summary.json.
+
+    With ``policy`` (the stage's :class:`PolicyModel`, whose ``model`` is ``model``) it saves the policy its
+    way: on the LoRA path the adapter and the merged model."""
     from rewardlab.audit.policy_eval import describe_metrics, evaluate_policy
     from rewardlab.optimize.lm import save_model
     from rewardlab.utils import write_jsonl
@@ -56,7 +87,11 @@ def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedToken
         {f"final/{k}": v for k, v in final.items()}, -1
     )  # a parse rate fallen to 0 is a collapse
     write_jsonl(run.dir / "samples.jsonl", [s.to_dict() for s in samples])
-    out = save_model(model, tokenizer, run.dir / "model")
+    out = (
+        policy.save(tokenizer, run.dir / "model")
+        if policy is not None
+        else save_model(model, tokenizer, run.dir / "model")
+    )
     run.write_json("summary.json", {"sampled": final, "greedy": greedy, **extra, "seconds": run.elapsed})
     run.info(f"{describe_metrics(task, final)}; saved {run.final / 'model'} in {run.elapsed:.0f}s")
     return out, final

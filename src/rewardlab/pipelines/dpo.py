@@ -43,9 +43,14 @@ from rewardlab.optimize.dpo import (
     train_dpo,
     write_summary,
 )
-from rewardlab.optimize.lm import save_model
-from rewardlab.pipelines.common import eval_problems, label_source, setup_stage, stage_input
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.pipelines.common import (
+    eval_problems,
+    label_source,
+    load_stage_policy,
+    setup_stage,
+    stage_input,
+)
+from rewardlab.policies.models import load_tokenizer
 from rewardlab.policies.tokenizer import Limits, completion_text
 from rewardlab.rewards.model import RewardModel
 from rewardlab.training import Cadence, Trainee, make_optimizer
@@ -102,8 +107,9 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         _write_arm(cfg)
     tok = load_tokenizer(policy_path)
     pad = int(tok.pad_token_id)  # type: ignore[arg-type]
-    policy = load_causal_lm(policy_path)
-    ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
+    start_policy = load_stage_policy(cfg, run, policy_path, dc.lora, acc.device)
+    policy = start_policy.model
+    ref = start_policy.reference(ref_path, acc.device)  # LoRA, no other reference: adapter disabled
 
     # 2. the pairs, tokenized once, with cached reference log-probs (and MODPO's second reward)
     all_train = load_comparisons(train_path)
@@ -178,7 +184,7 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
     # 5. save the policy and the summary
     out = run.dir / "model"  # in <stage>.partial until the stage is complete
     if audit is not None:
-        out = save_model(acc.unwrap_model(policy), tok, out)
+        out = start_policy.save(tok, out)  # with LoRA: adapter/ and the merged model/
         write_summary(run, method=what, start=audit.rows[0], end=audit.rows[-1], train=stats, reference_cache=cache,
                       pairs_train=len(train), pairs_eval=len(held), ties_dropped=len(all_train) - len(train_comps),
                       num_processes=acc.num_processes)  # fmt: skip
@@ -242,8 +248,13 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
         _write_arm(cfg)
     tok = load_tokenizer(policy_path)
     pad = int(tok.pad_token_id)  # type: ignore[arg-type]
-    policy = load_causal_lm(policy_path)
-    ref = load_causal_lm(ref_path).eval().requires_grad_(False).to(acc.device)
+    if dc.lora is not None and ic.reference == "previous":
+        raise RewardlabError(
+            "iterative_dpo.reference=previous needs a copy of the policy per round: not with dpo.lora"
+        )
+    start_policy = load_stage_policy(cfg, run, policy_path, dc.lora, acc.device)
+    policy = start_policy.model
+    ref = start_policy.reference(ref_path, acc.device)
     eval_comps = load_comparisons(eval_path)[: dc.eval_pairs]
     limits = Limits.for_stage(tok, dc, "dpo")
     held = PreferenceData(tokenize_comparisons(tok, eval_comps, limits))
@@ -322,7 +333,7 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
                  f"implicit accuracy vs rater {row.get('implicit/accuracy_rater', float('nan')):.3f}")  # fmt: skip
     out = run.dir / "model"  # in <stage>.partial until the stage is complete
     if audit is not None:
-        out = save_model(acc.unwrap_model(policy), tok, out)
+        out = start_policy.save(tok, out)
         write_summary(run, method=f"iterated {dc.loss} beta={dc.beta:g}", start=audit.rows[0], end=audit.rows[-1],
                       rounds=rounds, pairs_per_second=float(np.mean([r["pairs_per_second"] for r in rounds])),
                       num_processes=acc.num_processes)  # fmt: skip

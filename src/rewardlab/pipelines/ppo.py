@@ -13,7 +13,6 @@ from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig, PPOConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.losses import AdaptiveKLController, FixedKLController
-from rewardlab.optimize.lm import save_model
 from rewardlab.optimize.ppo import (
     Actors,
     Rollout,
@@ -27,8 +26,8 @@ from rewardlab.optimize.ppo import (
     rollout_metrics,
     sample_and_score,
 )
-from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.pipelines.common import eval_problems, load_stage_policy, setup_stage, stage_input
+from rewardlab.policies.models import load_tokenizer
 from rewardlab.policies.sampling import SampleBatch
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import advance
@@ -63,10 +62,11 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
         )
     run = stage_run(acc, cfg.stage_dir(stage), stage, cfg, cfg.report_to, quiet)
     run.write_json("../arm.json", cfg.arm_info())
-    # 2. the actors: policy, frozen reference, proxy, critic (GAE only)
+    # 2. the actors: policy, frozen reference (with LoRA: the policy with its adapter disabled), proxy, critic (GAE)
     tok = load_tokenizer(policy_path)
-    policy = load_causal_lm(policy_path)
-    ref = load_causal_lm(policy_path).eval().requires_grad_(False).to(acc.device)
+    start_policy = load_stage_policy(cfg, run, policy_path, pc.lora, acc.device)
+    policy = start_policy.model
+    ref = start_policy.reference(device=acc.device)
     rm = RewardModel.load(reward_path)
     for m in rm.members:
         m.requires_grad_(False).to(acc.device)
@@ -139,7 +139,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             advance(prog, f"score {metrics['objective/scores']:+.2f} kl {metrics['objective/kl']:.2f}")
     # 8. save the policy and the summary
     if acc.is_main_process and audit is not None:
-        save_model(acc.unwrap_model(policy), tok, run.dir / "model")
+        start_policy.save(tok, run.dir / "model")  # with LoRA: adapter/ and the merged model/
         run.write_json(
             "summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "seconds": run.elapsed}
         )

@@ -13,8 +13,14 @@ from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import load_prompt_completions
 from rewardlab.optimize.lm import Example, collate_lm, lm_loss, train_lm
-from rewardlab.pipelines.common import eval_problems, finish_lm_stage, setup_stage, stage_input
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.pipelines.common import (
+    eval_problems,
+    finish_lm_stage,
+    load_stage_policy,
+    setup_stage,
+    stage_input,
+)
+from rewardlab.policies.models import load_tokenizer
 from rewardlab.policies.tokenizer import Limits, encode_examples
 from rewardlab.tasks.base import has_capability
 from rewardlab.training import BatchOrder, Cadence, bucket_batches, shuffled_batches
@@ -28,7 +34,8 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     acc = make_accelerator()
     run = stage_run(acc, cfg.stage_dir("sft"), "sft", cfg, cfg.report_to, quiet)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base)
+    policy = load_stage_policy(cfg, run, base, sc.lora, acc.device)
+    model = policy.model
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
 
     if sc.data_path:
@@ -84,6 +91,6 @@ def run_sft(cfg: PipelineConfig, quiet: bool = False) -> Path:
     model = train_lm(model, next_batch, sc.optim, run, Cadence(sc.steps, eval_every=sc.eval_every, evaluate=evaluate,
                      checkpoint=ckpt), accelerator=acc, data_state=order)  # fmt: skip
     if acc.is_main_process:
-        finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens)
+        finish_lm_stage(run, model, tokenizer, task, held_out, cfg.label.max_new_tokens, policy=policy)
     acc.wait_for_everyone()
     return run.commit() / "model"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,15 +110,113 @@ def model_positions(path: Path | str) -> int | None:
     return None
 
 
-def load_causal_lm(path: Path | str) -> PreTrainedModel:
-    """Load a local causal LM (fp32, eager-free SDPA attention) through ``from_pretrained``."""
+def load_causal_lm(path: Path | str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a local causal LM (any architecture ``AutoModelForCausalLM`` knows) through ``from_pretrained``,
+    its weights in ``dtype`` (float32 unless a stage chose bf16, see :func:`resolve_dtype`)."""
     p = check_model_dir(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
     except Exception as e:
         raise RewardlabError(f"cannot load a causal LM from {p}: {e}") from e
     return model
 
 
+#: The ``dtype`` config choice: the weights' dtype when a stage loads a causal LM.
+DType = Literal["float32", "bfloat16", "auto"]
+
+
+def native_bf16(device: torch.device | str) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 natively, and why (CUDA: compute capability >= 8.0 per
+    ``torch.cuda.is_bf16_supported``; CPU: oneDNN reports AVX512-BF16 or AMX)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(dev) if torch.cuda.is_available() else "cuda"
+        return ok, f"{name} {'supports' if ok else 'does not support'} bf16 (torch.cuda.is_bf16_supported)"
+    if dev.type == "cpu":
+        ok = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return ok, ("the CPU has native bf16 (AVX512-BF16/AMX, oneDNN)" if ok
+                    else "the CPU has no native bf16 (no AVX512-BF16/AMX per oneDNN)")  # fmt: skip
+    return False, f"{dev.type}: native bf16 unknown"
+
+
+def resolve_dtype(choice: DType, device: torch.device | str = "cpu") -> tuple[torch.dtype, str]:
+    """The weights' dtype for the config's ``dtype`` and one log line saying which and why.
+
+    ``auto`` picks bfloat16 only where ``device`` computes it natively (:func:`native_bf16`), else float32;
+    ``bfloat16`` is honoured anywhere (on a CPU without native support it is emulated, slowly). Losses and
+    log-probs are computed in float32 whatever the weights' dtype (the trainers upcast the logits)."""
+    if choice == "float32":
+        return torch.float32, "dtype float32 (config dtype: float32)"
+    native, why = native_bf16(device)
+    if choice == "bfloat16":
+        return torch.bfloat16, f"dtype bfloat16 (config dtype: bfloat16; {why})"
+    return (torch.bfloat16 if native else torch.float32), f"dtype {'bfloat16' if native else 'float32'} (config dtype: auto; {why})"  # fmt: skip
+
+
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+#: Architectures :func:`write_tiny_checkpoint` builds (the ones tested through every stage).
+TinyArch = Literal["llama", "qwen2", "gpt2"]
+
+#: Qwen2's ChatML template (what Qwen2 checkpoints ship), used by the tiny Qwen2 checkpoint's tokenizer.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer(arch: TinyArch, texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerBase:
+    """A byte-level BPE trained on ``texts`` and wrapped as the architecture's own tokenizer class, with the
+    special tokens its family uses: GPT-2 (``<|endoftext|>``, no pad, no chat template), Llama (``<s>``,
+    ``</s>``, ``<unk>``, no chat template) and Qwen2 (``<|endoftext|>`` pad, ``<|im_end|>`` EOS, ChatML)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast, Qwen2TokenizerFast
+
+    specials = {"gpt2": ["<|endoftext|>"], "llama": ["<unk>", "<s>", "</s>"],
+                "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}[arch]  # fmt: skip
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(texts, trainer=trainer)
+    if arch == "gpt2":
+        return GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                 unk_token="<|endoftext|>")  # fmt: skip
+    if arch == "llama":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        )
+    out = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                             unk_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"])  # fmt: skip
+    out.chat_template = CHATML_TEMPLATE
+    return out
+
+
+def write_tiny_checkpoint(arch: TinyArch, path: Path | str, texts: list[str], *, hidden_size: int = 32,
+                          num_layers: int = 2, num_heads: int = 2, positions: int = 128, vocab_size: int = 512,
+                          seed: int = 0) -> Path:  # fmt: skip
+    """A randomly initialised tiny ``arch`` causal LM with its own tokenizer (:func:`tiny_tokenizer` trained on
+    ``texts``), saved with ``save_pretrained`` into ``path``: a stand-in for a user's local checkpoint."""
+    from transformers import GPT2Config
+
+    tok = tiny_tokenizer(arch, texts, vocab_size)
+    ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
+           "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}  # fmt: skip
+    if arch == "gpt2":
+        config: Any = GPT2Config(vocab_size=len(tok), n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
+                                 n_positions=positions, **ids)  # fmt: skip
+    else:
+        cls = LlamaConfig if arch == "llama" else Qwen2Config
+        config = cls(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                     num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                     max_position_embeddings=positions, tie_word_embeddings=arch == "qwen2", **ids)  # fmt: skip
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out = Path(path)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

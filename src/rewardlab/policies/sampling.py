@@ -19,12 +19,19 @@
   training forward recomputes, so the ratio ``pi_new / pi_old`` starts at 1.
 
 All randomness comes from the ``generator`` argument: the same seed gives the same samples.
+
+Which path decodes a model (:func:`sampler_path`, logged by every stage that samples): ``fast`` (the CPU
+:class:`~rewardlab.kernels.fast_decoder.FastDecoder` replays a plain Llama/Qwen2), ``loop`` (the loop above on
+transformers' own forward: a Llama/Qwen2 with LoRA layers, hooks, or on a GPU), or ``generate`` (any other
+architecture, e.g. GPT-2 with its learned absolute positions: ``model.generate`` with the same contract, its
+randomness drawn from ``generator`` and its log-probs from the unprocessed logits).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +63,35 @@ _DEDUP_PROMPTS = True
 # On CPU, decode Llama/Qwen2 models with _FastDecoder (their eager forward's exact operations on
 # their own weights, without transformers' per-call module and cache bookkeeping).
 _FAST_DECODE = True
+#: Model types the step-by-step loop on transformers' forward is written and tested for (RoPE decoders whose
+#: forward takes ``position_ids``, a ``StaticCache`` and a 4D mask); other architectures use ``generate``.
+_LOOP_MODEL_TYPES = frozenset({"llama", "qwen2"})
+#: Why a known architecture is not decoded by the loop (logged with the fallback to ``generate``).
+_NOT_SUPPORTED_WHY = {"gpt2": "learned absolute positions", "gpt_neo": "learned absolute positions",
+                      "opt": "learned absolute positions with an offset"}  # fmt: skip
+SamplerPath = Literal["fast", "loop", "generate"]
+_log = logging.getLogger(__name__)
+_told: set[str] = set()
+
+
+def sampler_path(model: torch.nn.Module) -> tuple[SamplerPath, str]:
+    """How :func:`sample` decodes ``model`` and a one-line reason for the log.
+
+    ``fast``: the CPU fast decoder (a plain Llama/Qwen2 on CPU); ``loop``: the step loop on transformers'
+    forward (a Llama/Qwen2 the fast decoder cannot replay: LoRA layers, hooks, a GPU); ``generate``:
+    ``model.generate`` (any other architecture)."""
+    inner: Any = getattr(model, "module", model)  # DDP wraps the model
+    name = type(inner).__name__
+    why = FastDecoder.unsupported(inner) if _FAST_DECODE else "the fast decoder is switched off"
+    if why is None:
+        return "fast", f"fast sampler: {name} on the CPU fast decoder"
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    if model_type in _LOOP_MODEL_TYPES:
+        return "loop", f"fast sampler: {name} step by step on transformers' forward ({why})"
+    reason = _NOT_SUPPORTED_WHY.get(
+        str(model_type), f"model type {model_type!r} is not a Llama/Qwen2-style decoder"
+    )
+    return "generate", f"fast sampler: {name} not supported ({reason}); using generate"
 
 
 def encode_prompts(
@@ -323,7 +359,14 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
             run = dataclasses.replace(d, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                                       temperature=1.0 if d.greedy else float(d.temperature), top_k=int(d.top_k),
                                       top_p=float(d.top_p))  # fmt: skip
-            response_ids, logprobs = _generate(model, prompt_ids, prompt_mask, run, generator)
+            path, why = sampler_path(model)
+            if path == "generate":
+                if why not in _told:  # once per architecture and process; stages also log it in run.log
+                    _told.add(why)
+                    _log.warning(why)
+                response_ids, logprobs = _hf_generate(model, prompt_ids, prompt_mask, run, generator)
+            else:
+                response_ids, logprobs = _generate(model, prompt_ids, prompt_mask, run, generator)
     finally:
         for m, was_training in modes:
             m.training = was_training
@@ -572,3 +615,37 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
         )
         logits = out.logits[:, -1, :]
     return response_ids[:, :steps], logprobs[:, :steps]
+
+
+def _hf_generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``model.generate`` with :func:`sample`'s contract, for architectures the loop does not handle.
+
+    Its randomness comes from ``generator`` all the same: one seed is drawn from it and ``generate`` runs on a
+    forked global RNG seeded with it (the caller's global RNG is untouched). The log-prob of each token is
+    taken under ``log_softmax(logits / temperature)`` of the *unprocessed* logits (``output_logits``), as
+    the loop does; top-k/top-p only decide what can be drawn. Returns ``(response_ids, logprobs)``.
+    """
+    from transformers import GenerationConfig
+
+    inner: Any = getattr(model, "module", model)
+    sampling = {"do_sample": True, "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
+    config = GenerationConfig(max_new_tokens=d.max_new_tokens, eos_token_id=d.eos_token_id, pad_token_id=d.pad_token_id,
+                              return_dict_in_generate=True, output_logits=True,
+                              **({"do_sample": False} if d.greedy else sampling))  # fmt: skip
+    seed = None
+    if generator is not None and not d.greedy:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    devices = [prompt_ids.device.index or 0] if prompt_ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = inner.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
+        )
+    response = out.sequences[:, prompt_ids.shape[1] :]
+    logits = torch.stack(out.logits, dim=1).float()[:, : response.shape[1]]
+    if not d.greedy and d.temperature != 1.0:
+        logits = logits / d.temperature
+    logprobs = logits.log_softmax(dim=-1).gather(-1, response[..., None]).squeeze(-1)
+    return response, logprobs
