@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from rewardlab import cli
+from rewardlab.data.gsm8k import final_number as gsm8k_answer
+from rewardlab.data.gsm8k import normalize_number
 from rewardlab.evals.data import (
     INVERTED_SETS,
     MathItem,
@@ -25,12 +27,10 @@ from rewardlab.evals.data import (
     select_sets,
 )
 from rewardlab.evals.metrics import (
-    gsm8k_answer,
     gsm8k_match,
     mc1,
     mc2,
     mean_interval,
-    normalize_number,
     two_choice,
     wilson_interval,
 )

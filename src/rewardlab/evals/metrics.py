@@ -7,9 +7,9 @@ hand-computed values.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+
+from rewardlab.data.gsm8k import final_number
 
 #: The two-sided 95% normal quantile, Φ⁻¹(0.975).
 Z95 = 1.959963984540054
@@ -104,46 +104,9 @@ def _logsumexp(xs: Sequence[float]) -> float:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-# A number as people write it: optional sign (a minus right after a word or a closing bracket is a
-# subtraction, not a sign: "3-4" is 3 and 4), optional $, digits with thousands commas, optional decimals.
-_NUMBER = re.compile(r"((?<![0-9A-Za-z)\]])-)?\s*\$?\s*((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
-
-
-def normalize_number(text: str) -> str | None:
-    """A canonical decimal string for a number written as ``1,234``, ``$5``, ``-3``, ``42.50`` or ``.5``:
-    commas and ``$`` dropped, trailing zeros of the decimals dropped (``42.50`` -> ``42.5``, ``7.0`` -> ``7``).
-    ``None`` when ``text`` holds no number."""
-    m = _NUMBER.search(text)
-    if m is None:
-        return None
-    sign, digits = m.group(1) or "", m.group(2).replace(",", "")
-    try:
-        value = Decimal(sign + digits)
-    except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
-        return None
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)).copy_abs() if value == 0 else value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
-
-
-def gsm8k_answer(text: str) -> str | None:
-    """The final number of a GSM8K solution or model output, normalized by :func:`normalize_number`.
-
-    Cobbe et al. (2021) end every reference solution with ``#### <number>``: when ``####`` occurs, the
-    number after its last occurrence is the answer; otherwise the last number in the text (what
-    lm-evaluation-harness's flexible extraction does for free-form outputs). ``None`` when there is none.
-    """
-    if "####" in text:
-        return normalize_number(text.rsplit("####", 1)[1])
-    last = None
-    for m in _NUMBER.finditer(text):
-        last = m
-    return None if last is None else normalize_number(last.group(0))
-
-
 def gsm8k_match(output: str, reference_solution: str) -> float:
     """1.0 when the final number of ``output`` equals the reference's ``#### <number>``, else 0.0."""
-    want = gsm8k_answer(reference_solution)
+    want = final_number(reference_solution)
     if want is None:
         raise ValueError("gsm8k_match: the reference solution has no final number")
-    return 1.0 if gsm8k_answer(output) == want else 0.0
+    return 1.0 if final_number(output) == want else 0.0

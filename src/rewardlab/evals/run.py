@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rewardlab.data.gsm8k import final_number
 from rewardlab.evals.data import (
     INVERTED_SETS,
     MathItem,
@@ -34,7 +35,7 @@ from rewardlab.evals.data import (
     load_two_choice,
     select_sets,
 )
-from rewardlab.evals.metrics import gsm8k_answer, mc1, mc2, mean_interval, two_choice, wilson_interval
+from rewardlab.evals.metrics import mc1, mc2, mean_interval, two_choice, wilson_interval
 from rewardlab.utils import RewardlabError
 
 LogProbs = Callable[[Sequence[str], Sequence[str]], list[float]]
@@ -104,13 +105,13 @@ def score_truthfulqa(
 def score_gsm8k(
     items: Sequence[MathItem], generate: Generate, context: Context = _plain, examples: int = 3
 ) -> dict[str, Any]:
-    """The ``gsm8k`` row: exact match of the final number (:func:`gsm8k_answer`) of each greedy output;
+    """The ``gsm8k`` row: exact match of the final number (:func:`final_number`) of each greedy output;
     the first ``examples`` outputs are kept in the row with their extracted and reference answers."""
     outputs = generate([context(it.question, GSM8K_PLAIN) for it in items])
     if len(outputs) != len(items):
         raise RewardlabError("gsm8k: the generator returned a different number of outputs")
-    got = [gsm8k_answer(o) for o in outputs]
-    want = [gsm8k_answer(it.solution) for it in items]
+    got = [final_number(o) for o in outputs]
+    want = [final_number(it.solution) for it in items]
     hits = [1.0 if g is not None and g == w else 0.0 for g, w in zip(got, want)]
     n = len(items)
     return {"n": n, "rate": sum(hits) / n if n else float("nan"), "interval": list(wilson_interval(sum(hits), n)),

@@ -16,12 +16,14 @@ from rewardlab.tasks.arithmetic import ArithmeticTask, TaskConfig
 from rewardlab.tasks.base import Task
 from rewardlab.tasks.concise import ConciseTask, ConciseTaskConfig
 from rewardlab.tasks.dataset import DatasetTask, DatasetTaskConfig
+from rewardlab.tasks.gsm8k import GSM8KTask, GSM8KTaskConfig
 
 #: kind -> (config model, task class). The config model's ``kind`` field is ``Literal[kind]``.
 TASKS: dict[str, tuple[type[BaseModel], type]] = {
     "arithmetic": (TaskConfig, ArithmeticTask),
     "dataset": (DatasetTaskConfig, DatasetTask),
     "concise": (ConciseTaskConfig, ConciseTask),
+    "gsm8k": (GSM8KTaskConfig, GSM8KTask),
 }
 
 #: The ``task`` section of a pipeline config: one of the registered configs, chosen by ``kind``.
