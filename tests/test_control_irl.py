@@ -1,0 +1,82 @@
+"""MCE IRL recovers a reward whose optimal policy is the expert's; the zero reward and shaped rewards
+explain the same demonstrations (ill-posedness)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rewardlab.control.epic import epic_distance
+from rewardlab.control.irl import (
+    demo_log_likelihood,
+    expert_is_optimal,
+    ill_posedness,
+    mce_irl,
+    occupancy_from_demos,
+)
+from rewardlab.control.shaping import random_potential
+from rewardlab.control.tabular import discounted_occupancy, evaluate, greedy, optimal_actions, value_iteration
+from rewardlab.tasks.control.gridworlds import RewardTampering
+
+GAMMA = 0.9
+
+
+@pytest.fixture(scope="module")
+def setting() -> dict:
+    """The gold-optimal expert of RewardTampering (walks the top row to the goal), one demo, and IRL's answer."""
+    env = RewardTampering()
+    m = env.tabular()
+    _, Q = value_iteration(m.P, m.gold, GAMMA)
+    expert = greedy(Q)
+    demo: list[tuple[int, int]] = []
+    s, _ = env.reset(seed=0)
+    for _ in range(m.horizon):
+        a = int(np.argmax(expert[s]))
+        demo.append((s, a))
+        s, _, terminated, _, _ = env.step(a)
+        if terminated:
+            break
+    states = [s for s, _ in demo] + [s]
+    rho = occupancy_from_demos([states], m.n_states, GAMMA, terminal=m.terminal)
+    result = mce_irl(m.P, m.init, rho, gamma=GAMMA, steps=120, lr=0.2)
+    return {"env": env, "model": m, "Q": Q, "expert": expert, "demo": demo, "rho": rho, "result": result}
+
+
+def test_demo_occupancy_equals_the_exact_one(setting: dict) -> None:
+    m = setting["model"]
+    exact = discounted_occupancy(m.P, setting["expert"], m.init, GAMMA).sum(axis=1)
+    np.testing.assert_allclose(setting["rho"], exact, atol=1e-9)
+
+
+def test_mce_irl_matches_features_and_recovers_the_experts_optimal_policy(setting: dict) -> None:
+    m, result = setting["model"], setting["result"]
+    assert result.history[-1] < 0.05 < result.history[0]
+    _, Q_learned = value_iteration(m.P, result.reward, GAMMA)
+    visited = (setting["rho"] > 0) & ~m.terminal
+    # on every state the expert visits, the learned reward's optimal action is the expert's, and only it
+    assert np.array_equal(optimal_actions(Q_learned)[visited], optimal_actions(setting["Q"])[visited])
+    assert evaluate(m.P, m.gold, greedy(Q_learned), m.init, m.horizon) == pytest.approx(4.0)
+    # the soft-optimal (MaxEnt) policy puts most of its mass on the demonstrated actions
+    assert all(result.policy[s, a] > 0.9 for s, a in setting["demo"])
+
+
+def test_the_zero_reward_and_a_shaped_reward_explain_the_demos_too(setting: dict) -> None:
+    m, result, demo = setting["model"], setting["result"], [setting["demo"]]
+    out = ill_posedness(m.P, result.reward, demo, GAMMA, random_potential(m.n_states, seed=0, scale=3.0))
+    assert out["optimal_learned"] and out["optimal_shaped"] and out["optimal_zero"]
+    assert out["loglik_shaped"] == pytest.approx(out["loglik_learned"], abs=1e-9)
+    assert out["loglik_zero"] == pytest.approx(len(setting["demo"]) * np.log(0.25))
+    assert out["loglik_learned"] > out["loglik_zero"]
+    assert out["epic_learned_shaped"] < 1e-6 and out["max_abs_change_shaped"] > 3.0
+    # the learned reward is not the gold reward, though it makes the same choices where the expert went
+    assert epic_distance(result.reward, m.gold, GAMMA) > 0.3
+    assert not expert_is_optimal(m.P, m.R, demo, GAMMA)  # the visible (tampered) reward does not explain them
+    assert demo_log_likelihood(m.P, m.gold, demo, GAMMA) < out["loglik_learned"]
+
+
+def test_irl_checks_its_inputs(setting: dict) -> None:
+    m = setting["model"]
+    with pytest.raises(ValueError, match="expert_rho"):
+        mce_irl(m.P, m.init, np.ones(3), steps=1)
+    with pytest.raises(ValueError, match="features"):
+        mce_irl(m.P, m.init, setting["rho"], features=np.ones((3, 2)), steps=1)
