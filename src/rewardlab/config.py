@@ -481,6 +481,22 @@ class OfflineConfig(_Strict):
 MethodName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
 
+class AuditEvalsConfig(_Strict):
+    """Behaviour evaluations (``rewardlab eval``'s sets, docs/evals.md) run by the audit of every optimizer,
+    so their curves sit next to proxy and gold: ``eval/<set>`` columns in ``audit.jsonl`` and a report figure."""
+
+    sets: str | None = Field(
+        None,
+        description="comma-separated sets, groups or globs as `rewardlab eval --sets` (e.g. "
+        "anthropic/human/survival-instinct,truthfulqa); none: off",
+    )
+    limit: int = Field(50, gt=0, description="items per set")
+    every: int = Field(1, gt=0, description="run at every N-th audit row (the first and N-th, 2N-th ... rows)")
+    data_dir: str | None = Field(None, description="default: $REWARDLAB_DATA, else ../shared/data")
+    max_new_tokens: int = Field(128, gt=0, description="GSM8K generation length")
+    batch_size: int = Field(16, gt=0)
+
+
 class PipelineConfig(_Strict):
     """A whole experiment: shared settings plus one section per stage."""
 
@@ -502,6 +518,10 @@ class PipelineConfig(_Strict):
         "torch threads; 0 = one per thread (2 with threads 2), 1 = one after another in this process",
     )
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="besides metrics.jsonl")
+    audit_evals: AuditEvalsConfig = Field(
+        default_factory=AuditEvalsConfig,
+        description="behaviour evaluations the audit runs on a schedule during optimization (docs/evals.md)",
+    )
     controls: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["unbiased"],
         description="control arms `rewardlab run` also runs: a rater preset name, or label overrides "

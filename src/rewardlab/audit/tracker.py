@@ -23,6 +23,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.audit.policy_eval import ScoredSample, describe_metrics, gold_parts, score_responses, summarize
+from rewardlab.config import AuditEvalsConfig
+from rewardlab.evals.run import ScheduledEvals
 from rewardlab.losses import kl_estimators, masked_sum, selective_log_softmax
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
@@ -72,6 +74,8 @@ class AuditSpec:
     samples_to_save: int = 128
     prompt_transform: Callable[[str], str] | None = None
     batch_size: int = 512
+    #: Behaviour evaluations run at some audit rows (``eval/<set>`` columns); ``None``: off.
+    evals: ScheduledEvals | None = None
 
 
 @torch.no_grad()
@@ -119,6 +123,12 @@ def audit_policy(policy: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTr
     return row, samples
 
 
+def scheduled_evals(config: AuditEvalsConfig) -> ScheduledEvals | None:
+    """The behaviour evaluations of a config's ``audit_evals`` section (``None`` when it names no sets)."""
+    c = config
+    return ScheduledEvals.from_config(c.sets, c.limit, c.every, c.data_dir, c.batch_size, c.max_new_tokens)
+
+
 def save_samples(path: Path, samples: Sequence[ScoredSample], limit: int | None = None) -> None:
     write_jsonl(path, [s.to_dict() for s in (samples[:limit] if limit else samples)])
 
@@ -143,6 +153,9 @@ class AuditLog:
             policy, self.ref, self.tok, self.rm, self.spec, seed=self.spec.seed * 7 + step
         )
         row = {"step": step, **extra, **row}
+        evals = self.spec.evals
+        if evals is not None and evals.due(len(self.rows)):
+            row.update(evals(policy, self.tok))
         self.rows.append(row)
         self.run.write_json("audit.json", self.rows)
         with (self.run.dir / "audit.jsonl").open("a", encoding="utf-8") as f:

@@ -20,8 +20,11 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.data.gsm8k import final_number
 from rewardlab.evals.data import (
@@ -36,6 +39,7 @@ from rewardlab.evals.data import (
     select_sets,
 )
 from rewardlab.evals.metrics import mc1, mc2, mean_interval, two_choice, wilson_interval
+from rewardlab.evals.scoring import LMScorer, context_text
 from rewardlab.utils import RewardlabError
 
 LogProbs = Callable[[Sequence[str], Sequence[str]], list[float]]
@@ -140,6 +144,55 @@ def evaluate(data_dir: Path, sets: Sequence[str], logprobs: LogProbs, generate: 
     return rows
 
 
+def model_callables(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                    max_new_tokens: int) -> tuple[LMScorer, Generate, Context]:  # fmt: skip
+    """The scorer of one model and the ``generate``/``context`` callables :func:`evaluate` takes: chat-formatted
+    contexts when the tokenizer has a chat template, else the plain formats; GSM8K stops at the next question."""
+    scorer = LMScorer(model, tokenizer, batch_size=batch_size)
+
+    def context(question: str, plain: str) -> str:
+        return context_text(tokenizer, question, plain)
+
+    def generate(contexts: Sequence[str]) -> list[str]:
+        return scorer.generate(contexts, max_new_tokens, stop=() if tokenizer.chat_template else GSM8K_STOP)
+
+    return scorer, generate, context
+
+
+@dataclass(frozen=True)
+class ScheduledEvals:
+    """Behaviour evaluations the audit runs during optimization (``audit_evals`` in a config): at every
+    ``every``-th audit row, each set's rate on its first ``limit`` items becomes the ``eval/<set>`` column of
+    the row (TruthfulQA gives ``eval/truthfulqa/mc1`` and ``eval/truthfulqa/mc2``), so behaviour curves sit
+    next to proxy and gold in ``audit.jsonl`` and the report."""
+
+    data_dir: Path
+    sets: tuple[str, ...]
+    limit: int = 50
+    every: int = 1
+    batch_size: int = 16
+    max_new_tokens: int = 128
+
+    def due(self, audit_index: int) -> bool:
+        """Whether the audit row with this 0-based index runs the evaluations."""
+        return audit_index % self.every == 0
+
+    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        scorer, generate, context = model_callables(model, tokenizer, self.batch_size, self.max_new_tokens)
+        rows = evaluate(self.data_dir, self.sets, scorer.logprobs, generate, context, self.limit)
+        return {f"eval/{name}": float(row["rate"]) for name, row in rows.items()}
+
+    @classmethod
+    def from_config(cls, sets: str | None, limit: int, every: int, data_dir: str | None, batch_size: int = 16,
+                    max_new_tokens: int = 128) -> ScheduledEvals | None:  # fmt: skip
+        """``None`` when ``sets`` is empty; else the evaluations, the sets resolved (an unknown set is an error now,
+        not at the first audit)."""
+        if not sets:
+            return None
+        folder = Path(data_dir) if data_dir else default_data_dir()
+        return cls(folder, tuple(select_sets(folder, sets)), limit, every, batch_size, max_new_tokens)
+
+
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """One line per set: name, n, rate and 95% interval, a note (inverted polarity, ties, no number)."""
     width = max([len("set"), *(len(k) for k in rows)])
@@ -163,7 +216,6 @@ def eval_command(args: argparse.Namespace) -> int:
     """``rewardlab eval``: load the model and tokenizer, score the chosen sets, print the table, write JSON."""
     import torch
 
-    from rewardlab.evals.scoring import LMScorer, context_text
     from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
 
     if args.limit is not None and args.limit < 1:
@@ -178,15 +230,7 @@ def eval_command(args: argparse.Namespace) -> int:
     model = load_causal_lm(model_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    scorer = LMScorer(model, tokenizer, batch_size=args.batch_size)
-
-    def context(question: str, plain: str) -> str:
-        return context_text(tokenizer, question, plain)
-
-    def generate(contexts: Sequence[str]) -> list[str]:
-        return scorer.generate(
-            contexts, args.max_new_tokens, stop=() if tokenizer.chat_template else GSM8K_STOP
-        )
+    scorer, generate, context = model_callables(model, tokenizer, args.batch_size, args.max_new_tokens)
 
     def progress(msg: str) -> None:
         print(f"  {msg}", file=sys.stderr, flush=True)

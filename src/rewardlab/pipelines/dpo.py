@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from rewardlab.audit.policy_eval import generate_responses
-from rewardlab.audit.tracker import AuditLog, AuditSpec
+from rewardlab.audit.tracker import AuditLog, AuditSpec, scheduled_evals
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, process_state, stage_run
@@ -150,7 +150,8 @@ def run_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None, 
         for m in rm.members:
             m.requires_grad_(False).to(acc.device)
         spec = AuditSpec(task, eval_problems(task, dc.eval_prompts), dc.max_new_tokens, cfg.seed,
-                         temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+                         temperature=dc.temperature, samples_to_save=dc.samples_to_save,
+                         evals=scheduled_evals(cfg.audit_evals))  # fmt: skip
         audit = AuditLog(run, ref, tok, rm, spec)
     # On the audit's samples the mean implicit reward is beta * KL_k1 exactly (same reference, T = 1).
     implicit_on_samples = dc.loss != "simpo" and modpo_weight is None and dc.temperature == 1.0
@@ -269,7 +270,8 @@ def run_iterative_dpo(cfg: PipelineConfig, quiet: bool = False, stage: str | Non
         for m in rm.members:
             m.requires_grad_(False).to(acc.device)
         spec = AuditSpec(task, eval_problems(task, dc.eval_prompts), dc.max_new_tokens, cfg.seed,
-                         temperature=dc.temperature, samples_to_save=dc.samples_to_save)  # fmt: skip
+                         temperature=dc.temperature, samples_to_save=dc.samples_to_save,
+                         evals=scheduled_evals(cfg.audit_evals))  # fmt: skip
         audit = AuditLog(run, ref, tok, rm, spec)
     run.info(f"{ic.rounds} rounds x ({ic.prompts_per_round} fresh prompts -> rater {rater.name} -> "
              f"{spr} {dc.loss} steps, beta {dc.beta:g}); reference: {ic.reference}")  # fmt: skip

@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardlab.audit.tracker import AuditLog, AuditSpec
+from rewardlab.audit.tracker import AuditLog, AuditSpec, scheduled_evals
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import OfflineMethodConfig, PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
@@ -235,7 +235,7 @@ def _train_and_finish(s: _Stage, method: OfflineMethodConfig, prompts: list[str]
     audit = None
     if s.acc.is_main_process:
         spec = AuditSpec(s.task, held_out, oc.max_new_tokens, cfg.seed, oc.kl_estimator, oc.temperature,
-                         oc.samples_to_save, prompt_transform)  # fmt: skip
+                         oc.samples_to_save, prompt_transform, evals=scheduled_evals(cfg.audit_evals))  # fmt: skip
         audit = AuditLog(run, s.ref, s.tok, s.rm, spec)
 
     def evaluate(model: PreTrainedModel, step: int) -> dict[str, float]:

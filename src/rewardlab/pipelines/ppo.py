@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from rewardlab.audit.tracker import AuditLog, AuditSpec
+from rewardlab.audit.tracker import AuditLog, AuditSpec, scheduled_evals
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.config import PipelineConfig, PPOConfig
 from rewardlab.distributed import make_accelerator, stage_run
@@ -96,7 +96,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     audit = None
     if acc.is_main_process:
         spec = AuditSpec(task, held_out, pc.max_new_tokens, cfg.seed, pc.kl_estimator, pc.temperature,
-                         pc.samples_to_save)  # fmt: skip
+                         pc.samples_to_save, evals=scheduled_evals(cfg.audit_evals))  # fmt: skip
         audit = AuditLog(run, ref, tok, rm, spec)
     # 4. resume, or audit the starting policy
     ckpt = Checkpointer(run, every=pc.checkpoint_every, total_steps=pc.steps, resume=cfg.resume, accelerator=acc,

@@ -51,6 +51,9 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
         "behavior": plots.plot_behaviors(arms, info, plot_dir / "behavior.png"),
         "side_by_side": plots.plot_side_by_side(arms, info, plot_dir / "side_by_side.png"),
     }
+    evals_png = plots.plot_evals(arms, plot_dir / "evals.png")
+    if evals_png is not None:
+        figures["evals"] = evals_png
     if info.has_gold:
         figures["gold_parts"] = plots.plot_gold_parts(arms, info.gold_parts, plot_dir / "gold_parts.png")
     ex = example_run(arms)

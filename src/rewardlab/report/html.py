@@ -131,6 +131,8 @@ CAPTIONS = {
     "Color: method; line style: rater preset (dotted: unbiased control). Stars mark where the 3-point "
     "moving average of gold peaks; dashed curves are the fitted laws.",
     "behavior": "The task's behaviour metrics (its headline first) vs √KL, biased arms and controls.",
+    "evals": "Behaviour evaluations run by the audit (audit_evals: Anthropic's model-written evals, TruthfulQA, "
+    "GSM8K; docs/evals.md) vs √KL: the rate of the behaviour each set is named after.",
     "gold_parts": "Change since the start of each part of gold the task declares (and unparseable "
     "responses) for the biased arm(s); the black line is the total.",
     "side_by_side": "Gold (when the task has it), proxy and the task's headline behaviour over optimization "
@@ -325,6 +327,11 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         table(summary_headers(summary.get("task", {})), _summary_rows(summary), num_cols=range(3, 20)),
         "<h2>Behaviour</h2>",
         figure(figures.get("behavior"), "Behaviour figure", CAPTIONS["behavior"]),
+        *(
+            [figure(figures["evals"], "Behaviour evaluations figure", CAPTIONS["evals"])]
+            if figures.get("evals")
+            else []
+        ),
         "<h2>Where the gold went</h2>",
         figure(figures.get("gold_parts"), "Gold parts figure", CAPTIONS["gold_parts"])
         if figures.get("gold_parts")

@@ -248,6 +248,49 @@ def plot_behaviors(arms: Sequence[Arm], info: TaskInfo, out: Path | str) -> Path
     return _save(fig, out)
 
 
+def eval_keys(arms: Sequence[Arm]) -> list[str]:
+    """The ``eval/<set>`` columns (scheduled behaviour evaluations) any run's audit holds, in first-seen order."""
+    keys: list[str] = []
+    for a in arms:
+        for m in a.methods.values():
+            for row in m.rows:
+                keys += [k for k in row if k.startswith("eval/") and k not in keys]
+    return keys
+
+
+def plot_evals(arms: Sequence[Arm], out: Path | str, max_panels: int = 6) -> Path | None:
+    """The scheduled behaviour evaluations (``eval/<set>``, docs/evals.md) vs sqrt(KL), one panel per set (at most
+    ``max_panels``), every arm and method; ``None`` when no audit ran them."""
+    keys = eval_keys(arms)[:max_panels]
+    if not keys:
+        return None
+    fig, axes = _figure(1, len(keys), (4.4 * len(keys) + 0.6, 4.6))
+    colors, styles = _colors(arms), _styles(arms)
+    handles: list = []
+    labels: list[str] = []
+    for k, key in enumerate(keys):
+        ax = axes[0, k]
+        for (preset, method), runs in group_runs(arms).items():
+            if not any(np.any(np.isfinite(r.column(key))) for r in runs):
+                continue
+            c, ls, mk = colors[method], styles[preset], _marker(runs[0])
+            _draw(ax, runs, key=key, color=c, ls=ls, marker=mk)
+            label = _group_label(preset, method, len(runs))
+            if label not in labels:
+                handles.append(Line2D([], [], color=c, ls=ls, lw=2, marker=mk, ms=4))
+                labels.append(label)
+        ax.set_title(key.removeprefix("eval/"), fontsize=10)
+        ax.set_xlabel(D_LABEL)
+        ax.set_ylim(-0.03, 1.03)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        _kl_axis(ax)
+    axes[0, 0].set_ylabel("rate (behaviour named by the set)")
+    fig.suptitle("Behaviour evaluations during optimization", fontsize=13)
+    _bottom_legend(fig, handles, labels, ncol=min(4, max(1, len(labels))))
+    return _save(fig, out)
+
+
 def _part_deltas(run: MethodRun, part_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Change since the first row of each gold part, the unexplained rest, and gold itself."""
     gold = run.column("gold/mean")
