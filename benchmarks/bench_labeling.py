@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from rewardlab.feedback.human.db import LabelDB
+from rewardlab.feedback.human.server import create_app
 from rewardlab.feedback.human.stats import to_comparisons
 
 QUEUE = "bench"
@@ -90,6 +93,28 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ThreadServer:
+    """uvicorn serving the app in a thread of this process, on a free loopback port."""
+
+    def __init__(self, db: Path, queue: str) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(create_app(db, queue), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 def make_db(path: Path, n_labels: int, n_annotators: int, queue: str = QUEUE, seed: int = 0) -> list[str]:
