@@ -3,10 +3,14 @@ policies; a progress bonus does not), and EPIC (0 for shaped, rescaled copies; l
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from rewardlab.control.epic import (
     canonicalize,
@@ -16,6 +20,7 @@ from rewardlab.control.epic import (
     tabular_reward_fn,
 )
 from rewardlab.control.shaping import potential_shaping, progress_bonus, random_potential
+from rewardlab.control.sweep import SweepConfig, SweepPoint, add_arguments, run_sweep, sweep_command, turnover
 from rewardlab.control.tabular import (
     discounted_values,
     evaluate,
@@ -33,6 +38,7 @@ from rewardlab.tasks.control.gridworlds import (
     TabularModel,
     TomatoWatering,
 )
+from rewardlab.utils import RewardlabError
 
 MODELS: dict[str, TabularModel] = {
     "boat": BoatRace().tabular(),
@@ -199,3 +205,55 @@ def test_sampled_epic_equals_tabular_on_full_coverage_and_estimates_it_on_sample
     assert epic_distance_sampled(f, h, batch, ms, ma, g) == pytest.approx(exact, abs=0.05)
     shaped = tabular_reward_fn(3.0 * potential_shaping(m.R, random_potential(n_s, 4), g))
     assert epic_distance_sampled(f, shaped, batch, ms, ma, g) < 0.05
+
+
+# --- the Goodhart sweep --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ["rewardlab/BoatRace-v0", "rewardlab/CleaningRobot-v0"])
+def test_goodhart_sweep_visible_rises_while_gold_falls_past_the_turnover(env_id: str) -> None:
+    res = run_sweep(SweepConfig(env=env_id, levels=[0.0, 0.5, 1.0, 2.0, 4.0, 10.0, 50.0]))
+    visible = [p.visible for p in res.points]
+    gold = [p.gold for p in res.points]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(visible))
+    assert res.turnover is not None and 0.0 < res.turnover < 50.0
+    k = [p.level for p in res.points].index(res.turnover)
+    assert gold[k] > gold[0] and gold[-1] < gold[k] - 2.0 and visible[-1] > visible[k] + 2.0
+
+
+def test_turnover_needs_a_real_fall() -> None:
+    pts = [SweepPoint(float(i), float(i), g) for i, g in enumerate([0.0, 1.0, 2.0, 1.99])]
+    assert turnover(pts) is None  # within 5% of the range
+    assert turnover([*pts, SweepPoint(4.0, 4.0, 0.5)]) == 2.0
+    assert turnover(pts[:3]) is None  # still rising
+
+
+def test_sweep_command_writes_rows_summary_and_figures(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # the options of `rewardlab sweep`
+    args = parser.parse_args(["--env", "rewardlab/RewardTampering-v0", "--pressure", "horizon",
+                              "--levels", "1,5,6,15", "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    rc = sweep_command(args)
+    assert rc == 0
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "RewardTampering-v0" / "sweep.jsonl").read_text().splitlines()
+    ]
+    assert [(r["level"], r["gold"]) for r in rows][-2:] == [
+        (6.0, 4.0),
+        (15.0, -30.0),
+    ]  # sees the goal, then the sensor
+    summary = json.loads((tmp_path / "RewardTampering-v0" / "summary.json").read_text())
+    assert summary["turnover"] == 6.0 and summary["visible_at_max_pressure"] == pytest.approx(102.0)
+    assert (tmp_path / "goodhart.png").stat().st_size > 1000 and (
+        tmp_path / "RewardTampering-v0" / "sweep.png"
+    ).exists()
+
+
+def test_q_learning_pressure_and_config_errors() -> None:
+    res = run_sweep(SweepConfig(env="rewardlab/BoatRace-v0", pressure="steps", levels=[2, 150], seeds=[0]))
+    assert res.points[-1].visible == pytest.approx(20.0) and res.points[-1].gold == pytest.approx(2.0)
+    with pytest.raises(ValidationError, match="levels"):
+        SweepConfig(levels=[1.0, 0.5])
+    with pytest.raises(ValidationError, match="pressure"):
+        SweepConfig(pressure="money")
+    with pytest.raises(RewardlabError, match="horizon levels"):
+        run_sweep(SweepConfig(pressure="horizon", levels=[0.5]))
