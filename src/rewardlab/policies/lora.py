@@ -90,12 +90,14 @@ def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_adapter_state(module: nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Put :func:`adapter_state_dict`'s tensors back; an error names any key missing or unexpected."""
-    expected = set(adapter_state_dict(module))
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or extra:
+    """Put :func:`adapter_state_dict`'s tensors back; an error names any key missing, unexpected or reshaped."""
+    expected = {k: v.shape for k, v in adapter_state_dict(module).items()}
+    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
+    if missing or extra or shapes:
         raise RewardlabError(f"{where}: the LoRA adapter does not match the model (missing {missing[:3]}, "
-                             f"unexpected {extra[:3]}); resume with the same lora settings")  # fmt: skip
+                             f"unexpected {extra[:3]}, other shapes {shapes[:3]}); resume with the same lora "
+                             "settings")  # fmt: skip
     module.load_state_dict(state, strict=False)
 
 
