@@ -45,6 +45,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"optimize", "control"},
     {"pipelines"},
+    {"studies"},
     {"cli"},
 ]
 

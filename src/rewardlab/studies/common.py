@@ -1,0 +1,91 @@
+"""What every study shares: its YAML config, the pipeline config it builds on, and writing its table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rewardlab.config import PipelineConfig, load_config
+from rewardlab.utils import RewardlabError, atomic_write_text, read_jsonl_numbered
+
+S = TypeVar("S", bound="StudyConfig")
+
+
+class StudyConfig(BaseModel):
+    """The fields every study has: the pipeline it builds on, where it writes, its seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(
+        "configs/default.yaml", description="the pipeline config the study's stages run with"
+    )
+    set: list[str] = Field(
+        default_factory=list, description="--set overrides of the pipeline config (key=value)"
+    )
+    run_dir: str = Field(
+        ..., description="run folder of the study's stages (shares pretrain/SFT across seeds)"
+    )
+    out_dir: str = Field(..., description="where the study's table (JSON + markdown) and figure go")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    def pipeline_config(self, seed: int, extra: Sequence[str] = ()) -> PipelineConfig:
+        """The pipeline config of one seed: ``pipeline`` + ``set`` + ``extra``, in the study's run folder."""
+        return load_config(self.pipeline, [*self.set, *extra, f"run_dir={self.run_dir}", f"seed={seed}"])
+
+
+def load_study(path: str | Path, cls: type[S], overrides: Sequence[str] = ()) -> S:
+    """A study's YAML validated by ``cls``; ``overrides`` are ``key=value`` on its top-level fields."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise RewardlabError(f"{p}: cannot read the study config ({e})") from None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        data[key.strip()] = yaml.safe_load(value)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise RewardlabError(f"{p}: " + "; ".join(lines)) from None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def final_samples(stage_dir: Path) -> list[dict[str, Any]]:
+    """The samples of a stage's last audit (``samples/step_<last>.jsonl``), else its ``samples.jsonl``."""
+    steps = sorted((stage_dir / "samples").glob("step_*.jsonl"), key=lambda q: int(q.stem.split("_")[1]))
+    if steps:
+        return read_rows(steps[-1])
+    if (stage_dir / "samples.jsonl").exists():
+        return read_rows(stage_dir / "samples.jsonl")
+    raise RewardlabError(f"{stage_dir}: no samples (samples/step_*.jsonl or samples.jsonl)")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def write_table(out_dir: Path, name: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
+                extra: dict[str, Any] | None = None) -> tuple[Path, Path]:  # fmt: skip
+    """``<out_dir>/<name>.json`` (rows + extra) and ``<name>.md`` (the markdown table), written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j, m = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    atomic_write_text(j, json.dumps({"rows": list(rows), **(extra or {})}, indent=2) + "\n")
+    atomic_write_text(m, markdown_table(rows, columns))
+    return j, m

@@ -1,0 +1,257 @@
+"""Study: preference poisoning (Best-of-Venom) and three defenses, on the default task.
+
+    rewardlab study poison configs/study-poison.yaml
+
+Baumgärtner et al. 2024 ("Best-of-Venom: Attacking RLHF by Injecting Poisoned Preference Data") poison 1-5% of
+the preference pairs so that responses with a target win; the reward model, and PPO against it, then promote
+the target. Here the attacker rewrites a share of the arm's rater labels (:mod:`rewardlab.feedback.poison`) to
+favour a target phrase the clean raters do not reward (by default the filler ``hmm .``, which gold prices at
+0.01 per word). For each poisoning rate the recipe trains the reward model and runs PPO and DPO on the poisoned
+labels, and measures:
+
+* **attack success**: the share of the policy's audit samples that contain the target (PPO's last audit,
+  DPO's last audit), against the clean arm (rate 0) trained the same way; and gold on the same samples;
+* **the reward model's bonus** for the target: mean proxy of ``target + y`` minus proxy of ``y`` over the
+  clean eval pairs' chosen responses (normalized units);
+* **defenses**, each flagging ``defense_fraction`` of the training pairs for removal, with precision and
+  recall against the poisoned pairs and, on the clean arm, what they would cost: the share of clean
+  pairs removed and how many of those agreed with gold. *Loss-based outlier filtering*: the pairs whose
+  Bradley-Terry loss ``-log sigma(r(chosen) - r(rejected))`` under the arm's reward model is largest.
+  *Ensemble disagreement*: the pairs whose margin the ensemble members disagree most on (standard
+  deviation over members; measured when ``reward.ensemble_size > 1``). *Rater agreement*: ``raters`` fresh
+  raters of the arm's preset relabel each pair; a pair is flagged when most of them disagree with its label.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from rewardlab.config import PipelineConfig
+from rewardlab.feedback.poison import PoisonConfig, PoisonMode, add_target, poison_comparisons
+from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
+from rewardlab.feedback.simulated import SimulatedRater
+from rewardlab.pipelines.run import run_pipeline
+from rewardlab.rewards.model import RewardModel
+from rewardlab.runs import Run
+from rewardlab.studies.common import StudyConfig, final_samples, write_table
+from rewardlab.utils import RewardlabError
+
+COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate", "ppo_gold", "dpo_target_rate",
+           "dpo_gold", "loss_filter_precision", "loss_filter_recall", "rater_agreement_precision",
+           "rater_agreement_recall", "ensemble_precision", "ensemble_recall"]  # fmt: skip
+
+
+class PoisonStudyConfig(StudyConfig):
+    """``configs/study-poison.yaml``: the rates, the target and the defenses' knobs."""
+
+    rates: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.03, 0.05], min_length=1)
+    target: str = Field("hmm .", min_length=1, description="the phrase the attack promotes")
+    mode: PoisonMode = "inject"
+    methods: list[str] = Field(
+        default_factory=lambda: ["ppo", "dpo"], description="optimizers run on each arm"
+    )
+    defense_fraction: float = Field(
+        0.05, gt=0, lt=1, description="share of training pairs each defense removes"
+    )
+    raters: int = Field(3, ge=1, description="fresh raters that relabel each pair (rater-agreement defense)")
+    bonus_pairs: int = Field(
+        512, gt=0, description="eval responses the reward model's target bonus is measured on"
+    )
+
+
+# --------------------------------------------------------------------------------- defenses
+def bt_losses(margins: np.ndarray) -> np.ndarray:
+    """Bradley-Terry loss per pair, ``-log sigma(m) = log(1 + exp(-m))`` with ``m = r(chosen) - r(rejected)``
+    (Bradley & Terry 1952; the loss a reward model minimizes, Ouyang et al. 2022)."""
+    return np.logaddexp(0.0, -np.asarray(margins, dtype=float))
+
+
+def flag_top(values: np.ndarray, fraction: float) -> np.ndarray:
+    """A boolean mask of the ``round(fraction * n)`` largest values (ties broken by position)."""
+    v = np.asarray(values, dtype=float)
+    k = round(fraction * len(v))
+    mask = np.zeros(len(v), dtype=bool)
+    if k:
+        mask[np.argsort(-v, kind="stable")[:k]] = True
+    return mask
+
+
+def loss_outliers(margins: np.ndarray, fraction: float) -> np.ndarray:
+    """Loss-based filtering: flag the pairs the reward model fits worst (largest BT loss)."""
+    return flag_top(bt_losses(margins), fraction)
+
+
+def ensemble_disagreement(member_margins: np.ndarray, fraction: float) -> np.ndarray:
+    """Flag the pairs whose margin varies most across ensemble members ([members, pairs] -> std per pair)."""
+    m = np.asarray(member_margins, dtype=float)
+    if m.ndim != 2 or m.shape[0] < 2:
+        raise RewardlabError(f"ensemble disagreement needs >= 2 members' margins, got shape {m.shape}")
+    return flag_top(m.std(axis=0, ddof=1), fraction)
+
+
+def rater_disagreement(agrees: np.ndarray) -> np.ndarray:
+    """Flag the pairs whose label most fresh raters reject (``agrees``: [raters, pairs] booleans)."""
+    a = np.asarray(agrees, dtype=bool)
+    return a.mean(axis=0) < 0.5
+
+
+def detection(flags: np.ndarray, poisoned: np.ndarray) -> dict[str, float]:
+    """Precision and recall of ``flags`` against the truly ``poisoned`` pairs, and the clean pairs removed."""
+    f, p = np.asarray(flags, dtype=bool), np.asarray(poisoned, dtype=bool)
+    tp = int((f & p).sum())
+    return {"precision": tp / f.sum() if f.sum() else float("nan"), "recall": tp / p.sum() if p.sum() else float("nan"),
+            "clean_removed": float((f & ~p).sum() / max(1, (~p).sum()))}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- helpers
+def arm_name(rate: float, mode: str) -> str:
+    return f"poison-{mode}-{rate:g}"
+
+
+def write_poisoned_labels(clean: PipelineConfig, arm: PipelineConfig, cfg: PoisonConfig, quiet: bool) -> Path:
+    """The arm's label stage: the clean arm's train pairs poisoned (``cfg``), its eval pairs unchanged."""
+    final = arm.stage_dir("label")
+    if (final / "summary.json").exists():
+        return final
+    src = clean.stage_dir("label")
+    run = Run(final, "label", arm, arm.report_to, quiet, staged=True)
+    train = poison_comparisons(load_comparisons(src / "train.jsonl"), cfg)
+    save_comparisons(run.dir / "train.jsonl", train)
+    save_comparisons(run.dir / "eval.jsonl", load_comparisons(src / "eval.jsonl"))
+    n = sum(bool(c.meta.get("poisoned")) for c in train)
+    stats = {"label/pairs_train": len(train), "poison/pairs": n, "poison/rate": n / max(1, len(train))}
+    run.log_metrics(stats, 0)
+    run.write_json("summary.json", {**stats, "poison": cfg.model_dump(), "clean_labels": str(src)})
+    return run.commit()
+
+
+def pair_margins(rm: RewardModel, comps: Sequence[Comparison]) -> np.ndarray:
+    """Per member, ``r(chosen) - r(rejected)`` ([members, pairs], normalized units)."""
+    prompts = [c.prompt for c in comps]
+    ch = rm.score(prompts, [c.chosen for c in comps]).members.numpy()
+    rj = rm.score(prompts, [c.rejected for c in comps]).members.numpy()
+    return ch - rj
+
+
+def target_bonus(rm: RewardModel, comps: Sequence[Comparison], target: str) -> float:
+    """Mean proxy gain of putting ``target`` before a response (the clean eval pairs' chosen sides)."""
+    prompts = [c.prompt for c in comps]
+    plain = rm.score(prompts, [c.chosen for c in comps]).mean.numpy()
+    with_t = rm.score(prompts, [add_target(c.chosen, target) for c in comps]).mean.numpy()
+    return float((with_t - plain).mean())
+
+
+def rater_agreement_flags(arm: PipelineConfig, comps: Sequence[Comparison], raters: int) -> np.ndarray:
+    """Fresh raters of the arm's preset relabel every pair; flag where most disagree with the record."""
+    task = arm.build_task()
+    agrees = np.zeros((raters, len(comps)), dtype=bool)
+    for r in range(raters):
+        rater = SimulatedRater(task, arm.label.rater, seed=10_007 * (r + 1) + arm.seed, name=f"check-{r}")
+        for j, c in enumerate(comps):
+            out = rater.compare(c.prompt, c.chosen, c.rejected)
+            agrees[r, j] = out is not None and out.chosen == c.chosen
+    return rater_disagreement(agrees)
+
+
+def policy_outcome(stage_dir: Path, target: str) -> dict[str, float]:
+    """Share of the last audit's samples containing ``target``, and their mean gold."""
+    rows = final_samples(stage_dir)
+    return {"target_rate": float(np.mean([target in r["response"] for r in rows])),
+            "gold": float(np.mean([r["gold"] for r in rows]))}  # fmt: skip
+
+
+def defense_rows(arm: PipelineConfig, study: PoisonStudyConfig, rm: RewardModel) -> dict[str, float]:
+    """Each defense's detection on the arm's training pairs (precision/recall vs the poisoned ones)."""
+    comps = load_comparisons(arm.stage_dir("label") / "train.jsonl")
+    poisoned = np.array([bool(c.meta.get("poisoned")) for c in comps])
+    margins = pair_margins(rm, comps)
+    out: dict[str, float] = {}
+    checks = {"loss_filter": loss_outliers(margins.mean(axis=0), study.defense_fraction),
+              "rater_agreement": rater_agreement_flags(arm, comps, study.raters)}  # fmt: skip
+    if margins.shape[0] > 1:
+        checks["ensemble"] = ensemble_disagreement(margins, study.defense_fraction)
+    for name, flags in checks.items():
+        d = detection(flags, poisoned)
+        out.update({f"{name}_precision": d["precision"], f"{name}_recall": d["recall"],
+                    f"{name}_clean_removed": d["clean_removed"]})  # fmt: skip
+        kept_gold = [c for c, f in zip(comps, flags, strict=True) if f and c.gold_chosen is not None]
+        if kept_gold:  # of the clean pairs a defense removes, how many had labels that agreed with gold
+            out[f"{name}_removed_gold_agree"] = float(
+                np.mean([c.gold_chosen > c.gold_rejected for c in kept_gold])
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------- recipe
+def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
+    out_dir = Path(study.out_dir)
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    stages = ["pretrain", "sft", "label", "reward", *study.methods]
+    for seed in study.seeds:
+        # 1. the clean arm (rate 0): pretrain, SFT, rater labels, reward model, the optimizers (reused when done)
+        base = ["controls=[]", f"methods=[{','.join(study.methods)}]"]
+        clean = study.pipeline_config(seed, base)
+        t = time.perf_counter()
+        run_pipeline(clean, reuse=True, stages=stages, quiet=quiet)
+        timings[f"s{seed}/clean"] = time.perf_counter() - t
+        for rate in study.rates:
+            arm = (
+                clean
+                if rate == 0
+                else study.pipeline_config(seed, [*base, f"label.name={arm_name(rate, study.mode)}"])
+            )
+            # 2. poisoned labels, then the reward model and the optimizers on them
+            if rate > 0:
+                pc = PoisonConfig(rate=rate, target=study.target, mode=study.mode, seed=seed)
+                t = time.perf_counter()
+                write_poisoned_labels(clean, arm, pc, quiet)
+                run_pipeline(arm, reuse=True, stages=["reward", *study.methods], quiet=quiet)
+                timings[f"s{seed}/rate{rate:g}"] = time.perf_counter() - t
+            # 3. measure: the reward model's bonus for the target, attack success, gold, the defenses
+            rm = RewardModel.load(arm.stage_dir("reward") / "model")
+            evals = load_comparisons(arm.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
+            summary = json.loads((arm.stage_dir("label") / "summary.json").read_text()) if rate > 0 else {}
+            row: dict[str, Any] = {"seed": seed, "rate": rate, "poisoned_pairs": int(summary.get("poison/pairs", 0)),
+                                   "rm_target_bonus": target_bonus(rm, evals, study.target)}  # fmt: skip
+            for m in study.methods:
+                res = policy_outcome(arm.stage_dir(m), study.target)
+                row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
+            row.update(defense_rows(arm, study, rm))
+            rows.append(row)
+            write_table(out_dir, "poison", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings})
+    # 4. the figure: attack success and gold against the poisoning rate
+    plot_poison(rows, study, out_dir / "study-poison.png")
+    return out_dir
+
+
+def plot_poison(rows: Sequence[dict[str, Any]], study: PoisonStudyConfig, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    rates = sorted({r["rate"] for r in rows})
+    for m in study.methods:
+        for key, ax in ((f"{m}_target_rate", ax1), (f"{m}_gold", ax2)):
+            ys = [np.mean([r[key] for r in rows if r["rate"] == x]) for x in rates]
+            ax.plot([100 * x for x in rates], ys, marker="o", label=m.upper())
+    ax1.set(xlabel="poisoned comparisons (%)", ylabel=f"samples containing {study.target!r}",
+            title="attack success")  # fmt: skip
+    ax2.set(xlabel="poisoned comparisons (%)", ylabel="gold (mean, audit samples)", title="gold")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,52 @@
+"""The poisoning study's defenses on crafted cases whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rewardlab.studies.poison import (
+    bt_losses,
+    detection,
+    ensemble_disagreement,
+    flag_top,
+    loss_outliers,
+    rater_disagreement,
+)
+from rewardlab.utils import RewardlabError
+
+
+def test_bt_loss_is_log_one_plus_exp_minus_margin() -> None:
+    assert bt_losses(np.array([0.0]))[0] == pytest.approx(math.log(2))
+    assert bt_losses(np.array([-3.0]))[0] == pytest.approx(math.log1p(math.exp(3)))
+    assert bt_losses(np.array([50.0]))[0] < 1e-20
+
+
+def test_loss_filter_flags_the_pairs_the_model_fits_worst() -> None:
+    margins = np.array([2.0, 1.5, -3.0, 0.5, -1.0, 3.0, 2.5, 1.0, 0.8, 1.2])
+    flags = loss_outliers(margins, 0.2)
+    assert flags.tolist() == [i in (2, 4) for i in range(10)]
+    assert not loss_outliers(margins, 0.01).any()  # round(0.1) = 0 pairs
+
+
+def test_ensemble_disagreement_flags_high_variance_pairs() -> None:
+    members = np.array([[1.0, 1.0, 3.0, 1.0], [1.1, 1.0, -3.0, 1.2], [0.9, 1.0, 0.0, 0.8]])
+    assert ensemble_disagreement(members, 0.25).tolist() == [False, False, True, False]
+    with pytest.raises(RewardlabError, match=">= 2 members"):
+        ensemble_disagreement(members[:1], 0.25)
+
+
+def test_rater_disagreement_is_a_majority_vote() -> None:
+    agrees = np.array([[1, 0, 0, 1], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    assert rater_disagreement(agrees).tolist() == [False, True, True, True]
+
+
+def test_detection_precision_recall_and_clean_cost() -> None:
+    poisoned = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    flags = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    d = detection(flags, poisoned)
+    assert (d["precision"], d["recall"], d["clean_removed"]) == (0.5, 0.5, 1 / 8)
+    assert math.isnan(detection(np.zeros(3, dtype=bool), np.zeros(3, dtype=bool))["precision"])
+    assert flag_top(np.array([1.0, 1.0, 1.0]), 1 / 3).tolist() == [True, False, False]  # ties: by position
