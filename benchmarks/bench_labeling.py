@@ -154,9 +154,10 @@ def annotator(
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             conn.request("GET", "/api/next", headers=headers)
             r = conn.getresponse()
-            body = json.loads(r.read())
+            raw = r.read()
             if r.status != 200:
-                raise RuntimeError(f"/api/next: {r.status} {body}")
+                raise RuntimeError(f"/api/next: {r.status} {raw[:200]!r}")
+            body = json.loads(raw)
             item = body["item"]
             if item is None:
                 return

@@ -8,7 +8,8 @@ Tables (schema version 1):
 * ``items``: one pair to compare (``prompt``, responses ``a`` and ``b``), in a named queue, with the
   gold of each side when the task has gold, optional images per side (paths under the queue's media
   folder), ``meta`` (JSON) and ``wanted``: how many annotators should label it (1, or 2 for the overlap
-  share used for inter-annotator agreement).
+  share used for inter-annotator agreement) and ``answers``: how many it has (kept with the labels, so
+  finding open items reads a partial index instead of counting labels).
 * ``leases``: at most one per item: the annotator it is shown to until ``expires``; an expired lease is
   re-offered to anyone.
 * ``labels``: one per (item, annotator): ``a`` / ``b`` / ``tie`` / ``cant_tell`` / ``skip``, the reason,
@@ -65,9 +66,11 @@ _MIGRATIONS: list[str] = [
         media_dir TEXT,
         meta TEXT NOT NULL DEFAULT '{}',
         wanted INTEGER NOT NULL DEFAULT 1 CHECK (wanted >= 1),
+        answers INTEGER NOT NULL DEFAULT 0,
         created REAL NOT NULL
     );
     CREATE INDEX items_queue ON items(queue, id);
+    CREATE INDEX items_open ON items(queue, id) WHERE answers < wanted;
     CREATE TABLE leases (
         item_id INTEGER PRIMARY KEY REFERENCES items(id),
         annotator_id INTEGER NOT NULL REFERENCES annotators(id),
@@ -85,6 +88,7 @@ _MIGRATIONS: list[str] = [
         UNIQUE (item_id, annotator_id)
     );
     CREATE INDEX labels_item ON labels(item_id);
+    CREATE INDEX labels_annotator ON labels(annotator_id, item_id);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -272,10 +276,9 @@ class LabelDB:
             ).fetchone()
             if row is None:
                 row = con.execute(
-                    "SELECT i.* FROM items i WHERE i.queue = ? "
+                    "SELECT i.* FROM items i WHERE i.queue = ? AND i.answers < i.wanted "
                     "AND NOT EXISTS (SELECT 1 FROM labels x WHERE x.item_id = i.id AND x.annotator_id = ?) "
                     "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = i.id AND l.expires > ?) "
-                    "AND (SELECT COUNT(*) FROM labels x WHERE x.item_id = i.id AND x.choice != 'skip') < i.wanted "
                     "ORDER BY i.id LIMIT 1",
                     (queue, annotator_id, now),
                 ).fetchone()
@@ -304,7 +307,7 @@ class LabelDB:
             raise LabelError(422, "seconds: expected a number between 0 and 86400")
         now = self.clock()
         with self.write() as con:
-            row = con.execute("SELECT wanted FROM items WHERE id = ?", (item_id,)).fetchone()
+            row = con.execute("SELECT wanted, answers FROM items WHERE id = ?", (item_id,)).fetchone()
             if row is None:
                 raise LabelError(404, f"item {item_id}: no such item")
             if con.execute(
@@ -317,12 +320,8 @@ class LabelDB:
             mine = lease is not None and lease["annotator_id"] == annotator_id
             if lease is not None and not mine and lease["expires"] > now:
                 raise LabelError(409, f"item {item_id}: leased to another annotator")
-            if not mine:
-                done = con.execute(
-                    "SELECT COUNT(*) FROM labels WHERE item_id = ? AND choice != 'skip'", (item_id,)
-                ).fetchone()[0]
-                if done >= row["wanted"]:
-                    raise LabelError(409, f"item {item_id}: needs no more labels")
+            if not mine and row["answers"] >= row["wanted"]:
+                raise LabelError(409, f"item {item_id}: needs no more labels")
             if seconds is None and mine:
                 seconds = max(0.0, now - float(lease["started"]))
             cur = con.execute(
@@ -330,6 +329,8 @@ class LabelDB:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (item_id, annotator_id, choice, reason or None, seconds, now),
             )
+            if choice != "skip":
+                con.execute("UPDATE items SET answers = answers + 1 WHERE id = ?", (item_id,))
             if mine:
                 con.execute("DELETE FROM leases WHERE item_id = ?", (item_id,))
         return int(cur.lastrowid or 0)
@@ -358,14 +359,10 @@ class LabelDB:
     def progress(self, queue: str, annotator_id: int | None = None) -> dict[str, int]:
         """``done`` answers, ``remaining`` wanted answers, ``items`` in the queue, and ``mine``."""
         con = self.connect()
-        items, wanted = con.execute(
-            "SELECT COUNT(*), COALESCE(SUM(wanted), 0) FROM items WHERE queue = ?", (queue,)
-        ).fetchone()
-        done = con.execute(
-            "SELECT COUNT(*) FROM labels l JOIN items i ON i.id = l.item_id "
-            "WHERE i.queue = ? AND l.choice != 'skip'",
+        items, wanted, done = con.execute(
+            "SELECT COUNT(*), COALESCE(SUM(wanted), 0), COALESCE(SUM(answers), 0) FROM items WHERE queue = ?",
             (queue,),
-        ).fetchone()[0]
+        ).fetchone()
         out = {"items": int(items), "done": int(done), "remaining": max(0, int(wanted) - int(done))}
         if annotator_id is not None:
             out["mine"] = int(
