@@ -1,0 +1,33 @@
+"""The failure studies ``rewardlab study NAME CONFIG`` runs: name -> (config class, recipe), loaded lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from rewardlab.studies.common import load_study
+from rewardlab.utils import RewardlabError
+
+STUDIES: dict[str, tuple[str, str, str]] = {
+    "poison": ("rewardlab.studies.poison", "PoisonStudyConfig", "run_poison_study"),
+    "false-positives": (
+        "rewardlab.studies.false_positives",
+        "FalsePositiveStudyConfig",
+        "run_false_positive_study",
+    ),
+}
+
+STUDY_HELP = ("run a failure study (issue 21): poison (preference poisoning + defenses), false-positives "
+              "(time-pressed evaluators before/after RLHF); table + figure in the study's out_dir")  # fmt: skip
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """``rewardlab study NAME CONFIG [--set field=value ...] [--quiet]``."""
+    if args.name not in STUDIES:
+        raise RewardlabError(f"study {args.name!r}: unknown; choose one of {', '.join(STUDIES)}")
+    module, cls, fn = STUDIES[args.name]
+    mod = importlib.import_module(module)
+    study = load_study(Path(args.config), getattr(mod, cls), args.overrides)
+    print(getattr(mod, fn)(study, quiet=args.quiet))
+    return 0
