@@ -78,15 +78,15 @@ def sampler_path(model: torch.nn.Module) -> tuple[SamplerPath, str]:
     """How :func:`sample` decodes ``model`` and a one-line reason for the log.
 
     ``fast``: the CPU fast decoder (a plain Llama/Qwen2 on CPU); ``loop``: the step loop on transformers'
-    forward (a Llama/Qwen2 the fast decoder cannot replay: LoRA layers, hooks, a GPU); ``generate``:
-    ``model.generate`` (any other architecture)."""
+    forward (a Llama/Qwen2 the fast decoder cannot replay: LoRA layers, hooks, a GPU; or a module without
+    ``generate``); ``generate``: ``model.generate`` (any other architecture)."""
     inner: Any = getattr(model, "module", model)  # DDP wraps the model
     name = type(inner).__name__
     why = FastDecoder.unsupported(inner) if _FAST_DECODE else "the fast decoder is switched off"
     if why is None:
         return "fast", f"fast sampler: {name} on the CPU fast decoder"
     model_type = getattr(getattr(inner, "config", None), "model_type", None)
-    if model_type in _LOOP_MODEL_TYPES:
+    if model_type in _LOOP_MODEL_TYPES or not callable(getattr(inner, "generate", None)):
         return "loop", f"fast sampler: {name} step by step on transformers' forward ({why})"
     reason = _NOT_SUPPORTED_WHY.get(
         str(model_type), f"model type {model_type!r} is not a Llama/Qwen2-style decoder"
