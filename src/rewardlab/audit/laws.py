@@ -251,3 +251,50 @@ def gold_attribution(start_row: Mapping[str, Any], end_row: Mapping[str, Any],
     total = _num(end_row, "gold/mean") - _num(start_row, "gold/mean")
     out["unparseable"] = total - sum(out.values())
     return out
+
+
+@dataclass(frozen=True)
+class RiseThenFall:
+    """Whether a gold curve rises, peaks inside its range, then falls by at least a threshold.
+
+    Read on the centered moving average of gold (points ordered by KL): ``peak_index`` is its maximum,
+    ``inside`` says the peak is neither the first nor the last point, ``lost_sd`` is the smoothed gold lost
+    from the peak to the last point in units of ``gold_sd`` (the gold's standard deviation over the
+    starting policy's samples), ``gain_sd`` the gain from the first point to the peak.
+    ``rises_then_falls``: ``inside`` and ``lost_sd >= threshold`` (Gao et al. 2022's shape).
+    """
+
+    peak_index: int
+    peak_kl: float
+    gain_sd: float
+    lost_sd: float
+    inside: bool
+    rises_then_falls: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rise_then_fall(kl: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray, gold_sd: float,
+                   threshold: float = 0.1, window: int = 3) -> RiseThenFall:  # fmt: skip
+    """Test one curve for over-optimization: peak inside the range, then ``threshold`` gold SDs lost.
+
+    Points are sorted by KL and smoothed with :func:`moving_average` (``window``) before the peak is read
+    (:func:`smoothed_peak`), so a single noisy reading neither makes nor hides a peak.
+    """
+    if not (gold_sd > 0 and math.isfinite(gold_sd)):
+        raise ValueError(f"rise_then_fall: gold_sd must be positive and finite, got {gold_sd}")
+    kl_arr = np.asarray(kl, dtype=float).ravel()
+    g_arr = np.asarray(gold, dtype=float).ravel()
+    if kl_arr.shape != g_arr.shape or kl_arr.size < 2:
+        raise ValueError(
+            f"rise_then_fall: need matching kl and gold with >= 2 points, got {kl_arr.size}, {g_arr.size}"
+        )
+    order = np.argsort(kl_arr, kind="stable")
+    kl_arr, g_arr = kl_arr[order], g_arr[order]
+    sm = moving_average(g_arr, window)
+    i, peak = smoothed_peak(g_arr, window)
+    lost = (peak - float(sm[-1])) / gold_sd
+    gain = (peak - float(sm[0])) / gold_sd
+    inside = 0 < i < sm.size - 1
+    return RiseThenFall(i, float(kl_arr[i]), gain, lost, inside, bool(inside and lost >= threshold))
