@@ -71,6 +71,10 @@ METHODS: dict[str, Method] = {
                "pretrain the base model from scratch on the task's corpus", "stage", "shared", optimizer=False),
         Method("sft", "rewardlab.pipelines.sft:run_sft", "sft",
                "supervised fine-tuning on demonstrations (completion-only loss)", "stage", "shared", optimizer=False),
+        Method("judge", "rewardlab.pipelines.judge:run_judge", "label",
+               "train the arm's AI judge (label.source: judge): the SFT model fine-tuned on label.judge.train.labels "
+               "comparisons in the constitution's judge format; the label stage runs it on first use (docs/rlaif.md)",
+               "stage", main_process_only=True, optimizer=False),
         Method("label", "rewardlab.pipelines.label:run_label", "label",
                "the arm's preference labels: pairs sampled from policies and judged by its rater, or read from a "
                "file, or given by people in the labeling app (label.source); `rewardlab label serve | enqueue | "
@@ -112,6 +116,10 @@ METHODS: dict[str, Method] = {
         Method("phf", "rewardlab.pipelines.offline:run_phf", "offline",
                "pretraining with human feedback: conditional training on corpus documents tagged by the proxy",
                "offline", label="PHF", color="#637939", optimizer=False),
+        Method("slcai", "rewardlab.pipelines.slcai:run_slcai", "slcai",
+               "SL-CAI: responses -> critique -> revision rounds under the constitution, then SFT on the revisions; "
+               "each round audited against gold (docs/rlaif.md)", "stage", label="SL-CAI", color="#aec7e8",
+               main_process_only=True),
     )
 }  # fmt: skip
 

@@ -8,14 +8,17 @@ from rewardlab.feedback.base import LabelFile, Rater
 from rewardlab.feedback.file import FileLabels, FileSourceConfig
 from rewardlab.feedback.human.config import HumanSourceConfig
 from rewardlab.feedback.human.source import HumanLabels
+from rewardlab.feedback.judge import Judge, JudgeSourceConfig, make_judge_rater
 from rewardlab.feedback.simulated import RaterConfig, SimulatedRater
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError
 
 
 def make_source(source: str, *, task: Task, seed: int, name: str, rater: RaterConfig | None = None,
-                file: FileSourceConfig | None = None, human: HumanSourceConfig | None = None) -> Rater | LabelFile:  # fmt: skip
-    """The feedback source ``label.source`` names, for ``task``."""
+                file: FileSourceConfig | None = None, human: HumanSourceConfig | None = None,
+                judge: JudgeSourceConfig | None = None, judge_model: Judge | None = None) -> Rater | LabelFile:  # fmt: skip
+    """The feedback source ``label.source`` names, for ``task`` (``judge_model``: the loaded LM or reward-model
+    judge of ``label.source: judge``; the label stage loads it, :func:`rewardlab.pipelines.judge.judge_source`)."""
     if source == "simulated":
         return SimulatedRater(task, rater or RaterConfig(), seed=seed, name=name)
     if source == "file":
@@ -24,9 +27,9 @@ def make_source(source: str, *, task: Task, seed: int, name: str, rater: RaterCo
         return FileLabels(file, task, name=name)
     if source == "human":
         return HumanLabels(human or HumanSourceConfig(), task, name=name)
-    raise RewardlabError(
-        f"label.source: {source!r} is not available yet (simulated, file and human are); judge plugs in here"
-    )
+    if source == "judge":
+        return make_judge_rater(judge or JudgeSourceConfig(), task, seed, name, judge_model)
+    raise RewardlabError(f"label.source: {source!r} is not a feedback source (simulated, file, human, judge)")
 
 
 def require_rater(source: Rater | LabelFile, what: str) -> Rater:

@@ -38,7 +38,12 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
     task = setup_stage(cfg, 3)
     lc = cfg.label
     # 1. the arm's feedback source: a file is read and split; a rater is shown sampled pairs
-    source = label_source(cfg, task, seed=cfg.seed * 101 + 3)
+    if lc.source == "judge":  # an AI judge: trained first when the arm has none (docs/rlaif.md)
+        from rewardlab.pipelines.judge import judge_source
+
+        source = judge_source(cfg, task, seed=cfg.seed * 101 + 3, quiet=quiet)
+    else:
+        source = label_source(cfg, task, seed=cfg.seed * 101 + 3)
     if isinstance(source, LabelFile):
         return _label_from_file(cfg, task, source, quiet)
     rater = require_rater(source, "rewardlab label")
@@ -66,6 +71,8 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
             completions[i] = out[j * lc.k : (j + 1) * lc.k]
 
     # 3. the rater compares (k = 2) or ranks (k > 2); identical completions carry no information
+    if callable(prefetch := getattr(rater, "prefetch", None)):  # a judge labels in batches
+        prefetch(problems, completions)
     comps: list[tuple[int, Comparison]] = []
     ranks: list[tuple[int, Ranking]] = []
     dropped = 0
@@ -101,6 +108,8 @@ def run_label(cfg: PipelineConfig, quiet: bool = False) -> Path:
         "label/verified_rate": sum(c.meta.get("verified", False) for _, c in comps) / max(1, len(comps)),
         **{f"rater/{k}": v for k, v in _flatten(err).items()},
     }
+    if callable(judge_stats := getattr(rater, "label_stats", None)):  # position bias, order flips
+        stats.update(judge_stats([c for _, c in comps]))
     run.log_metrics(stats, 0)
     run.write_json("summary.json", {**stats, "sources": dict(Counter(paths[s] for s in origin))})
     run.info(f"{len(train)} train / {len(evals)} eval pairs ({dropped} identical dropped); rater error vs gold "

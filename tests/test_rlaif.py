@@ -1,0 +1,73 @@
+"""RL-CAI and SL-CAI end to end on the micro config (issue 20): a judge trained on K labels labels an arm's
+pairs, the arm's reward model and PPO run on them next to a simulated-rater control, and SL-CAI revises and
+fine-tunes. The numbers are meaningless at this size; the plumbing, files and measurements are what is tested."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rewardlab.cli import main
+from rewardlab.feedback.constitution import load_constitution
+from rewardlab.feedback.records import Comparison, load_comparisons
+from rewardlab.pipelines.slcai import revision_examples
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "pretrain.steps=10", "sft.steps=5", "sft.num_demos=200", "label.num_prompts=60", "label.source=judge",
+    "label.name=ai", "label.judge.train.labels=40", "label.judge.train.steps=4", "label.judge.train.eval_pairs=16",
+    "label.judge.train.eval_every=4", "ppo.steps=2", "ppo.eval_every=2", "ppo.eval_prompts=16", "methods=[ppo]",
+    "controls=[unbiased]", "threads=1", "slcai.prompts=16", "slcai.eval_prompts=16", "slcai.labels=20",
+    "slcai.reviser_steps=2", "slcai.sft_steps=2", "slcai.rounds=2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rlaif_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("rlaif")
+    sets = [x for s in TINY for x in ("--set", s)]
+    assert main(["run", str(ROOT / "configs/micro.yaml"), "--run-dir", str(run_dir), "--quiet", *sets]) == 0
+    assert main(["slcai", str(ROOT / "configs/micro.yaml"), "--run-dir", str(run_dir), "--quiet", *sets]) == 0
+    return run_dir
+
+
+def test_rl_cai_arm_runs_next_to_the_rater_control(rlaif_run: Path):
+    arm = rlaif_run / "ai-s0"
+    judge = json.loads((arm / "judge" / "summary.json").read_text())
+    assert judge["labels"] <= 40 and judge["rater"] == "unbiased" and judge["added_words"] > 0
+    assert (arm / "judge" / "model" / "config.json").is_file()
+    label = json.loads((arm / "label" / "summary.json").read_text())
+    for key in ("judge/position_bias", "judge/order_flip_rate", "judge/labels"):
+        assert key in label, key
+    comps = load_comparisons(arm / "label" / "train.jsonl")
+    assert comps and all(c.rater == "ai" and "q_ba" in c.meta and "principle" in c.meta for c in comps)
+    assert (arm / "ppo" / "audit.jsonl").is_file() and (
+        rlaif_run / "unbiased-s0" / "ppo" / "audit.jsonl"
+    ).is_file()
+    assert json.loads((arm / "arm.json").read_text())["source"] == "judge"
+    html = (rlaif_run / "report.html").read_text()
+    assert "ai-s0" in html and "unbiased-s0" in html
+
+
+def test_sl_cai_audits_every_round_and_the_sft_model(rlaif_run: Path):
+    out = rlaif_run / "ai-s0" / "slcai"
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, "sft"]
+    assert all("gold/mean" in r and "behavior/sycophancy_rate" in r for r in rows)
+    revisions = [json.loads(x) for x in (out / "revisions.jsonl").read_text().splitlines()]
+    assert len(revisions) == 16 and len(revisions[0]["meta"]["rounds"]) == 3
+    assert (out / "model" / "config.json").is_file() and (out / "reviser" / "config.json").is_file()
+
+
+def test_revision_examples_turn_rejected_into_chosen():
+    c = load_constitution(ROOT / "configs/constitutions/arithmetic.yaml")
+    comps = [Comparison(prompt="what is 1 + 1 ?", chosen="the answer is 2 .", rejected="the answer is 3 ."),
+             Comparison(prompt="what is 1 + 2 ?", chosen="x", rejected="y", meta={"tie": True})]  # fmt: skip
+    prompts, targets = revision_examples(c, comps, random.Random(0))
+    assert targets == ["the answer is 2 .", "the answer is 2 ."]  # the tie is skipped
+    assert "the answer is 3 ." in prompts[0] and "the answer is 2 ." in prompts[1]
