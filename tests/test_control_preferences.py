@@ -243,6 +243,7 @@ def test_rewardlab_run_control_config_writes_audit_and_report(tmp_path: Path) ->
         == summary["final"]["labels"]
     )
     assert (run / "report.html").is_file() and (run / "plots" / "goodhart.png").is_file()
+    assert (run / "plots" / "preferences.png").is_file()
 
 
 def test_control_config_errors_name_the_field(tmp_path: Path) -> None:

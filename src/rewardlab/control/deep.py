@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -98,26 +99,60 @@ def build_ppo(venv: VecEnv, cfg: PPOConfig, seed: int) -> PPO:
 
 
 def evaluate_policy(env_id: str, act: Callable[[Any], Any], episodes: int, seed: int,
-                    reward: RewardFn | None = None) -> dict[str, float]:  # fmt: skip
-    """Mean ``gold``, ``visible`` (and with ``reward``, ``learned``) return of ``act`` over seeded episodes."""
+                    reward: RewardFn | None = None,
+                    kl: Callable[[np.ndarray], dict[str, float]] | None = None) -> dict[str, float]:  # fmt: skip
+    """Mean ``gold``, ``visible`` (and with ``reward``, ``learned``) return of ``act`` over seeded episodes; with
+    ``kl`` (observations of one episode -> summed KL estimates, see :func:`policy_kl`), ``kl/<name>`` means too."""
     env = make_env(env_id)
     totals: dict[str, list[float]] = {"gold": [], "visible": [], "learned": []}
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
         g = v = lr = 0.0
         done = False
+        seen = []
         while not done:
             a = act(obs)
+            seen.append(np.asarray(obs, dtype=np.float32))
             nxt, r, term, trunc, info = env.step(a)
             g, v = g + float(info["gold_reward"]), v + float(r)
             if reward is not None:
                 lr += float(reward(transition_features(env, obs, a, nxt)[None])[0])
             obs, done = nxt, term or trunc
         totals["gold"].append(g), totals["visible"].append(v), totals["learned"].append(lr)
+        if kl is not None:
+            for name, value in kl(np.stack(seen)).items():
+                totals.setdefault(f"kl/{name}", []).append(value)
     out = {k: float(np.mean(v)) for k, v in totals.items()}
     if reward is None:
         out.pop("learned")
     return out
+
+
+@torch.no_grad()
+def policy_kl(policy: Any, reference: Any, obs: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """``KL(pi || pi_ref)`` summed over the steps of one episode (``obs[T, ...]``), estimated with one action
+    sampled from the (stochastic) policy at each state: Schulman's k1, k2, k3
+    (:func:`rewardlab.losses.kl_estimators`), as the language-model audit sums them over response tokens."""
+    from rewardlab.losses import kl_estimators
+
+    torch.manual_seed(seed)
+    x = torch.as_tensor(obs)
+    dist = policy.get_distribution(x)
+    actions = dist.get_actions(deterministic=False)
+    logp = dist.log_prob(actions)
+    ref_logp = reference.get_distribution(x).log_prob(actions)
+    return {k: float(v.sum()) for k, v in kl_estimators(logp, ref_logp).items()}
+
+
+def audit_row(step: int, ev: dict[str, float], proxy_key: str = "visible") -> dict[str, Any]:
+    """An audit row as the language-model side writes it: ``step``, ``proxy/mean``, ``gold/mean`` and, when measured,
+    ``kl/k1..k3`` with ``kl/estimator`` (k1) and ``kl/sqrt``."""
+    row: dict[str, Any] = {"step": step, "gold/mean": ev["gold"], "proxy/mean": ev.get(proxy_key)}
+    if "kl/k1" in ev:
+        row.update({k: ev[k] for k in ("kl/k1", "kl/k2", "kl/k3")})
+        row["kl/estimator"] = "k1"
+        row["kl/sqrt"] = math.sqrt(max(0.0, ev["kl/k1"]))
+    return row
 
 
 class PPOAgent:
@@ -127,6 +162,7 @@ class PPOAgent:
         self.env_id, self.steps_per_round = env_id, steps_per_round
         self.venv = make_vec_env(env_id, cfg.n_envs, seed)
         self.model = build_ppo(self.venv, cfg, seed)
+        self.reference = copy.deepcopy(self.model.policy)  # the starting policy, for the audit's KL
         self.env_steps = 0
 
     def act(self, obs: Any, rng: np.random.Generator) -> Any:
@@ -139,21 +175,24 @@ class PPOAgent:
         self.env_steps += self.steps_per_round
 
     def evaluate(self, reward: RewardFn | None, episodes: int, seed: int) -> dict[str, float]:
+        kl = lambda obs: policy_kl(self.model.policy, self.reference, obs, seed)  # noqa: E731
         return evaluate_policy(self.env_id, lambda o: self.model.predict(o, deterministic=True)[0], episodes,
-                               seed, reward)  # fmt: skip
+                               seed, reward, kl)  # fmt: skip
 
 
 def train_ppo(env_id: str, cfg: PPOConfig, steps: int, seed: int, *, on: str = "visible", evals: int = 5,
               eval_episodes: int = 10, on_eval: Callable[[dict[str, Any]], None] | None = None
               ) -> tuple[PPO, list[dict[str, Any]]]:  # fmt: skip
     """PPO for ``steps`` on the env's ``visible`` reward or on its ``gold`` reward (``on``); ``evals`` audit rows
-    (``step``, ``gold/mean``, ``proxy/mean`` = visible return) spread evenly over training."""
+    (``step``, ``gold/mean``, ``proxy/mean`` = visible return, ``kl/*`` to the starting policy) spread evenly
+    over training. The gold and KL are measured on the deterministic (mean-action) policy's states."""
     if on not in ("visible", "gold"):
         raise ValueError(f"on must be 'visible' or 'gold', got {on!r}")
     venv = make_vec_env(env_id, cfg.n_envs, seed)
     if on == "gold":
         venv = _GoldRewardVecEnv(venv)  # type: ignore[assignment]
     model = build_ppo(venv, cfg, seed)
+    reference = copy.deepcopy(model.policy)
     rows: list[dict[str, Any]] = []
     chunk = math.ceil(steps / evals)
     done = 0
@@ -161,8 +200,8 @@ def train_ppo(env_id: str, cfg: PPOConfig, steps: int, seed: int, *, on: str = "
         model.learn(min(chunk, steps - done), reset_num_timesteps=False)
         done = int(model.num_timesteps)
         ev = evaluate_policy(env_id, lambda o: model.predict(o, deterministic=True)[0], eval_episodes,
-                             seed=10_000 + seed)  # fmt: skip
-        row = {"step": done, "gold/mean": ev["gold"], "proxy/mean": ev["visible"]}
+                             seed=10_000 + seed, kl=lambda obs: policy_kl(model.policy, reference, obs, seed))  # fmt: skip
+        row = audit_row(done, ev)
         rows.append(row)
         if on_eval is not None:
             on_eval(row)

@@ -387,6 +387,18 @@ class TabularAgent:
         soft = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         self.explore = (1 - self.explore_epsilon) * soft + self.explore_epsilon / soft.shape[-1]
 
+    def kl(self) -> dict[str, float]:
+        """``KL(pi || uniform)`` summed over the horizon on the policy's own state distribution, exactly (the
+        starting policy is uniform); reported under all three estimator names, which agree when exact."""
+        from rewardlab.control.tabular import state_distributions
+
+        m = self.model
+        D = state_distributions(m.P, self.policy, m.init, m.horizon)
+        pi = self.policy
+        per_state = np.sum(np.where(pi > 0, pi * np.log(np.maximum(pi, 1e-300) * m.n_actions), 0.0), axis=-1)
+        value = float(np.sum(D * per_state))
+        return {"kl/k1": value, "kl/k2": value, "kl/k3": value}
+
     def act(self, obs: Any, rng: np.random.Generator) -> int:
         p = self.explore[min(self.t, len(self.explore) - 1), int(obs)]
         self.t += 1
@@ -403,7 +415,7 @@ class TabularAgent:
 
         m = self.model
         out = {"gold": evaluate(m.P, m.gold, self.policy, m.init, m.horizon),
-               "visible": evaluate(m.P, m.R, self.policy, m.init, m.horizon)}  # fmt: skip
+               "visible": evaluate(m.P, m.R, self.policy, m.init, m.horizon), **self.kl()}  # fmt: skip
         if reward is not None:
             out["learned"] = evaluate(m.P, self.reward_table(reward), self.policy, m.init, m.horizon)
         return out
@@ -502,6 +514,9 @@ def learn_from_preferences(env_id: str, agent: Agent, cfg: PreferenceConfig, see
         ev = agent.evaluate(reward, cfg.eval_episodes, seed=seed * 7919 + r)
         row = {"step": asked, "round": r, "labels": len(Y), "gold/mean": ev["gold"], "proxy/mean": ev.get("learned"),
                "visible/mean": ev["visible"], "reward/loss": loss, "reward/accuracy": acc}  # fmt: skip
+        if "kl/k1" in ev:  # KL of the policy to its start, as the language-model audit reports it
+            row.update({k: ev[k] for k in ("kl/k1", "kl/k2", "kl/k3")})
+            row.update({"kl/estimator": "k1", "kl/sqrt": math.sqrt(max(0.0, ev["kl/k1"]))})
         rows.append(row)
         if on_round is not None:
             on_round(row)

@@ -8,8 +8,9 @@ For each seed (an arm folder ``seed<k>``) it trains, on one environment with a h
 3. ``preferences`` - preference comparisons (:mod:`rewardlab.control.preferences`): the optimizer on a reward
                      learned from at most ``preferences.budget`` simulated comparisons;
 
-each writing ``<run_dir>/seed<k>/<method>/audit.jsonl`` rows (``step``, ``proxy/mean``, ``gold/mean``; no KL,
-which is not defined for these optimizers) and ``summary.json``, then
+each writing ``<run_dir>/seed<k>/<method>/audit.jsonl`` rows (``step``, ``proxy/mean``, ``gold/mean`` and the KL
+of the policy to its starting policy, ``kl/k1..k3``: sampled per step and summed over an episode for PPO, exact
+for a tabular policy against the uniform start) and ``summary.json``, then
 ``rewardlab report`` draws the run with the same code as the language-model side. The preference run also
 keeps its labels (``comparisons.jsonl``, replayable records) and says how many queries it needed to reach
 ``target`` (default 90%) of the gold-trained reference's gold return (``queries_to_target``).
@@ -26,7 +27,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rewardlab.control.deep import PPOAgent, PPOConfig, train_ppo
+from rewardlab.control.deep import PPOAgent, PPOConfig, audit_row, train_ppo
 from rewardlab.control.preferences import PreferenceConfig, TabularAgent, learn_from_preferences
 from rewardlab.feedback.records import save_comparisons
 from rewardlab.runs import console
@@ -116,8 +117,49 @@ def run_control(cfg: ControlStudyConfig, *, quiet: bool = False) -> Path:
             if not quiet:
                 console.print(f"[bold]control[/] seed {seed} {name}: gold {rows[-1]['gold/mean']:.2f} "
                               f"({extra['wall_s']:.0f} s)")  # fmt: skip
-    # step 5. the report (the same code as for language-model runs)
+    # step 5. the preference curve, then the report (the same code as for language-model runs)
+    if "preferences" in c.methods:
+        plot_preference_curve(run_dir, c, run_dir / "plots" / "preferences.png")
     return build_report(run_dir)
+
+
+def plot_preference_curve(run_dir: Path, c: ControlConfig, out: Path) -> Path:
+    """Gold return of the policy trained on the learned reward vs comparisons asked, one line per seed, with the
+    gold-trained reference and the ``target`` share of it (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    refs = []
+    for arm in sorted(run_dir.glob("seed*")):
+        audit, summary = arm / "preferences" / "audit.jsonl", arm / "preferences" / "summary.json"
+        if not audit.is_file():
+            continue
+        rows = [json.loads(x) for x in audit.read_text().splitlines() if x.strip()]
+        ax.plot(
+            [r["step"] for r in rows],
+            [r["gold/mean"] for r in rows],
+            marker="o",
+            label=f"{arm.name}: learned reward",
+        )
+        ref = json.loads(summary.read_text()).get("reference_gold")
+        if ref is not None:
+            refs.append(ref)
+    if refs:
+        ref = float(sum(refs) / len(refs))
+        ax.axhline(ref, color="k", lw=1, label="trained on gold")
+        ax.axhline(c.target * ref, color="k", lw=1, ls="--", label=f"{c.target:.0%} of gold-trained")
+    ax.set_xlabel("comparisons asked")
+    ax.set_ylabel("gold return")
+    ax.set_title(f"preference comparisons on {c.env_id}")
+    ax.legend(fontsize=7)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def task_info(env_id: str) -> dict[str, Any]:
@@ -163,8 +205,7 @@ def _optimize(c: ControlConfig, seed: int, on: str) -> tuple[list[dict[str, Any]
 
 
 def _tabular_row(agent: TabularAgent, step: int) -> dict[str, Any]:
-    ev = agent.evaluate(None)
-    return {"step": step, "gold/mean": ev["gold"], "proxy/mean": ev["visible"]}
+    return audit_row(step, agent.evaluate(None))
 
 
 def _run_preferences(c: ControlConfig, seed: int, reference: float | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
