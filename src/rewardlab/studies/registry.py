@@ -11,6 +11,8 @@ from rewardlab.utils import RewardlabError
 
 STUDIES: dict[str, tuple[str, str, str]] = {
     "poison": ("rewardlab.studies.poison", "PoisonStudyConfig", "run_poison_study"),
+    "irl": ("rewardlab.studies.irl", "IRLStudyConfig", "run_irl_study"),
+    "overopt": ("rewardlab.studies.overopt", "OveroptConfig", "run_overopt"),
     "false-positives": (
         "rewardlab.studies.false_positives",
         "FalsePositiveStudyConfig",
@@ -19,7 +21,7 @@ STUDIES: dict[str, tuple[str, str, str]] = {
 }
 
 STUDY_HELP = ("run a failure study (issue 21): poison (preference poisoning + defenses), false-positives "
-              "(time-pressed evaluators before/after RLHF); table + figure in the study's out_dir")  # fmt: skip
+              "(time-pressed evaluators before/after RLHF), irl (the PPO policy's reward recovered by inverse RL); table + figure in the study's out_dir")  # fmt: skip
 
 
 def study_command(args: argparse.Namespace) -> int:
