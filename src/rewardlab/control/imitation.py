@@ -321,6 +321,32 @@ def compare(cfg: ImitationConfig) -> dict[str, float]:
     return {**{f"test/{k}": v for k, v in held_out.items()}, **{f"train/{k}": v for k, v in seen.items()}}
 
 
+def plot_imitation(rows: list[dict[str, float]], path: str) -> None:
+    """Held-out success of BC and PC against the number of training mazes (mean and spread over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({int(r["n_train"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for key, label, colour in (("test/pc_success", "procedure cloning (held-out)", "tab:green"),
+                               ("test/bc_success", "behavioural cloning (held-out)", "tab:purple"),
+                               ("train/bc_success", "behavioural cloning (training mazes)", "tab:gray")):  # fmt: skip
+        vals = [[r[key] for r in rows if int(r["n_train"]) == n] for n in sizes]
+        mean, std = np.array([np.mean(v) for v in vals]), np.array([np.std(v) for v in vals])
+        ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3, label=label, color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("training mazes (expert demonstrations + BFS traces)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         prog="python -m rewardlab.control.imitation", description=__doc__.splitlines()[0]
@@ -328,16 +354,25 @@ if __name__ == "__main__":
     parser.add_argument("--n-train", default="5,20,100", help="comma-separated training-set sizes (mazes)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps per network")
+    parser.add_argument(
+        "--rows", default=None, help="plot these JSONL rows (an earlier run's output) instead of training"
+    )
+    parser.add_argument("--plot", default=None, help="PNG of held-out success against training mazes")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for n in [int(x) for x in args.n_train.split(",")]:
-        for seed in [int(x) for x in args.seeds.split(",")]:
-            print(
-                json.dumps(
-                    {
-                        "n_train": n,
-                        "seed": seed,
-                        **compare(ImitationConfig(n_train=n, seed=seed, steps=args.steps)),
-                    }
-                )
-            )
+    if args.rows:
+        with open(args.rows, encoding="utf-8") as f:
+            results = [json.loads(line) for line in f if line.strip()]
+    else:
+        results = []
+        for n in [int(x) for x in args.n_train.split(",")]:
+            for seed in [int(x) for x in args.seeds.split(",")]:
+                row = {
+                    "n_train": n,
+                    "seed": seed,
+                    **compare(ImitationConfig(n_train=n, seed=seed, steps=args.steps)),
+                }
+                print(json.dumps(row), flush=True)
+                results.append(row)
+    if args.plot:
+        plot_imitation(results, args.plot)

@@ -40,7 +40,7 @@ Pressure = Literal["beta", "horizon", "steps"]
 DEFAULT_LEVELS: dict[str, list[float]] = {
     "beta": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0, 50.0],
     "horizon": [1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30],
-    "steps": [5, 10, 20, 50, 100, 200, 500, 1000],
+    "steps": [1, 2, 3, 5, 10, 20, 50, 100],
 }
 PRESSURE_LABEL = {"beta": "inverse temperature beta (soft value iteration)", "horizon": "planning horizon H",
                   "steps": "Q-learning episodes"}  # fmt: skip
