@@ -286,19 +286,18 @@ class JudgeRater:
         return self.task.item(problem) if isinstance(problem, str) else problem
 
     def prefetch(self, items: Sequence[Any], completions: Sequence[Sequence[str]]) -> None:
-        """Judge every pair of every item's completions in batches, drawing the principles now."""
+        """Judge the pair of every item with two distinct completions in batches, drawing the principles now
+        (a K-wise ranking is judged in one batch by :meth:`rank`)."""
         keys, prompts, a, b, principles = [], [], [], [], []
         for item, cs in zip(items, completions, strict=True):
             prompt = self.task.prompt(self._item(item))
-            for i in range(len(cs)):
-                for j in range(i + 1, len(cs)):
-                    if (prompt, cs[i], cs[j]) in self._cache or cs[i] == cs[j]:
-                        continue
-                    keys.append((prompt, cs[i], cs[j]))
-                    prompts.append(prompt)
-                    a.append(cs[i])
-                    b.append(cs[j])
-                    principles.append(self._pick())
+            if len(cs) != 2 or cs[0] == cs[1] or (prompt, cs[0], cs[1]) in self._cache:
+                continue
+            keys.append((prompt, cs[0], cs[1]))
+            prompts.append(prompt)
+            a.append(cs[0])
+            b.append(cs[1])
+            principles.append(self._pick())
         for start in range(0, len(keys), 4096):
             sl = slice(start, start + 4096)
             scores = judge_pairs(self.judge, prompts[sl], a[sl], b[sl], principles[sl], self.order_average)
