@@ -27,6 +27,12 @@ EVAL_HELP = (
 )
 
 
+REWARD_EVAL_HELP = (
+    "held-out accuracy, ECE and reward distributions per subset of a reward model on a preference file or folder "
+    "(default: the HH-RLHF test split), with a violin plot"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rewardlab",
@@ -64,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("criteria", help="check the headline demonstration per seed (after `report`)",
                         description="print, per seed, whether the biased arm over-optimizes and the control does not")  # fmt: skip
     cp.add_argument("run_dir", type=Path)
+    rep = sub.add_parser("reward-eval", help=REWARD_EVAL_HELP, description=REWARD_EVAL_HELP)
+    rep.add_argument("model_dir", type=Path, help="a rewardlab reward-model folder (with ensemble.json)")
+    rep.add_argument("--data", type=Path, default=None,
+                     help="preference file or folder (default: $REWARDLAB_DATA/hh-rlhf or ../shared/data/hh-rlhf)")  # fmt: skip
+    rep.add_argument("--split", default="test", choices=["all", "train", "validation", "test"],
+                     help="part of the fixed HH-RLHF split (default: test)")  # fmt: skip
+    rep.add_argument("--limit", type=int, default=None, help="read at most N pairs")
+    rep.add_argument("--out", type=Path, default=None,
+                     help="folder for <split>_by_subset.json and <split>_rewards.png (default: the model folder's parent)")  # fmt: skip
     ep = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
     ep.add_argument("model_dir", type=Path, help="a local causal-LM folder with its tokenizer")
     ep.add_argument("--sets", default="all",
@@ -155,6 +170,10 @@ def _abandon(state: str, reason: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "reward-eval":
+        from rewardlab.rewards.report import reward_eval_command
+
+        return reward_eval_command(args)
     if args.command == "eval":
         from rewardlab.evals.run import eval_command
 

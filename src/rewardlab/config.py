@@ -193,6 +193,18 @@ class RewardConfig(DataLimits):
     normalize_policy_path: str | None = Field(
         None, description="policy sampled for normalization; default SFT"
     )
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto",
+        description="what the head reads: mean (masked mean of an encoder's last hidden states), cls (the BERT "
+        "pooler on [CLS]) or last (a causal LM's last token); auto: last for a causal LM, an encoder's "
+        "sentence-transformers pooling (mean for all-MiniLM-L6-v2), else cls",
+    )
+    train_layers: int | None = Field(
+        None,
+        ge=0,
+        description="encoder backbones: train only the top N transformer layers and the head (embeddings and lower "
+        "layers frozen); 0: the head alone, on pooled features computed once; default: all",
+    )
     eval_every: int = eval_every_field(200)
     checkpoint_every: int = checkpoint_every_field(100)
 

@@ -15,6 +15,7 @@ from rewardlab.feedback.records import Comparison, load_comparisons, load_rankin
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
+from rewardlab.rewards.report import markdown_table, write_subset_report
 from rewardlab.rewards.train import RewardData, evaluate_comparisons, reward_stats, train_reward_member
 from rewardlab.tasks.base import Task, has_capability
 from rewardlab.utils import RewardlabError
@@ -53,7 +54,7 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     members = []
     for m in range(rc.ensemble_size):
         seed = cfg.seed * 100 + m
-        model = init_reward_backbone(init, tok, seed=seed)
+        model = init_reward_backbone(init, tok, seed=seed, pooling=rc.pooling)
 
         def evaluate(mod: torch.nn.Module) -> dict[str, float]:
             return evaluate_comparisons(RewardModel([mod], tok, verifier=verifier), evals)
@@ -78,7 +79,12 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
         final["eval/ensemble_std_mean"] = float(rm.score(prompts, responses).std.mean())
     run.log_metrics(final, -1)
     out = rm.save(run.dir / "model")
-    run.write_json("summary.json", {**final, "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
+    extra = {}  # with subsets in the records' meta (HH-RLHF): accuracy, ECE, reward spread per subset, a figure
+    if any("subset" in c.meta for c in evals):
+        extra["eval_by_subset"] = write_subset_report(rm, evals, run.dir, "eval")
+        run.info("held-out pairs by subset (raw rewards):\n" + markdown_table(extra["eval_by_subset"]))
+    run.write_json("summary.json", {**final, **extra, "pooling": rm.pooling,
+                                    "normalization": [(m.config.reward_mean, m.config.reward_std) for m in members],
                                     "seconds": run.elapsed})  # the last file: the stage is complete  # fmt: skip
     hard = max(
         (int(k.rsplit("_d", 1)[1]) for k in final if k.startswith("eval/accuracy_gold_d")), default=None

@@ -46,6 +46,13 @@ def collate_sequences(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [N, T, H] over the positions where ``attention_mask`` [N, T] is 1 (sentence-transformers'
+    mean pooling): [N, H]."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
 Backbone = str  # "causal" (score read at the last non-pad token, the EOS) or "encoder" (a [CLS] classifier)
 
 
@@ -54,53 +61,136 @@ def backbone_of(model: PreTrainedModel) -> Backbone:
     return "encoder" if hasattr(model, "classifier") and not hasattr(model, "score") else "causal"
 
 
+Pooling = str  # "mean" | "cls" (encoders) or "last" (causal); "auto" picks one at init
+POOLINGS = ("auto", "mean", "cls", "last")
+
+
+def sentence_transformers_pooling(path: Path | str) -> str | None:
+    """``mean`` or ``cls`` for a sentence-transformers folder (its ``1_Pooling/config.json``), else None."""
+    cfg = Path(path) / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        modes = json.loads(cfg.read_text())
+    except ValueError:
+        return None
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls" if modes.get("pooling_mode_cls_token") else None
+
+
+def resolve_pooling(pooling: Pooling, backbone: Backbone, path: Path | str | None = None) -> str:
+    """The pooling a reward model uses. ``auto``: ``last`` for a causal backbone; for an encoder, the pooling its
+    sentence-transformers folder was trained with (``mean`` for all-MiniLM-L6-v2), else ``cls``. ``mean``/``cls``
+    need an encoder and ``last`` a causal LM; anything else is an error naming ``reward.pooling``."""
+    if pooling not in POOLINGS:
+        raise RewardlabError(
+            f"reward.pooling: unknown pooling {pooling!r} (choose one of {', '.join(POOLINGS)})"
+        )
+    if pooling == "auto":
+        if backbone == "causal":
+            return "last"
+        return (sentence_transformers_pooling(path) if path is not None else None) or "cls"
+    if backbone == "causal" and pooling != "last":
+        raise RewardlabError(f"reward.pooling={pooling} needs an encoder backbone; a causal LM reads its last token "
+                             "(pooling: last or auto)")  # fmt: skip
+    if backbone == "encoder" and pooling == "last":
+        raise RewardlabError("reward.pooling=last needs a causal backbone; an encoder pools with mean or cls")
+    return pooling
+
+
+def pooling_of(model: PreTrainedModel) -> str:
+    """The pooling stored in a member's config (``reward_pooling``); without it ``cls`` (encoder) or ``last``."""
+    stored = getattr(model.config, "reward_pooling", None)
+    return str(stored) if stored else ("cls" if backbone_of(model) == "encoder" else "last")
+
+
+def member_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """A member's raw scalar reward [N] for right-padded sequences.
+
+    ``last``/``cls``: the sequence classifier's own logit (the last non-pad token's value for a causal LM; the
+    BERT pooler's ``tanh(W h_[CLS])`` then ``.classifier``). ``mean``: the masked mean of the base model's last
+    hidden states (:func:`masked_mean`), then the model's dropout and ``.classifier`` (a linear layer)."""
+    if pooling_of(model) != "mean":
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise RewardlabError(f"mean pooling needs a linear .classifier head; {type(model).__name__} has "
+                             f"{type(head).__name__}")  # fmt: skip
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    pooled = masked_mean(hidden, attention_mask)
+    drop = getattr(model, "dropout", None)
+    return head(drop(pooled) if drop is not None else pooled)[:, 0]
+
+
+def dialogue_text(prompt: Prompt) -> str:
+    """A prompt as plain text for an encoder: a string as is; chat messages one per line as ``Role: content``
+    (``user`` -> ``Human``, ``assistant`` -> ``Assistant``, as in HH-RLHF's transcripts), so who said what stays."""
+    if isinstance(prompt, str):
+        return prompt
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "\n".join(f"{names.get(m['role'], str(m['role']).capitalize())}: {m['content']}" for m in prompt)
+
+
+def cut_pair(
+    prompt: list[int], completion: list[int], budget: int, keep_end: bool
+) -> tuple[list[int], list[int]]:
+    """Cut (prompt, completion) token lists to ``budget`` tokens in all: the completion keeps its start (up to
+    the whole budget), the prompt fills what is left with its newest tokens (``keep_end``) or its oldest."""
+    completion = completion[:budget]
+    room = budget - len(completion)
+    prompt = (prompt[len(prompt) - room :] if room else []) if keep_end else prompt[:room]
+    return prompt, completion
+
+
+def pair_template(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
+    """The special tokens the tokenizer puts before, between and after a pair (BERT: [CLS], [SEP], [SEP]),
+    read from its encoding of a two-word pair."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("a", "b")["input_ids"]
+    i = next(k for k in range(len(ids)) if ids[k : k + len(a)] == a)
+    j = next(k for k in range(len(ids) - len(b), i + len(a) - 1, -1) if ids[k : k + len(b)] == b)
+    return ids[:i], ids[i + len(a) : j], ids[j + len(b) :]
+
+
 def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], completions: Sequence[Any],
                       backbone: Backbone = "causal", limits: Limits | None = None) -> list[tuple[list[int], list[int]]]:  # fmt: skip
     """(prompt_ids, completion_ids) for scoring, cut to ``limits`` (default: the model's positions, keeping the
     prompt's end). Causal: the policy's encoding, ending in EOS. Encoder: the tokenizer's own pair encoding
-    (``[CLS] prompt [SEP] completion [SEP]``), returned whole as the prompt part with an empty completion."""
+    (``[CLS] prompt [SEP] completion [SEP]``), returned whole as the prompt part with an empty completion; a
+    longer one loses the prompt's oldest tokens (``keep_end``: the final turns stay) or its newest
+    (``keep_start``), and the completion's end only when the completion alone does not fit."""
     if backbone == "causal":
         return encode_examples(tokenizer, prompts, completions, limits)
-    ptexts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
-    ctexts = [completion_text(c) for c in completions]
+    p_ids = tokenizer([dialogue_text(p) for p in prompts], add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer([completion_text(c) for c in completions], add_special_tokens=False)["input_ids"]
     if limits is None:
         limits = Limits(min(context_limit(tokenizer) or 512, 512))
-    full = tokenizer(ptexts, ctexts)["input_ids"]
     limit = limits.max_length
-    over = [i for i, ids in enumerate(full) if limit is not None and len(ids) > limit]
-    limits.seen += len(full)
-    if not over:
-        return [(list(ids), []) for ids in full]
-    if limits.truncation == "error":
+    head, mid, tail = pair_template(tokenizer)
+    extra = len(head) + len(mid) + len(tail)
+    over = [i for i, (p, c) in enumerate(zip(p_ids, c_ids, strict=True))
+            if limit is not None and len(p) + len(c) + extra > limit]  # fmt: skip
+    limits.seen += len(p_ids)
+    if over and limits.truncation == "error":
         i = over[0]
-        raise RewardlabError(f"{limits.where}: example {i + 1} has {len(full[i])} tokens, more than the limit of {limit} "
-                             "(set truncation: keep_end or keep_start to cut it, or raise max_length)")  # fmt: skip
+        raise RewardlabError(f"{limits.where}: example {i + 1} has {len(p_ids[i]) + len(c_ids[i]) + extra} tokens, "
+                             f"more than the limit of {limit} (set truncation: keep_end or keep_start to cut it, or "
+                             "raise max_length)")  # fmt: skip
     limits.cut += len(over)
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = (
-        "left" if limits.truncation == "keep_end" else "right"
-    )  # the prompt's side to cut
-    try:
-        cut = tokenizer([ptexts[i] for i in over], [ctexts[i] for i in over], truncation="only_first",
-                        max_length=limit)["input_ids"]  # fmt: skip
-        still = [j for j, ids in enumerate(cut) if len(ids) > limit]  # the completion alone is too long
-        if still:
-            tokenizer.truncation_side = "right"
-            cut2 = tokenizer([ptexts[over[j]] for j in still], [ctexts[over[j]] for j in still],
-                             truncation="longest_first", max_length=limit)["input_ids"]  # fmt: skip
-            for j, ids in zip(still, cut2, strict=True):
-                cut[j] = ids
-    finally:
-        tokenizer.truncation_side = side
-    out = [list(ids) for ids in full]
-    for i, ids in zip(over, cut, strict=True):
-        out[i] = list(ids)
-    return [(ids, []) for ids in out]
+    for i in over:
+        p_ids[i], c_ids[i] = cut_pair(p_ids[i], c_ids[i], int(limit) - extra, limits.truncation == "keep_end")  # type: ignore[arg-type]
+    return [(head + p + mid + c + tail, []) for p, c in zip(p_ids, c_ids, strict=True)]
 
 
-def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, seed: int,
+                         pooling: Pooling = "auto") -> PreTrainedModel:  # fmt: skip
     """A sequence-classification model (1 label) initialised from a checkpoint's backbone: a causal LM
-    (head ``.score`` on the last token) or an encoder (head ``.classifier`` on [CLS])."""
+    (head ``.score`` on the last token) or an encoder (head ``.classifier`` on the mean of its last hidden
+    states or on [CLS], see :func:`resolve_pooling`), the pooling stored in its config as ``reward_pooling``."""
     p = check_model_dir(path, "reward-model backbone")
     torch.manual_seed(seed)
     try:
@@ -108,6 +198,7 @@ def init_reward_backbone(path: Path | str, tokenizer: PreTrainedTokenizerBase, s
     except Exception as e:
         raise RewardlabError(f"cannot build a reward model from {p}: {e}") from e
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.reward_pooling = resolve_pooling(pooling, backbone_of(model), p)
     with torch.no_grad():  # small head init so initial rewards are near 0
         head = model.score if hasattr(model, "score") else getattr(model, "classifier", None)
         head = getattr(head, "out_proj", head)  # RoBERTa-style classifiers end in out_proj
@@ -139,6 +230,7 @@ class RewardModel:
         self.alpha = alpha
         self.verifier = verifier
         self.backbone = backbone_of(self.members[0])
+        self.pooling = pooling_of(self.members[0])
         if self.backbone == "encoder" and verifier is not None:
             raise RewardlabError(
                 "the verifier feature needs a causal backbone (it scores the completion's tokens)"
@@ -153,7 +245,7 @@ class RewardModel:
         """Unnormalized scores [k, N] for tokenized sequences (plus ``w * feature`` with a verifier)."""
         outs = []
         for m in self.members:
-            s = m(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            s = member_scores(m, input_ids, attention_mask)
             if feature is not None:
                 s = s + float(getattr(m.config, "verifier_weight", 0.0)) * feature.to(s.device)
             outs.append(s)
@@ -169,13 +261,23 @@ class RewardModel:
         )
         return (raw - mu[:, None]) / sd[:, None]
 
+    def scoring_limits(self) -> Limits | None:
+        """An encoder member's training cut (``reward_max_length``/``reward_truncation`` in its config), so it scores
+        sequences cut as it was trained; ``None`` (the defaults of :func:`encode_for_reward`) otherwise."""
+        n = getattr(self.members[0].config, "reward_max_length", None)
+        if self.backbone != "encoder" or not n:
+            return None
+        return Limits(
+            int(n), getattr(self.members[0].config, "reward_truncation", "keep_end"), "reward model"
+        )
+
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = 512,
               normalized: bool = True) -> RewardScores:  # fmt: skip
         pad = int(self.tokenizer.pad_token_id)  # type: ignore[arg-type]
         for m in self.members:
             m.eval()
-        ex = encode_for_reward(self.tokenizer, prompts, completions, self.backbone)
+        ex = encode_for_reward(self.tokenizer, prompts, completions, self.backbone, self.scoring_limits())
         feats = verifier_features(self.verifier, self.tokenizer, ex) if self.verifier is not None else None
         members = torch.zeros(len(self.members), len(ex))
         for idx in length_sorted_batches([len(p) + len(c) for p, c in ex], batch_size):
@@ -205,6 +307,7 @@ class RewardModel:
                 "alpha": self.alpha,
                 "verifier": self.verifier is not None,
                 "backbone": self.backbone,
+                "pooling": self.pooling,
             }
             (tmp / "ensemble.json").write_text(json.dumps(meta, indent=2))
 

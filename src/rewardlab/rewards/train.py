@@ -25,7 +25,14 @@ from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
 from rewardlab.policies.tokenizer import Limits
-from rewardlab.rewards.model import RewardModel, backbone_of, collate_sequences, encode_for_reward
+from rewardlab.rewards.head import fit_linear_head, freeze_lower_layers, pooled_features, set_linear_head
+from rewardlab.rewards.model import (
+    RewardModel,
+    backbone_of,
+    collate_sequences,
+    encode_for_reward,
+    member_scores,
+)
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
 from rewardlab.training import BatchOrder, Trainee, bucket_batches, make_optimizer, shuffled_batches
@@ -94,7 +101,7 @@ class ScoredMember(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feature: torch.Tensor | None
     ) -> torch.Tensor:
-        s = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        s = member_scores(self.model, input_ids, attention_mask)
         if self.w is not None and feature is not None:
             s = s + self.w * feature.to(s.device)
         return s
@@ -144,6 +151,14 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     if member == 0 and limits.describe():
         run.info(limits.describe())  # type: ignore[arg-type]
         run.record("data/truncated", limits.cut)
+    if backbone_of(model) == "encoder":  # the member scores as it was trained (RewardModel.scoring_limits)
+        model.config.reward_max_length, model.config.reward_truncation = limits.max_length, limits.truncation
+    if cfg.train_layers == 0:
+        return train_head_only(model, tp if cfg.loss != "plackett_luce" else None, cfg, run, seed=seed, pad=pad,
+                               prefix=f"member{member}/" if cfg.ensemble_size > 1 else "", evaluate=evaluate,
+                               verifier=verifier, world=world)  # fmt: skip
+    if freeze_lower_layers(model, cfg.train_layers) and member == 0:
+        run.info(f"reward.train_layers={cfg.train_layers}: embeddings and the lower layers frozen")
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.packing == "bucket":  # similar lengths in a batch: ~13% less padding on 2,000 synthetic pairs
@@ -244,6 +259,33 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     inner.sync_config()
     inner.eval()
     return inner.model
+
+
+def train_head_only(model: PreTrainedModel, tp: TokenizedPairs | None, cfg: RewardConfig, run: Run, *, seed: int,
+                    pad: int, prefix: str, evaluate: Callable[[PreTrainedModel], dict[str, float]] | None,
+                    verifier: PreTrainedModel | None, world: int) -> PreTrainedModel:  # fmt: skip
+    """``reward.train_layers: 0``: the encoder frozen, its pooled features of every sequence computed once
+    (:func:`rewardlab.rewards.head.pooled_features`) and the linear head fitted on them for ``reward.epochs``
+    epochs by the Bradley-Terry loss (:func:`rewardlab.rewards.head.fit_linear_head`); logs ``train/*`` per epoch."""
+    if tp is None or verifier is not None or world > 1 or backbone_of(model) != "encoder":
+        raise RewardlabError("reward.train_layers=0 (head only) needs an encoder backbone, pairs (Bradley-Terry), no "
+                             "verifier and one process")  # fmt: skip
+    model.requires_grad_(False)
+    with run.progress(1, "pooled features (frozen encoder)") as prog:
+        f_c = pooled_features(model, tp.chosen, pad)
+        f_r = pooled_features(model, tp.rejected, pad)
+        advance(prog, f"{len(f_c)} pairs")
+    fit = fit_linear_head(f_c, f_r, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.optim.lr,
+                          weight_decay=cfg.optim.weight_decay, seed=seed, target=tp.target,
+                          margin=tp.margin if cfg.use_margin else None)  # fmt: skip
+    for epoch, (loss, acc) in enumerate(zip(fit.losses, fit.accuracies, strict=True), start=1):
+        run.log_metrics({f"{prefix}train/loss": loss, f"{prefix}train/accuracy": acc, "train/epoch": epoch,
+                         "time/elapsed": run.elapsed}, epoch)  # fmt: skip
+    set_linear_head(model, fit.weight, fit.bias)
+    model.eval()
+    if evaluate is not None:
+        run.log_metrics({f"{prefix}{k}": v for k, v in evaluate(model).items()}, cfg.epochs)
+    return model
 
 
 def evaluate_comparisons(
