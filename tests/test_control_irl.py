@@ -20,6 +20,7 @@ from rewardlab.control.imitation import (
     expert_path,
     random_maze,
     rollout,
+    tabular_bc,
 )
 from rewardlab.control.irl import (
     demo_log_likelihood,
@@ -134,3 +135,14 @@ def test_procedure_cloning_vs_bc_at_the_documented_size() -> None:
     torch.set_num_threads(1)
     res = compare(ImitationConfig(n_train=20, n_test=100, seed=1))
     assert res["test/pc_success"] >= 0.95 and res["test/bc_success"] <= 0.3
+
+
+def test_tabular_bc_copies_the_demonstrated_actions_and_is_uniform_elsewhere(setting: dict) -> None:
+    m, demo = setting["model"], setting["demo"]
+    policy = tabular_bc([demo, demo[:2]], m.n_states, m.n_actions)
+    assert all(policy[s, a] == 1.0 for s, a in demo)
+    unseen = sorted(set(range(m.n_states)) - {s for s, _ in demo})[0]
+    assert policy[unseen].tolist() == [0.25] * 4
+    mixed = tabular_bc([[(0, 1)], [(0, 3)], [(0, 3)]], 2, 4)
+    assert mixed[0].tolist() == pytest.approx([0, 1 / 3, 0, 2 / 3])
+    assert evaluate(m.P, m.gold, policy, m.init, m.horizon) == pytest.approx(4.0)  # the expert's return

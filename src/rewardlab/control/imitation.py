@@ -18,7 +18,8 @@ Both networks are small convolution stacks of the same width and depth; BC ends 
 whole maze (it must map a whole layout to one action), PC's networks are fully convolutional. PC's step
 is a local rule, so it transfers to layouts it never saw; BC has to learn the global path from few mazes
 and does not. :func:`compare` trains both on ``n_train`` mazes and reports success on ``n_test`` held-out
-mazes (``python -m rewardlab.control.imitation``).
+mazes (``python -m rewardlab.control.imitation``). :func:`tabular_bc` is BC on any tabular gridworld
+(the count-based maximum-likelihood policy), for the normalized-return tables.
 """
 
 from __future__ import annotations
@@ -319,6 +320,17 @@ def compare(cfg: ImitationConfig) -> dict[str, float]:
     held_out = evaluate_on(test, bc, pc)
     seen = evaluate_on(train, bc, pc)
     return {**{f"test/{k}": v for k, v in held_out.items()}, **{f"train/{k}": v for k, v in seen.items()}}
+
+
+def tabular_bc(demos: list[list[tuple[int, int]]], n_states: int, n_actions: int) -> np.ndarray:
+    """Behavioural cloning on a tabular env: the maximum-likelihood policy ``pi(a|s) = N(s, a) / N(s)`` from
+    demonstrations (lists of ``(state, action)``); uniform on states no demonstration visits. ``(S, A)``."""
+    counts = np.zeros((n_states, n_actions))
+    for demo in demos:
+        for s, a in demo:
+            counts[s, a] += 1
+    seen = counts.sum(axis=1, keepdims=True)
+    return np.where(seen > 0, counts / np.maximum(seen, 1), 1.0 / n_actions)
 
 
 def plot_imitation(rows: list[dict[str, float]], path: str) -> None:
