@@ -41,6 +41,7 @@ CHOICES = ("a", "b", "tie", "cant_tell", "skip")
 #: Choices that count as an answer (``skip`` only hides the item from that annotator).
 ANSWERS = ("a", "b", "tie", "cant_tell")
 MAX_REASON = 2000
+MAX_REFUSED = 4096
 
 _MIGRATIONS: list[str] = [
     # version 1
@@ -151,6 +152,7 @@ class LabelDB:
         self.clock = clock
         self._local = threading.local()
         self._token_cache: dict[bytes, tuple[int, str, bool]] = {}
+        self._refused: set[bytes] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.write() as con:
             migrate(con)
@@ -213,13 +215,14 @@ class LabelDB:
     def authenticate(self, token: str | None) -> tuple[int, str, bool] | None:
         """``(annotator id, name, is_admin)`` for a valid token, else ``None``.
 
-        A verified token is remembered by its SHA-256 so each request does not pay for scrypt again.
+        A verified token is remembered by its SHA-256 so each request does not pay for scrypt again; so is a
+        refused one (up to :data:`MAX_REFUSED`), so repeating a bad token cannot make the server burn scrypt.
         """
         if not token:
             return None
         key = hashlib.sha256(token.encode()).digest()
         hit = self._token_cache.get(key)
-        if hit is not None:
+        if hit is not None or key in self._refused:
             return hit
         parts = _split_token(token)
         if parts is None:
@@ -230,6 +233,9 @@ class LabelDB:
             .fetchone()
         )
         if row is None or not hmac.compare_digest(hash_secret(parts[1], row["salt"]), row["token_hash"]):
+            if len(self._refused) >= MAX_REFUSED:
+                self._refused.clear()
+            self._refused.add(key)
             return None
         who = (int(row["id"]), str(row["name"]), bool(row["is_admin"]))
         self._token_cache[key] = who
