@@ -171,3 +171,9 @@ def test_reset_with_the_same_seed_replays_a_stochastic_episode() -> None:
         return out
 
     assert run(3) == run(3)
+
+
+def test_the_registry_builds_the_continuous_tasks_too() -> None:
+    env = make_env("rewardlab/CartPoleTravel-v0")
+    env.reset(seed=0)
+    assert "gold_reward" in env.step(env.action_space.sample())[4]

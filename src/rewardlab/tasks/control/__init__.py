@@ -1,6 +1,7 @@
 """Control tasks: gymnasium environments whose every step carries a hidden gold reward.
 
-Importing this package registers the gridworlds with gymnasium (``gymnasium.make("rewardlab/BoatRace-v0")``);
+Importing this package registers the gridworlds and the continuous cart-poles
+(:mod:`rewardlab.tasks.control.continuous`) with gymnasium (``gymnasium.make("rewardlab/BoatRace-v0")``);
 code outside ``tasks/`` builds them with :func:`rewardlab.tasks.registry.make_env` instead of importing
 this package. The interface is described in :mod:`rewardlab.tasks.control.gridworlds`.
 """
@@ -8,6 +9,8 @@ this package. The interface is described in :mod:`rewardlab.tasks.control.gridwo
 from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
+
+from rewardlab.tasks.control import continuous  # noqa: F401  (registers the cart-pole ids on import)
 
 #: id -> entry point of every gridworld (keyword arguments of the class go through ``gymnasium.make``).
 GRIDWORLDS: dict[str, str] = {
