@@ -177,3 +177,10 @@ def test_the_registry_builds_the_continuous_tasks_too() -> None:
     env = make_env("rewardlab/CartPoleTravel-v0")
     env.reset(seed=0)
     assert "gold_reward" in env.step(env.action_space.sample())[4]
+
+
+@pytest.mark.parametrize("env_id", list(GRIDWORLDS))
+def test_gymnasium_env_checker_passes(env_id: str) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(make_env(env_id, render_mode="rgb_array").unwrapped, skip_render_check=False)
