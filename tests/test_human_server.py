@@ -120,6 +120,7 @@ def test_another_annotators_lease_and_double_submission_are_409(setup):
         (b"not json", 400, "JSON object"),
         (b"[1, 2]", 400, "JSON object"),
         (json.dumps({"item_id": "1", "choice": "a"}).encode(), 400, "item_id"),
+        (json.dumps({"item_id": 10**30, "choice": "a"}).encode(), 400, "item_id"),
         (json.dumps({"item_id": 1, "choice": 3}).encode(), 400, "choice"),
         (json.dumps({"item_id": 1, "choice": "a", "extra": 1}).encode(), 400, "unknown field"),
         (json.dumps({"item_id": 1, "choice": "a", "reason": 5}).encode(), 400, "reason"),
@@ -158,7 +159,7 @@ def test_images_are_served_and_path_traversal_is_refused(setup):
     )
     assert client.get("/media/2/b/0", headers=h).content != r.content
     for url in ("/media/3/a/0", "/media/3/a/1", "/media/3/a/2", "/media/2/a/5", "/media/2/c/0", "/media/4/a/0",
-                "/media/1/a/0", "/media/2/a/..%2f..%2fsecret.png", "/static/..%2f..%2fdb.py",
+                "/media/1/a/0", f"/media/{10**30}/a/0", "/media/2/a/..%2f..%2fsecret.png", "/static/..%2f..%2fdb.py",
                 "/static/../db.py", "/static/%2e%2e/server.py"):  # fmt: skip
         r = client.get(url, headers=h)
         assert r.status_code in (404, 405) and b"secret" not in r.content, url

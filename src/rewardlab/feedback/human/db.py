@@ -260,6 +260,8 @@ class LabelDB:
         return len(rows)
 
     def item(self, item_id: int) -> Item | None:
+        if not 0 <= item_id < 2**63:  # beyond SQLite's integers: no such item
+            return None
         row = self.connect().execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row is not None else None
 

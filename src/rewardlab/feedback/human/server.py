@@ -177,7 +177,7 @@ def create_app(db: LabelDB | Path | str, queue: str, *, lease_s: float = 600.0, 
         if unknown:
             raise LabelError(400, f"unknown field(s) {sorted(unknown)}")
         item_id, choice, reason, seconds = (data.get(k) for k in ("item_id", "choice", "reason", "seconds"))
-        if not isinstance(item_id, int) or isinstance(item_id, bool):
+        if not isinstance(item_id, int) or isinstance(item_id, bool) or not 0 <= item_id < 2**63:
             raise LabelError(400, "item_id: expected a whole number")
         if not isinstance(choice, str):
             raise LabelError(400, f"choice: expected one of {', '.join(CHOICES)}")
