@@ -53,10 +53,15 @@ def _gold_of(m: Any, policy: np.ndarray) -> float:
     return evaluate(m.P, m.gold, policy, m.init, m.horizon)
 
 
-def _plan(m: Any, R: np.ndarray) -> np.ndarray:
-    from rewardlab.control.tabular import finite_horizon_q, greedy
+GAMMA = 0.95
 
-    return greedy(finite_horizon_q(m.P, R, m.horizon))
+
+def _plan(m: Any, R: np.ndarray) -> np.ndarray:
+    """The stationary greedy policy of discounted value iteration (``GAMMA``): discounting breaks the ties of a
+    finite horizon (an undiscounted expert may wait first, and BC would copy the waiting)."""
+    from rewardlab.control.tabular import greedy, value_iteration
+
+    return greedy(value_iteration(m.P, R, GAMMA)[1])
 
 
 def _bounds(m: Any) -> tuple[float, float]:
@@ -71,8 +76,8 @@ def _demos(m: Any, seed: int, n: int = 10, epsilon: float = 0.1) -> list[list[tu
     demos = []
     for _ in range(n):
         s, demo = int(rng.choice(m.n_states, p=m.init)), []
-        for t in range(m.horizon):
-            a = int(rng.integers(m.n_actions)) if rng.random() < epsilon else int(np.argmax(expert[t, s]))
+        for _t in range(m.horizon):
+            a = int(rng.integers(m.n_actions)) if rng.random() < epsilon else int(np.argmax(expert[s]))
             demo.append((s, a))
             s = int(rng.choice(m.n_states, p=m.P[s, a]))
         demos.append([*demo, (s, -1)])
@@ -96,9 +101,8 @@ def row_irl(seed: int) -> dict[str, float]:
     from rewardlab.control.irl import mce_irl, occupancy_from_demos
 
     m = _tabular(CLEAN)
-    gamma = 0.95
-    rho = occupancy_from_demos([[s for s, _ in d] for d in _demos(m, seed)], m.n_states, gamma, m.terminal)
-    res = mce_irl(m.P, m.init, rho, gamma=gamma, steps=150, lr=0.1)
+    rho = occupancy_from_demos([[s for s, _ in d] for d in _demos(m, seed)], m.n_states, GAMMA, m.terminal)
+    res = mce_irl(m.P, m.init, rho, gamma=GAMMA, steps=150, lr=0.1)
     return {"score": _gold_of(m, _plan(m, res.reward)), **dict(zip(("random", "expert"), _bounds(m)))}
 
 

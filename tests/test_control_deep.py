@@ -111,3 +111,24 @@ def test_preferences_reach_90_percent_of_gold_within_1000_comparisons(config: st
     assert summary["queries_to_target"] is not None and summary["queries_to_target"] <= 1000
     visible = json.loads((tmp_path / "seed0" / "visible" / "summary.json").read_text())
     assert visible["final"]["gold/mean"] < 0.5 * summary["reference_gold"]  # the proxy is hacked
+
+
+def test_policy_kl_is_zero_at_the_start_and_leaves_the_random_stream_alone() -> None:
+    import copy
+
+    import torch
+
+    from rewardlab.control.deep import build_ppo, policy_kl
+
+    model = build_ppo(make_vec_env(TRAVEL_ID, 1, seed=0), TINY, seed=0)
+    ref = copy.deepcopy(model.policy)
+    obs = np.zeros((5, 4), dtype=np.float32)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    kl = policy_kl(model.policy, ref, obs, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert kl == pytest.approx({"k1": 0.0, "k2": 0.0, "k3": 0.0})
+    with torch.no_grad():
+        model.policy.log_std.add_(1.0)  # a wider policy: KL > 0 under every estimator but k1's noise
+    moved = policy_kl(model.policy, ref, obs, seed=3)
+    assert moved["k2"] > 0 and moved["k3"] > 0

@@ -135,12 +135,16 @@ def policy_kl(policy: Any, reference: Any, obs: np.ndarray, seed: int = 0) -> di
     (:func:`rewardlab.losses.kl_estimators`), as the language-model audit sums them over response tokens."""
     from rewardlab.losses import kl_estimators
 
-    torch.manual_seed(seed)
-    x = torch.as_tensor(obs)
-    dist = policy.get_distribution(x)
-    actions = dist.get_actions(deterministic=False)
-    logp = dist.log_prob(actions)
-    ref_logp = reference.get_distribution(x).log_prob(actions)
+    state = torch.get_rng_state()  # the audit must not move the training's random stream
+    try:
+        torch.manual_seed(seed)
+        x = torch.as_tensor(obs)
+        dist = policy.get_distribution(x)
+        actions = dist.get_actions(deterministic=False)
+        logp = dist.log_prob(actions)
+        ref_logp = reference.get_distribution(x).log_prob(actions)
+    finally:
+        torch.set_rng_state(state)
     return {k: float(v.sum()) for k, v in kl_estimators(logp, ref_logp).items()}
 
 
