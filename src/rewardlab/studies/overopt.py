@@ -267,12 +267,14 @@ def analyze_curve(
 def coefficient_trends(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per method and coefficient, least squares ``coef ~ c0 + c_size log10(params) + c_data log10(labels)``.
 
-    With one size (or one count) only the other slope is fitted. Gao et al. find both coefficients
+    With one size (or one count) only the other slope is fitted; with one of each, none (no entry). Gao et al. find both coefficients
     smooth in log proxy size; here the slopes say in which direction they move on this grid.
     """
     out: dict[str, dict[str, float]] = {}
     for method in sorted({r["method"] for r in results}):
         rs = [r for r in results if r["method"] == method and r["alpha"] is not None]
+        if not rs:
+            continue
         cols = [np.ones(len(rs))]
         names = ["intercept"]
         for key, name in (("params", "per_log10_params"), ("labels", "per_log10_labels")):
@@ -280,6 +282,8 @@ def coefficient_trends(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[s
             if np.ptp(x) > 0:
                 cols.append(x)
                 names.append(name)
+        if len(cols) == 1:  # one size and one count: no trend to fit
+            continue
         X = np.column_stack(cols)
         for coef in ("alpha", "beta"):
             y = np.array([r[coef] for r in rs])

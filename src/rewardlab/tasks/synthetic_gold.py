@@ -10,15 +10,17 @@ This task does the same on real text. Its prompts come from a :class:`~rewardlab
 (``task.data``: e.g. HH-RLHF with its fixed split, so the audit's prompts are never trained on, and the
 dataset's chosen replies as pretraining corpus and SFT demonstrations). Its **gold** is a frozen reward
 model read from ``task.gold_path`` (a rewardlab reward-model folder: ``ensemble.json``, ``members/<i>``,
-the tokenizer) with an encoder backbone ([CLS] head, such as MiniLM): ``gold(prompt, response)`` is the
+the tokenizer) with an encoder backbone (such as MiniLM): ``gold(prompt, response)`` is the
 model's normalized score. The model lives inside the task, so like every gold it is reachable only through
 :meth:`SyntheticGoldTask.gold`: the optimizers and the proxy see prompts and their own reward model, never it.
 
 The folder is read with ``transformers`` directly (the task layer sits below ``rewards``) and encoded as
 :class:`rewardlab.rewards.model.RewardModel` encodes an encoder backbone (``[CLS] prompt [SEP] response
-[SEP]``, the prompt's oldest tokens cut first, at most 512 tokens), so gold equals that model's score on the
+[SEP]``, the prompt's oldest tokens cut first), so gold equals that model's score on the
 same text (``tests/test_synthetic_gold.py`` checks it). Scores are cached per (prompt, response) and the
-model is loaded once per process, as every stage of a study asks the same gold about the same samples.
+model is loaded once per process, as every stage of a study asks the same gold about the same samples. The
+member config's ``reward_pooling`` (``mean``: the classifier on the masked mean of the last hidden states),
+``reward_max_length`` and ``reward_truncation`` are honoured, as the reward model reads them.
 
 The simulated rater of :mod:`rewardlab.feedback.simulated` labels pairs with this gold unchanged: the
 preset ``gold`` verifies always (``perceived = gold_scale * gold``) and chooses by Boltzmann
@@ -95,31 +97,45 @@ class FrozenGold:
                 )
         self.stats = [(float(getattr(m.config, "reward_mean", 0.0)), float(getattr(m.config, "reward_std", 1.0)))
                       for m in self.members]  # fmt: skip
-        self.max_tokens = min(
-            int(getattr(self.tokenizer, "model_max_length", GOLD_MAX_TOKENS)), GOLD_MAX_TOKENS
-        )
+        cfg = self.members[0].config
+        self.pooling = str(getattr(cfg, "reward_pooling", "cls"))
+        model_max = min(int(getattr(self.tokenizer, "model_max_length", GOLD_MAX_TOKENS)), GOLD_MAX_TOKENS)
+        self.max_tokens = int(getattr(cfg, "reward_max_length", None) or model_max)
+        self.keep_end = getattr(cfg, "reward_truncation", "keep_end") != "keep_start"
+        self._template = self._pair_template()
         self._cache: dict[tuple[str, str], float] = {}
 
+    def _pair_template(self) -> tuple[list[int], list[int], list[int]]:
+        """The special tokens the tokenizer puts before, between and after a pair (BERT: [CLS], [SEP], [SEP])."""
+        tok = self.tokenizer
+        a = tok("a", add_special_tokens=False)["input_ids"]
+        b = tok("b", add_special_tokens=False)["input_ids"]
+        ids = tok("a", "b")["input_ids"]
+        i = next(k for k in range(len(ids)) if ids[k : k + len(a)] == a)
+        j = next(k for k in range(len(ids) - len(b), i + len(a) - 1, -1) if ids[k : k + len(b)] == b)
+        return ids[:i], ids[i + len(a) : j], ids[j + len(b) :]
+
     def _encode(self, prompt: str, response: str) -> list[int]:
-        """``[CLS] prompt [SEP] response [SEP]``; too long: the prompt's oldest tokens go first, then, when the
-        response alone is too long, the ends of both (longest first)."""
-        tok, limit = self.tokenizer, self.max_tokens
-        ids = tok(prompt, response)["input_ids"]
-        if len(ids) <= limit:
-            return list(ids)
-        side = tok.truncation_side
-        try:
-            tok.truncation_side = "left"
-            try:
-                ids = tok(prompt, response, truncation="only_first", max_length=limit)["input_ids"]
-            except Exception:  # the response alone is too long: a fast tokenizer refuses only_first
-                ids = [0] * (limit + 1)
-            if len(ids) > limit:
-                tok.truncation_side = "right"
-                ids = tok(prompt, response, truncation="longest_first", max_length=limit)["input_ids"]
-        finally:
-            tok.truncation_side = side
-        return list(ids)
+        """``[CLS] prompt [SEP] response [SEP]`` in at most ``reward_max_length`` tokens (the length the gold was
+        trained on): the response keeps its start, the prompt fills what is left with its newest tokens."""
+        head, mid, tail = self._template
+        p = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        budget = self.max_tokens - len(head) - len(mid) - len(tail)
+        if len(p) + len(c) > budget:
+            c = c[:budget]
+            room = budget - len(c)
+            p = (p[len(p) - room :] if room else []) if self.keep_end else p[:room]
+        return [*head, *p, *mid, *c, *tail]
+
+    def _member_score(self, m: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The member's raw score: its classifier's logit ([CLS] pooler), or, with ``reward_pooling: mean``, the
+        classifier on the masked mean of the encoder's last hidden states."""
+        if self.pooling != "mean":
+            return m(input_ids=ids, attention_mask=mask).logits[:, 0]
+        hidden = m.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        w = mask.unsqueeze(-1).to(hidden.dtype)
+        return m.classifier((hidden * w).sum(1) / w.sum(1).clamp(min=1.0))[:, 0]
 
     @torch.no_grad()
     def _forward(self, seqs: Sequence[list[int]]) -> list[float]:
@@ -132,7 +148,7 @@ class FrozenGold:
             mask[i, : len(s)] = 1
         total = torch.zeros(len(seqs))
         for m, (mu, sd) in zip(self.members, self.stats, strict=True):
-            total += (m(input_ids=ids, attention_mask=mask).logits[:, 0].float() - mu) / sd
+            total += (self._member_score(m, ids, mask).float() - mu) / sd
         return (total / len(self.members)).tolist()
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64) -> list[float]:
