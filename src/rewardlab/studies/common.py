@@ -71,6 +71,8 @@ def final_samples(stage_dir: Path) -> list[dict[str, Any]]:
 
 
 def _cell(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.3f}"
     return str(v)
@@ -81,11 +83,22 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return head + "".join("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
+def _no_nan(obj: Any) -> Any:
+    """``obj`` with every NaN float as ``None`` (JSON has no NaN)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
 def write_table(out_dir: Path, name: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
                 extra: dict[str, Any] | None = None) -> tuple[Path, Path]:  # fmt: skip
     """``<out_dir>/<name>.json`` (rows + extra) and ``<name>.md`` (the markdown table), written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     j, m = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    atomic_write_text(j, json.dumps({"rows": list(rows), **(extra or {})}, indent=2) + "\n")
+    atomic_write_text(j, json.dumps(_no_nan({"rows": list(rows), **(extra or {})}), indent=2) + "\n")
     atomic_write_text(m, markdown_table(rows, columns))
     return j, m

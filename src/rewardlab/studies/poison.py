@@ -44,8 +44,9 @@ from rewardlab.studies.common import StudyConfig, final_samples, write_table
 from rewardlab.utils import RewardlabError
 
 COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate", "ppo_gold", "dpo_target_rate",
-           "dpo_gold", "loss_filter_precision", "loss_filter_recall", "rater_agreement_precision",
-           "rater_agreement_recall", "ensemble_precision", "ensemble_recall"]  # fmt: skip
+           "dpo_gold", "loss_filter_precision", "loss_filter_recall", "loss_filter_removed_gold_agree",
+           "rater_agreement_precision", "rater_agreement_recall", "rater_agreement_clean_removed",
+           "rater_agreement_removed_gold_agree", "ensemble_precision", "ensemble_recall"]  # fmt: skip
 
 
 class PoisonStudyConfig(StudyConfig):
@@ -181,10 +182,10 @@ def defense_rows(arm: PipelineConfig, study: PoisonStudyConfig, rm: RewardModel)
         d = detection(flags, poisoned)
         out.update({f"{name}_precision": d["precision"], f"{name}_recall": d["recall"],
                     f"{name}_clean_removed": d["clean_removed"]})  # fmt: skip
-        kept_gold = [c for c, f in zip(comps, flags, strict=True) if f and c.gold_chosen is not None]
-        if kept_gold:  # of the clean pairs a defense removes, how many had labels that agreed with gold
+        removed_clean = [c for c, f in zip(comps, flags, strict=True) if f and c.gold_chosen is not None]
+        if removed_clean:  # of the clean pairs a defense removes, how many had labels that agreed with gold
             out[f"{name}_removed_gold_agree"] = float(
-                np.mean([c.gold_chosen > c.gold_rejected for c in kept_gold])
+                np.mean([c.gold_chosen > c.gold_rejected for c in removed_clean])
             )
     return out
 
