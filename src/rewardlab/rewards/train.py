@@ -155,8 +155,8 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         model.config.reward_max_length, model.config.reward_truncation = limits.max_length, limits.truncation
     if cfg.train_layers == 0:
         return train_head_only(model, tp if cfg.loss != "plackett_luce" else None, cfg, run, seed=seed, pad=pad,
-                               prefix=f"member{member}/" if cfg.ensemble_size > 1 else "", evaluate=evaluate,
-                               verifier=verifier, world=world)  # fmt: skip
+                               prefix=f"member{member}/" if cfg.ensemble_size > 1 else "", verifier=verifier,
+                               world=world)  # fmt: skip
     if freeze_lower_layers(model, cfg.train_layers) and member == 0:
         run.info(f"reward.train_layers={cfg.train_layers}: embeddings and the lower layers frozen")
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
@@ -262,8 +262,7 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
 
 
 def train_head_only(model: PreTrainedModel, tp: TokenizedPairs | None, cfg: RewardConfig, run: Run, *, seed: int,
-                    pad: int, prefix: str, evaluate: Callable[[PreTrainedModel], dict[str, float]] | None,
-                    verifier: PreTrainedModel | None, world: int) -> PreTrainedModel:  # fmt: skip
+                    pad: int, prefix: str, verifier: PreTrainedModel | None, world: int) -> PreTrainedModel:  # fmt: skip
     """``reward.train_layers: 0``: the encoder frozen, its pooled features of every sequence computed once
     (:func:`rewardlab.rewards.head.pooled_features`) and the linear head fitted on them for ``reward.epochs``
     epochs by the Bradley-Terry loss (:func:`rewardlab.rewards.head.fit_linear_head`); logs ``train/*`` per epoch."""
@@ -282,10 +281,7 @@ def train_head_only(model: PreTrainedModel, tp: TokenizedPairs | None, cfg: Rewa
         run.log_metrics({f"{prefix}train/loss": loss, f"{prefix}train/accuracy": acc, "train/epoch": epoch,
                          "time/elapsed": run.elapsed}, epoch)  # fmt: skip
     set_linear_head(model, fit.weight, fit.bias)
-    model.eval()
-    if evaluate is not None:
-        run.log_metrics({f"{prefix}{k}": v for k, v in evaluate(model).items()}, cfg.epochs)
-    return model
+    return model.eval()  # evaluated once, by the recipe (an eval pass costs as much as the features)
 
 
 def evaluate_comparisons(
