@@ -1,5 +1,5 @@
 // Keyboard shortcuts for the labeling form: 1 / ArrowLeft, 2 / ArrowRight, t, c, s.
-// In the reason box the plain keys type text; Ctrl+key (or Alt+key) still answers.
+// In the reason box the plain keys type text; Alt+key still answers (Ctrl+key is left to the browser).
 (function () {
   "use strict";
   var form = document.getElementById("label-form");
@@ -13,7 +13,7 @@
   });
   document.addEventListener("keydown", function (e) {
     var typing = e.target && e.target.tagName === "TEXTAREA";
-    if (typing && !(e.ctrlKey || e.altKey)) { return; }
+    if (typing && !e.altKey) { return; }
     if (!typing && (e.ctrlKey || e.altKey || e.metaKey)) { return; }
     var id = keys[e.key];
     if (!id) { return; }
