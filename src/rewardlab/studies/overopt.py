@@ -355,8 +355,8 @@ def plot_study(
         ax.set_ylabel("gold (frozen MiniLM RM)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Gold reward as the policy moves from SFT (points: measured, lines: Gao et al.'s law; star: "
-                 "peak inside the range, then >= threshold lost)", fontsize=9)  # fmt: skip
+    fig.suptitle("gold vs sqrt(KL): points measured, lines Gao et al.'s law fitted, star: peak inside the range\n"
+                 "followed by >= drop_sd gold SDs lost", fontsize=9)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
