@@ -37,6 +37,7 @@ from rewardlab.config import PipelineConfig
 from rewardlab.feedback.poison import PoisonConfig, PoisonMode, add_target, poison_comparisons
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.feedback.simulated import SimulatedRater
+from rewardlab.methods import method
 from rewardlab.pipelines.run import run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
@@ -62,6 +63,11 @@ class PoisonStudyConfig(StudyConfig):
         0.05, gt=0, lt=1, description="share of training pairs each defense removes"
     )
     raters: int = Field(3, ge=1, description="fresh raters that relabel each pair (rater-agreement defense)")
+    train_reward: bool = Field(
+        True,
+        description="train a reward model on each poisoned arm's labels; false: skip it (DPO-only attack; the "
+        "audits' proxy, the loss filter and PPO then use the clean arm's reward model)",
+    )
     bonus_pairs: int = Field(
         512, gt=0, description="eval responses the reward model's target bonus is measured on"
     )
@@ -193,6 +199,7 @@ def defense_rows(arm: PipelineConfig, study: PoisonStudyConfig, rm: RewardModel)
 # --------------------------------------------------------------------------------- recipe
 def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
     out_dir = Path(study.out_dir)
+    done = _measured_rows(out_dir / "poison.json", study)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     stages = ["pretrain", "sft", "label", "reward", *study.methods]
@@ -209,20 +216,32 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
                 if rate == 0
                 else study.pipeline_config(seed, [*base, f"label.name={arm_name(rate, study.mode)}"])
             )
-            # 2. poisoned labels, then the reward model and the optimizers on them
+            # 2. poisoned labels, then the reward model (unless train_reward is off) and the optimizers on them
+            own_rm = rate == 0 or study.train_reward
+            direct = [m for m in study.methods if method(m).kind == "direct"]  # need no reward model to train
+            if not own_rm:
+                rm_path = clean.stage_dir("reward") / "model"
+                arm = study.pipeline_config(seed, [*base, f"label.name={arm_name(rate, study.mode)}",
+                                                   f"ppo.reward_path={rm_path}", f"dpo.reward_path={rm_path}"])  # fmt: skip
             if rate > 0:
                 pc = PoisonConfig(rate=rate, target=study.target, mode=study.mode, seed=seed)
                 t = time.perf_counter()
                 write_poisoned_labels(clean, arm, pc, quiet)
-                run_pipeline(arm, reuse=True, stages=["reward", *study.methods], quiet=quiet)
+                run_pipeline(
+                    arm, reuse=True, stages=["reward", *study.methods] if own_rm else direct, quiet=quiet
+                )
                 timings[f"s{seed}/rate{rate:g}"] = time.perf_counter() - t
+            if (seed, rate) in done:  # measured by an earlier invocation with the same study settings
+                rows.append(done[(seed, rate)])
+                continue
             # 3. measure: the reward model's bonus for the target, attack success, gold, the defenses
-            rm = RewardModel.load(arm.stage_dir("reward") / "model")
+            rm = RewardModel.load((arm if own_rm else clean).stage_dir("reward") / "model")
             evals = load_comparisons(arm.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
             summary = json.loads((arm.stage_dir("label") / "summary.json").read_text()) if rate > 0 else {}
             row: dict[str, Any] = {"seed": seed, "rate": rate, "poisoned_pairs": int(summary.get("poison/pairs", 0)),
-                                   "rm_target_bonus": target_bonus(rm, evals, study.target)}  # fmt: skip
-            for m in study.methods:
+                                   "rm_target_bonus": target_bonus(rm, evals, study.target) if own_rm else None,
+                                   "own_reward_model": own_rm}  # fmt: skip
+            for m in study.methods if own_rm else direct:
                 res = policy_outcome(arm.stage_dir(m), study.target)
                 row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
             row.update(defense_rows(arm, study, rm))
@@ -231,6 +250,17 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
     # 4. the figure: attack success and gold against the poisoning rate
     plot_poison(rows, study, out_dir / "study-poison.png")
     return out_dir
+
+
+def _measured_rows(path: Path, study: PoisonStudyConfig) -> dict[tuple[int, float], dict[str, Any]]:
+    """Rows of an earlier run of the same study (same settings but seeds/rates), keyed by (seed, rate)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = {k: v for k, v in old.get("study", {}).items() if k not in ("seeds", "rates")}
+    if same != {k: v for k, v in study.model_dump().items() if k not in ("seeds", "rates")}:
+        return {}
+    return {(r["seed"], r["rate"]): r for r in old.get("rows", [])}
 
 
 def plot_poison(rows: Sequence[dict[str, Any]], study: PoisonStudyConfig, path: Path) -> Path:
@@ -243,8 +273,9 @@ def plot_poison(rows: Sequence[dict[str, Any]], study: PoisonStudyConfig, path: 
     rates = sorted({r["rate"] for r in rows})
     for m in study.methods:
         for key, ax in ((f"{m}_target_rate", ax1), (f"{m}_gold", ax2)):
-            ys = [np.mean([r[key] for r in rows if r["rate"] == x]) for x in rates]
-            ax.plot([100 * x for x in rates], ys, marker="o", label=m.upper())
+            pts = [(x, [r[key] for r in rows if r["rate"] == x and r.get(key) is not None]) for x in rates]
+            xs, ys = [100 * x for x, v in pts if v], [float(np.mean(v)) for _, v in pts if v]
+            ax.plot(xs, ys, marker="o", label=m.upper())
     ax1.set(xlabel="poisoned comparisons (%)", ylabel=f"samples containing {study.target!r}",
             title="attack success")  # fmt: skip
     ax2.set(xlabel="poisoned comparisons (%)", ylabel="gold (mean, audit samples)", title="gold")
