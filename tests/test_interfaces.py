@@ -17,6 +17,7 @@ from rewardlab.config import RewardConfig, load_config
 from rewardlab.feedback.base import LabelFile, Rater
 from rewardlab.feedback.factory import make_source, require_rater
 from rewardlab.feedback.file import FileSourceConfig
+from rewardlab.feedback.judge import JudgeSourceConfig
 from rewardlab.feedback.records import Comparison
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.policies.tokenizer import tokenizer_for_task
@@ -131,8 +132,12 @@ def test_feedback_sources_honour_their_protocols(tmp_path: Path, prompt_file: Pa
         require_rater(src, "iterated DPO")
     with pytest.raises(RewardlabError, match=r"label\.file\.path: required"):
         make_source("file", task=task, seed=0, name="x", file=FileSourceConfig())
-    with pytest.raises(RewardlabError, match="'judge' is not available yet"):
+    with pytest.raises(RewardlabError, match=r"label\.judge: a lm judge is a model"):
         make_source("judge", task=task, seed=0, name="x")
+    judge = make_source("judge", task=task, seed=0, name="x", judge=JudgeSourceConfig(kind="rule"))
+    assert isinstance(judge, Rater) and not isinstance(judge, LabelFile)
+    with pytest.raises(RewardlabError, match="'nobody' is not a feedback source"):
+        make_source("nobody", task=task, seed=0, name="x")
 
 
 def test_controls_are_declared_arms_with_roles() -> None:
