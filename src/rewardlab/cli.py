@@ -33,6 +33,13 @@ REWARD_EVAL_HELP = (
 )
 
 
+SWEEP_HELP = (
+    "the Goodhart sweep on a control gridworld: visible and gold return of policies optimized ever harder on the "
+    "visible reward (soft value iteration's beta, planning horizon or Q-learning episodes), turnover marked "
+    "(docs/control.md)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rewardlab",
@@ -79,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit", type=int, default=None, help="read at most N pairs")
     rep.add_argument("--out", type=Path, default=None,
                      help="folder for <split>_by_subset.json and <split>_rewards.png (default: the model folder's parent)")  # fmt: skip
+    sw = sub.add_parser("sweep", help=SWEEP_HELP, description=SWEEP_HELP)
+    _add_sweep_arguments(sw)
     ep = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
     ep.add_argument("model_dir", type=Path, help="a local causal-LM folder with its tokenizer")
     ep.add_argument("--sets", default="all",
@@ -89,7 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder holding anthropic-evals/, truthfulqa/, gsm8k/ (default: $REWARDLAB_DATA or ../shared/data)")  # fmt: skip
     ep.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     ep.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: the most tokens generated")
+    from rewardlab.studies.registry import STUDIES, STUDY_HELP
+
+    stp = sub.add_parser("study", help=STUDY_HELP, description=STUDY_HELP)
+    stp.add_argument("name", choices=sorted(STUDIES), help="which study")
+    stp.add_argument("config", type=Path, help="study YAML (configs/study-<name>.yaml)")
+    stp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a top-level study field, e.g. --set 'seeds=[0,1,2]' (repeatable)")  # fmt: skip
+    stp.add_argument("--quiet", action="store_true", help="no progress bars or console messages")
     return parser
+
+
+def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from rewardlab.control.sweep import add_arguments
+
+    add_arguments(p)
 
 
 def _version() -> str:
@@ -118,7 +141,7 @@ def resume_command(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = _label_app_args(argv) or build_parser().parse_args(argv)
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -169,15 +192,41 @@ def _abandon(state: str, reason: str) -> None:
     abandon_open_runs(state, reason.splitlines()[0] if reason else state)
 
 
+def _label_app_args(argv: list[str]) -> argparse.Namespace | None:
+    """``rewardlab label serve|enqueue|add-annotator|export ...`` (the labeling app), parsed; ``None`` for
+    anything else, so ``rewardlab label [CONFIG]`` stays the label stage."""
+    from rewardlab.feedback.human import commands
+
+    if len(argv) < 2 or argv[0] != "label" or argv[1] not in commands.COMMANDS:
+        return None
+    return commands.build_parser().parse_args(argv[1:])
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "label_command", None) == "enqueue" and args.source.is_dir():
+        from rewardlab.pipelines.enqueue import enqueue_command
+
+        return enqueue_command(args)
+    if getattr(args, "label_command", None):
+        from rewardlab.feedback.human.commands import run_command
+
+        return run_command(args)
     if args.command == "reward-eval":
         from rewardlab.rewards.report import reward_eval_command
 
         return reward_eval_command(args)
+    if args.command == "sweep":
+        from rewardlab.control.sweep import sweep_command
+
+        return sweep_command(args)
     if args.command == "eval":
         from rewardlab.evals.run import eval_command
 
         return eval_command(args)
+    if args.command == "study":
+        from rewardlab.studies.registry import study_command
+
+        return study_command(args)
     if args.command == "criteria":
         from rewardlab.audit.criteria import report_text
 
@@ -195,6 +244,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    if args.command == "run" and args.config is not None:
+        from rewardlab.pipelines.control import is_control_config, load_control_config, run_control
+
+        if is_control_config(args.config):  # a control study (configs/control-*.yaml)
+            seeds = [f"seeds=[{args.seeds}]"] if args.seeds else []
+            print(run_control(load_control_config(args.config, overrides + seeds), quiet=args.quiet))
+            return 0
     if args.resume:
         overrides.append("resume=true")
     if args.skip_bad_records:

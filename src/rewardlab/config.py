@@ -14,10 +14,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewardlab.feedback.base import SourceName
+from rewardlab.feedback.constitution import SLCAIConfig
 from rewardlab.feedback.file import FileSourceConfig
+from rewardlab.feedback.human.config import HumanSourceConfig
+from rewardlab.feedback.judge import JudgeSourceConfig
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.methods import METHODS, OPTIMIZERS
-from rewardlab.policies.models import ModelConfig
+from rewardlab.policies.lora import LoRAConfig
+from rewardlab.policies.models import DType, ModelConfig
 from rewardlab.policies.tokenizer import Truncation
 from rewardlab.tasks.base import Task, validate_section
 from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
@@ -128,16 +132,25 @@ class SFTConfig(DataLimits):
     eval_every: int = eval_every_field(100)
     eval_prompts: int = Field(512, gt=0)
     checkpoint_every: int = checkpoint_every_field(100)
+    lora: LoRAConfig | None = Field(
+        None,
+        description="train LoRA adapters (peft) instead of every weight; {} for the defaults (docs/models.md)",
+    )
 
 
 class LabelConfig(_Strict):
     """Where an arm's preference labels come from: sampled pairs judged by a rater, or a file.
 
     ``source: simulated`` samples pairs from policies and has the simulated rater (``rater``) compare
-    them; ``source: file`` reads comparisons from ``file.path``. The arm is named ``<name>-s<seed>``.
+    them; ``source: file`` reads comparisons from ``file.path``; ``source: human`` reads the answers people
+    gave in the labeling app (``human.db``, ``human.queue``); ``source: judge`` has an AI judge (``judge``: an LM
+    under a constitution, a reward model or a rule) compare the sampled pairs. The arm is named ``<name>-s<seed>``.
     """
 
-    source: SourceName = Field("simulated", description="simulated | file (judge and human plug in here)")
+    source: SourceName = Field(
+        "simulated",
+        description="simulated | file | human (the labeling app's database) | judge (AI feedback)",
+    )
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -147,6 +160,10 @@ class LabelConfig(_Strict):
         "treatment", description="control arms are the baselines the report compares the others with"
     )
     file: FileSourceConfig = FileSourceConfig()
+    human: HumanSourceConfig = HumanSourceConfig()
+    judge: JudgeSourceConfig = Field(
+        default_factory=JudgeSourceConfig, description="label.source: judge: the AI judge (docs/rlaif.md)"
+    )
     rater: RaterConfig = RaterConfig()
     num_prompts: int = Field(12000, gt=0)
     policy_paths: list[str] | None = Field(
@@ -263,6 +280,11 @@ class PPOConfig(_Strict):
     )
     eval_prompts: int = Field(1024, gt=0)
     samples_to_save: int = Field(128, ge=0)
+    lora: LoRAConfig | None = Field(
+        None,
+        description="train LoRA adapters (peft) instead of every weight, the reference being the adapter-disabled "
+        "policy; {} for the defaults (docs/models.md)",
+    )
 
 
 class BoNConfig(_Strict):
@@ -340,6 +362,11 @@ class DPOConfig(DataLimits):
         ge=0,
         description="save training state every N steps (and at the end) for --resume; 0: never; "
         "iterated DPO saves at the end of each round",
+    )
+    lora: LoRAConfig | None = Field(
+        None,
+        description="train LoRA adapters (peft) instead of every weight, the reference being the adapter-disabled "
+        "policy; {} for the defaults (docs/models.md)",
     )
 
     @model_validator(mode="after")
@@ -523,6 +550,11 @@ class PipelineConfig(_Strict):
     )
     run_dir: str = "runs/default"
     threads: int = Field(2, ge=0, description="torch threads (0 = torch's default)")
+    dtype: DType = Field(
+        "float32",
+        description="weights of the causal LMs the policy stages load: float32, bfloat16, or auto (bf16 only "
+        "where the device computes it natively); losses and log-probs stay float32 (docs/models.md)",
+    )
     arm_processes: int = Field(
         0,
         ge=0,
@@ -554,6 +586,10 @@ class PipelineConfig(_Strict):
     dpo: DPOConfig = DPOConfig()
     iterative_dpo: IterativeDPOConfig = IterativeDPOConfig()
     modpo: MODPOConfig = MODPOConfig()
+    slcai: SLCAIConfig = Field(
+        default_factory=SLCAIConfig,
+        description="SL-CAI: critique -> revision rounds, SFT on revisions (docs/rlaif.md)",
+    )
 
     @field_validator("task", mode="before")
     @classmethod

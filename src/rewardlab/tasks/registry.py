@@ -17,6 +17,7 @@ from rewardlab.tasks.base import Task
 from rewardlab.tasks.concise import ConciseTask, ConciseTaskConfig
 from rewardlab.tasks.dataset import DatasetTask, DatasetTaskConfig
 from rewardlab.tasks.gsm8k import GSM8KTask, GSM8KTaskConfig
+from rewardlab.tasks.synthetic_gold import SyntheticGoldConfig, SyntheticGoldTask
 
 #: kind -> (config model, task class). The config model's ``kind`` field is ``Literal[kind]``.
 TASKS: dict[str, tuple[type[BaseModel], type]] = {
@@ -24,6 +25,7 @@ TASKS: dict[str, tuple[type[BaseModel], type]] = {
     "dataset": (DatasetTaskConfig, DatasetTask),
     "concise": (ConciseTaskConfig, ConciseTask),
     "gsm8k": (GSM8KTaskConfig, GSM8KTask),
+    "synthetic-gold": (SyntheticGoldConfig, SyntheticGoldTask),
 }
 
 #: The ``task`` section of a pipeline config: one of the registered configs, chosen by ``kind``.
@@ -47,3 +49,16 @@ def with_default_kind(data: Any) -> Any:
 
 def kinds() -> list[str]:
     return list(TASKS)
+
+
+def make_env(env_id: str, **kwargs: Any) -> Any:
+    """A control environment by gymnasium id (``rewardlab/BoatRace-v0`` ...; ``kwargs`` go to its class).
+
+    Importing :mod:`rewardlab.tasks.control` registers the ``rewardlab/*`` ids; code outside ``tasks/``
+    builds environments here instead of importing a concrete task module.
+    """
+    import gymnasium
+
+    import rewardlab.tasks.control  # noqa: F401
+
+    return gymnasium.make(env_id, **kwargs)
