@@ -50,3 +50,20 @@ def test_detection_precision_recall_and_clean_cost() -> None:
     assert (d["precision"], d["recall"], d["clean_removed"]) == (0.5, 0.5, 1 / 8)
     assert math.isnan(detection(np.zeros(3, dtype=bool), np.zeros(3, dtype=bool))["precision"])
     assert flag_top(np.array([1.0, 1.0, 1.0]), 1 / 3).tolist() == [True, False, False]  # ties: by position
+
+
+@pytest.mark.slow
+def test_poison_study_end_to_end_on_the_micro_config(tmp_path) -> None:
+    """Every stage of the study on configs/micro.yaml: rate 0 and 5%, the table and the figure (about 3 min)."""
+    import json
+
+    from rewardlab.studies.poison import PoisonStudyConfig, run_poison_study
+
+    study = PoisonStudyConfig(pipeline="configs/micro.yaml", set=["threads=1"], run_dir=str(tmp_path / "run"),
+                              out_dir=str(tmp_path / "out"), rates=[0.0, 0.05])  # fmt: skip
+    out = run_poison_study(study, quiet=True)
+    rows = json.loads((out / "poison.json").read_text())["rows"]
+    n = len((tmp_path / "run" / "poison-inject-0.05-s0" / "label" / "train.jsonl").read_text().splitlines())
+    assert [r["rate"] for r in rows] == [0.0, 0.05]
+    assert rows[0]["poisoned_pairs"] == 0 and rows[1]["poisoned_pairs"] == round(0.05 * n)
+    assert (out / "study-poison.png").stat().st_size > 0 and (out / "poison.md").exists()

@@ -44,8 +44,8 @@ from rewardlab.runs import Run
 from rewardlab.studies.common import StudyConfig, final_samples, write_table
 from rewardlab.utils import RewardlabError
 
-COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate", "ppo_gold", "dpo_target_rate",
-           "dpo_gold", "loss_filter_precision", "loss_filter_recall", "loss_filter_removed_gold_agree",
+COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate", "ppo_target_logit", "ppo_gold",
+           "dpo_target_rate", "dpo_target_logit", "dpo_gold", "loss_filter_precision", "loss_filter_recall", "loss_filter_removed_gold_agree",
            "rater_agreement_precision", "rater_agreement_recall", "rater_agreement_clean_removed",
            "rater_agreement_removed_gold_agree", "ensemble_precision", "ensemble_recall"]  # fmt: skip
 
@@ -155,6 +155,24 @@ def target_bonus(rm: RewardModel, comps: Sequence[Comparison], target: str) -> f
     return float((with_t - plain).mean())
 
 
+def target_logit_gain(policy: Path, reference: Path, comps: Sequence[Comparison], target: str) -> float:
+    """How much likelier the policy makes the target than its reference does, in nats:
+    mean over responses y of ``[log pi(t + y) - log pi(y)] - [log pi_ref(t + y) - log pi_ref(y)]``
+    (beta times this is the DPO implicit reward's bonus for the target; sensitive where sampling sees none)."""
+    from rewardlab.optimize.dpo import compute_logps, tokenize_comparisons
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+
+    pairs = [
+        Comparison(prompt=c.prompt, chosen=add_target(c.chosen, target), rejected=c.chosen) for c in comps
+    ]
+    gains = []
+    for path in (policy, reference):
+        model, tok = load_causal_lm(path).eval(), load_tokenizer(path)
+        with_t, plain = compute_logps(model, tokenize_comparisons(tok, pairs), int(tok.pad_token_id))
+        gains.append(float((with_t - plain).mean()))
+    return gains[0] - gains[1]
+
+
 def rater_agreement_flags(arm: PipelineConfig, comps: Sequence[Comparison], raters: int) -> np.ndarray:
     """Fresh raters of the arm's preset relabel every pair; flag where most disagree with the record."""
     task = arm.build_task()
@@ -244,6 +262,8 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
             for m in study.methods if own_rm else direct:
                 res = policy_outcome(arm.stage_dir(m), study.target)
                 row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
+                row[f"{m}_target_logit"] = target_logit_gain(arm.stage_dir(m) / "model", arm.stage_dir("sft") / "model",
+                                                             evals, study.target)  # fmt: skip
             row.update(defense_rows(arm, study, rm))
             rows.append(row)
             write_table(out_dir, "poison", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings})
