@@ -45,6 +45,13 @@ def _tasks(prompt_file: Path) -> list[Task]:
     out = []
     for kind, (config_cls, _) in TASKS.items():
         data = {"kind": kind, "path": str(prompt_file)} if kind == "dataset" else {"kind": kind}
+        if kind == "synthetic-gold":  # prompts from the file, gold from a tiny frozen reward model
+            gold = prompt_file.parent / "gold"
+            if not gold.exists():
+                from test_synthetic_gold import make_micro_gold
+
+                make_micro_gold(gold)
+            data = {"kind": kind, "gold_path": str(gold), "data": {"path": str(prompt_file)}}
         out.append(build_task(config_cls.model_validate(data)))
     return out
 
