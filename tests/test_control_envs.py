@@ -17,7 +17,6 @@ from rewardlab.tasks.control.gridworlds import (
     TomatoWatering,
     play,
 )
-from rewardlab.tasks.registry import make_env
 
 LAP = "rrrrr" + "dddddd" + "lllll" + "uuuuuu"  # 22 moves clockwise round the BoatRace ring
 
@@ -79,6 +78,12 @@ def test_every_step_carries_the_gold_reward_in_info() -> None:
     assert info["gold_reward"] == 0.0
     _, reward, _, _, info = env.step(3)
     assert (reward, info["gold_reward"], info["position"]) == (1.0, 1.0, (1, 2))
+
+
+def make_env(env_id: str, **kwargs: object) -> gym.Env:
+    from rewardlab.tasks.registry import make_env as build
+
+    return build(env_id, **kwargs)
 
 
 @pytest.mark.parametrize("env_id", list(GRIDWORLDS))

@@ -32,7 +32,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rewardlab.control.tabular import evaluate, finite_horizon_q, greedy, q_learning, soft_value_iteration
-from rewardlab.tasks.registry import make_env
 from rewardlab.utils import RewardlabError, atomic_dir, atomic_write_text, write_jsonl
 
 Pressure = Literal["beta", "horizon", "steps"]
@@ -109,6 +108,8 @@ def turnover(points: Sequence[SweepPoint], tol: float = 0.05) -> float | None:
 
 
 def _tabular(env_id: str, env_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    from rewardlab.tasks.registry import make_env
+
     env = make_env(env_id, **env_kwargs)
     tabular = getattr(env.unwrapped, "tabular", None)
     if tabular is None:
