@@ -135,12 +135,18 @@ def _maze_rows(seed: int) -> dict[str, dict[str, float]]:
 _MAZE_CACHE: dict[int, dict[str, dict[str, float]]] = {}
 
 
+def _maze(seed: int) -> dict[str, dict[str, float]]:
+    if seed not in _MAZE_CACHE:  # one training of both cloners per seed
+        _MAZE_CACHE[seed] = _maze_rows(seed)
+    return _MAZE_CACHE[seed]
+
+
 def row_bc(seed: int) -> dict[str, float]:
-    return _MAZE_CACHE.setdefault(seed, _maze_rows(seed))["bc"]
+    return _maze(seed)["bc"]
 
 
 def row_pc(seed: int) -> dict[str, float]:
-    return _MAZE_CACHE.setdefault(seed, _maze_rows(seed))["pc"]
+    return _maze(seed)["pc"]
 
 
 def _pref_config(name: str) -> dict[str, Any]:
