@@ -326,8 +326,11 @@ def test_minilm_head_on_a_real_hh_slice(tmp_path: Path) -> None:
     assert main(["reward", str(cfg), "--quiet", "--run-dir", str(tmp_path / "run"), "--set", f"reward.init_path={init}",
                  "--set", f"reward.data_path={tmp_path / 'train.jsonl'}", "--set", f"reward.eval_path={tmp_path / 'eval.jsonl'}",
                  "--set", f"task.path={root / 'tests/data/hh-rlhf-sample.jsonl'}", "--set", "reward.normalize_prompts=32"]) == 0  # fmt: skip
-    summary = json.loads((tmp_path / "run" / "file-s0" / "reward" / "summary.json").read_text())
-    assert summary["pooling"] == "mean"
+    stage = tmp_path / "run" / "hh-s0" / "reward"  # the arm: label.name hh, seed 0
+    summary = json.loads((stage / "summary.json").read_text())
+    assert summary["pooling"] == "cls"  # as configs/hh-minilm.yaml selects
     assert set(summary["eval_by_subset"]) <= {"all", "harmless-base", "helpful-base", "helpful-online",
                                                "helpful-rejection-sampled"}  # fmt: skip
-    assert 0.4 < summary["eval/accuracy_rater"] <= 1.0
+    assert summary["data/truncated"] > 0 and (stage / "eval_rewards.png").is_file()  # long dialogues were cut
+    assert 0.25 < summary["eval/accuracy_rater"] < 0.85  # 100 pairs: near chance, but a real number
+    assert RewardModel.load(stage / "model").scoring_limits().max_length == 128
