@@ -100,4 +100,4 @@ def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedToken
 def label_source(cfg: PipelineConfig, task: Task, seed: int) -> Rater | LabelFile:
     """The arm's feedback source (``label.source``), named after the arm."""
     return make_source(cfg.label.source, task=task, seed=seed, name=cfg.arm_name, rater=cfg.label.rater,
-                       file=cfg.label.file)  # fmt: skip
+                       file=cfg.label.file, human=cfg.label.human)  # fmt: skip
