@@ -19,7 +19,8 @@ MICRO = Path(__file__).resolve().parents[1] / "configs" / "micro.yaml"
 
 def test_every_subcommand_is_a_registered_method() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {*METHODS, "run", "report", "criteria", "eval"}  # type: ignore[attr-defined]
+    others = {"run", "report", "criteria", "eval", "sweep", "study", "reward-eval"}
+    assert set(sub.choices) == {*METHODS, *others}  # type: ignore[attr-defined]
     for name, m in METHODS.items():
         assert m.help and callable(m.load()), name
 
