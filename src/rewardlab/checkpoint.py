@@ -130,20 +130,40 @@ def _unwrap(module: nn.Module, acc: Accelerator | None) -> nn.Module:
     return acc.unwrap_model(module) if acc is not None else getattr(module, "module", module)
 
 
-def _has_lora(module: nn.Module) -> bool:
-    """Whether ``module`` holds peft LoRA layers (peft is imported only by the LoRA path)."""
+#: The key marking a LoRA tensor in a peft-injected model's state dict.
+LORA_KEY = "lora_"
+
+
+def is_lora(module: nn.Module) -> bool:
+    """Whether ``module`` (or a DDP wrapper of it) holds peft LoRA layers (peft is imported by the LoRA path only,
+    so a process that never imported it has none)."""
     if "peft" not in sys.modules:
         return False
-    from rewardlab.policies.lora import is_lora
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return is_lora(module)
+    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors of a peft-injected model (keys as in its ``state_dict``), detached."""
+    return {k: v.detach() for k, v in module.state_dict().items() if LORA_KEY in k}
+
+
+def load_adapter_state(module: nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Put :func:`adapter_state_dict`'s tensors back; an error names any key missing, unexpected or reshaped."""
+    expected = {k: v.shape for k, v in adapter_state_dict(module).items()}
+    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
+    if missing or extra or shapes:
+        raise RewardlabError(f"{where}: the LoRA adapter does not match the model (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}, other shapes {shapes[:3]}); resume with the same lora "
+                             "settings")  # fmt: skip
+    module.load_state_dict(state, strict=False)
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
     """``module``'s weights into a safetensors file: with LoRA layers only the adapter's tensors."""
-    if _has_lora(module):
-        from rewardlab.policies.lora import adapter_state_dict
-
+    if is_lora(module):
         save_file({k: v.contiguous() for k, v in adapter_state_dict(module).items()}, str(path))
     else:
         save_model(module, str(path))
@@ -151,9 +171,7 @@ def save_weights(module: nn.Module, path: Path) -> None:
 
 def load_weights(module: nn.Module, path: Path) -> None:
     """Load :func:`save_weights`' file into ``module`` (strict: every tensor must match)."""
-    if _has_lora(module):
-        from rewardlab.policies.lora import load_adapter_state
-
+    if is_lora(module):
         load_adapter_state(module, load_file(str(path)), where=str(path))
     else:
         load_model(module, str(path), strict=True)

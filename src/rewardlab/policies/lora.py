@@ -9,8 +9,8 @@
 * :meth:`PolicyModel.save` writes the adapter (``adapter/``, loadable with ``PeftModel.from_pretrained`` onto
   the stage's input model) and a merged ``model/`` (``W + (alpha / r) B A``), so the next stage and
   ``from_pretrained`` work exactly as without LoRA.
-* :func:`adapter_state_dict` / :func:`load_adapter_state`: what a training checkpoint stores on the LoRA path
-  (the adapter's tensors; the frozen base is the input model and is not copied).
+* What a training checkpoint stores on the LoRA path is the adapter's tensors only (the frozen base is the input
+  model): :func:`rewardlab.checkpoint.adapter_state_dict` / :func:`~rewardlab.checkpoint.load_adapter_state`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rewardlab.checkpoint import LORA_KEY, adapter_state_dict, is_lora, load_adapter_state
 from rewardlab.policies.models import load_causal_lm
 from rewardlab.utils import RewardlabError, atomic_dir
+
+__all__ = ["DisabledAdapter", "LoRAConfig", "PolicyModel", "adapter_state_dict", "is_lora", "load_adapter",
+           "load_adapter_state", "load_policy", "lora_targets", "wrap_lora"]  # fmt: skip
 
 #: Default LoRA targets per ``config.model_type``: every projection of attention and MLP (the QLoRA paper's
 #: finding that all linear layers matter); an architecture not listed gets peft's ``all-linear``.
@@ -36,8 +40,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
-#: The key marking a LoRA tensor in a peft-injected model's state dict.
-LORA_KEY = "lora_"
 
 
 class LoRAConfig(BaseModel):
@@ -75,30 +77,6 @@ def wrap_lora(model: PreTrainedModel, cfg: LoRAConfig) -> Any:
         return get_peft_model(model, peft_cfg)
     except ValueError as e:  # e.g. a target module that does not exist
         raise RewardlabError(f"lora.target_modules={targets!r}: {e}") from e
-
-
-def is_lora(module: nn.Module) -> bool:
-    """Whether ``module`` (or a DDP wrapper of it) holds peft LoRA layers."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
-
-
-def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's tensors of a peft-injected model (keys as in its ``state_dict``), detached."""
-    return {k: v.detach() for k, v in module.state_dict().items() if LORA_KEY in k}
-
-
-def load_adapter_state(module: nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Put :func:`adapter_state_dict`'s tensors back; an error names any key missing, unexpected or reshaped."""
-    expected = {k: v.shape for k, v in adapter_state_dict(module).items()}
-    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    shapes = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
-    if missing or extra or shapes:
-        raise RewardlabError(f"{where}: the LoRA adapter does not match the model (missing {missing[:3]}, "
-                             f"unexpected {extra[:3]}, other shapes {shapes[:3]}); resume with the same lora "
-                             "settings")  # fmt: skip
-    module.load_state_dict(state, strict=False)
 
 
 class DisabledAdapter(nn.Module):
@@ -188,10 +166,8 @@ class PolicyModel:
         """``save_pretrained`` the policy into ``path`` (atomically). On the LoRA path, first the adapter into
         ``path.parent / "adapter"``, then the merged weights into ``path``: the merge (peft's
         ``merge_and_unload``) happens in place, so this is the last thing a stage does with its policy."""
-        from rewardlab.optimize.lm import save_model
-
         if self.peft is None:
-            return save_model(self.model, tokenizer, path)
+            return _save_pretrained(self.model, tokenizer, path)
 
         def write_adapter(tmp: Path) -> None:
             self.peft.save_pretrained(tmp, safe_serialization=True)
@@ -200,7 +176,17 @@ class PolicyModel:
         atomic_dir(path.parent / "adapter", write_adapter)
         merged = self.peft.merge_and_unload()
         self.model, self.peft = merged, None
-        return save_model(merged, tokenizer, path)
+        return _save_pretrained(merged, tokenizer, path)
+
+
+def _save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
+    """``save_pretrained`` model and tokenizer into ``path`` atomically (as ``optimize.lm.save_model``)."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_dir(path, write)
 
 
 def load_policy(
