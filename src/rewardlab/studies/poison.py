@@ -292,11 +292,11 @@ def plot_poison(rows: Sequence[dict[str, Any]], study: PoisonStudyConfig, path: 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     rates = sorted({r["rate"] for r in rows})
     for m in study.methods:
-        for key, ax in ((f"{m}_target_rate", ax1), (f"{m}_gold", ax2)):
+        for key, ax in ((f"{m}_target_logit", ax1), (f"{m}_gold", ax2)):
             pts = [(x, [r[key] for r in rows if r["rate"] == x and r.get(key) is not None]) for x in rates]
             xs, ys = [100 * x for x, v in pts if v], [float(np.mean(v)) for _, v in pts if v]
             ax.plot(xs, ys, marker="o", label=m.upper())
-    ax1.set(xlabel="poisoned comparisons (%)", ylabel=f"samples containing {study.target!r}",
+    ax1.set(xlabel="poisoned comparisons (%)", ylabel=f"log-odds gain of {study.target!r} over SFT (nats)",
             title="attack success")  # fmt: skip
     ax2.set(xlabel="poisoned comparisons (%)", ylabel="gold (mean, audit samples)", title="gold")
     for ax in (ax1, ax2):
