@@ -50,11 +50,10 @@ from rewardlab.feedback.records import Comparison
 
 # ------------------------------------------------------------------------------------------ environments
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
-    """``gymnasium.make(env_id)`` after rewardlab's control ids are registered."""
-    import rewardlab.tasks.control  # registers the gridworlds
-    import rewardlab.tasks.control.continuous  # noqa: F401  (registers the cart-poles)
+    """``gymnasium.make(env_id)`` with rewardlab's control ids registered (:func:`rewardlab.tasks.registry.make_env`)."""
+    from rewardlab.tasks.registry import make_env as make_registered
 
-    return gym.make(env_id, **kwargs)
+    return make_registered(env_id, **kwargs)  # type: ignore[no-any-return]
 
 
 def encode(space: gym.Space, x: Any) -> np.ndarray:  # type: ignore[type-arg]
