@@ -530,7 +530,9 @@ class AuditEvalsConfig(_Strict):
         "anthropic/human/survival-instinct,truthfulqa); none: off",
     )
     limit: int = Field(50, gt=0, description="items per set")
-    every: int = Field(1, gt=0, description="run at every N-th audit row (the first and N-th, 2N-th ... rows)")
+    every: int = Field(
+        1, gt=0, description="run at every N-th audit row (the first and N-th, 2N-th ... rows)"
+    )
     data_dir: str | None = Field(None, description="default: $REWARDLAB_DATA, else ../shared/data")
     max_new_tokens: int = Field(128, gt=0, description="GSM8K generation length")
     batch_size: int = Field(16, gt=0)
