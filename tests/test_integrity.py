@@ -133,12 +133,12 @@ def test_a_stage_that_fails_while_saving_leaves_nothing_that_reuse_trusts(base: 
                                                                            monkeypatch, capsys) -> None:  # fmt: skip
     run_dir = tmp_path / "r"
     shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("sft"))
-    import rewardlab.optimize.lm as lm
+    from transformers import PreTrainedModel
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "sft.partial" / "model"))
 
-    monkeypatch.setattr(lm, "save_model", full_disk)
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)  # every way a stage saves its model
     assert main(["sft", str(MICRO), "--run-dir", str(run_dir), "--quiet", *SMALL]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert "No space left on device" in line and "disk is full" in line and "sft.partial" in line

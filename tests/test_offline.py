@@ -30,7 +30,7 @@ from rewardlab.losses import (
     top_quantile_mask,
     weighted_nll,
 )
-from rewardlab.optimize.lm import collate_lm, lm_loss, save_model, train_lm
+from rewardlab.optimize.lm import collate_lm, lm_loss, train_lm
 from rewardlab.optimize.offline import (
     BAD,
     GOOD,
@@ -54,7 +54,7 @@ from rewardlab.optimize.offline import (
     weighted_loss,
 )
 from rewardlab.pipelines.common import eval_problems
-from rewardlab.policies.models import ModelConfig, build_causal_lm
+from rewardlab.policies.models import ModelConfig, build_causal_lm, save_model
 from rewardlab.policies.sampling import encode_prompts, sample
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples, encode_prompt
 from rewardlab.runs import Run, read_metrics

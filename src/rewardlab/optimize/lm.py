@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.runs import Run, advance
 from rewardlab.training import Cadence, Trainee, make_optimizer
-from rewardlab.utils import atomic_dir, check_finite
+from rewardlab.utils import check_finite
 
 if TYPE_CHECKING:
     from rewardlab.config import OptimConfig
@@ -119,20 +118,6 @@ def local_lm_loss(
         local["labels"] = torch.full_like(local["labels"], IGNORE)
     loss_sum, _ = lm_loss(model, local, reduction="sum")
     return loss_sum * share.scale, loss_sum.detach(), n_global
-
-
-def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, **extra_config: object
-) -> Path:
-    """``save_pretrained`` model + tokenizer into ``path`` atomically (temp folder, then rename)."""
-    for k, v in extra_config.items():
-        setattr(model.config, k, v)
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-
-    return atomic_dir(path, write)
 
 
 def train_lm(model: PreTrainedModel, next_batch: Callable[[int], dict[str, torch.Tensor]], optim: OptimConfig,

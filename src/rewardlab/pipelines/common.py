@@ -78,7 +78,7 @@ def finish_lm_stage(run: Run, model: PreTrainedModel, tokenizer: PreTrainedToken
     With ``policy`` (the stage's :class:`PolicyModel`, whose ``model`` is ``model``) it saves the policy its
     way: on the LoRA path the adapter and the merged model."""
     from rewardlab.audit.policy_eval import describe_metrics, evaluate_policy
-    from rewardlab.optimize.lm import save_model
+    from rewardlab.policies.models import save_model
     from rewardlab.utils import write_jsonl
 
     final, samples = evaluate_policy(model, tokenizer, task, held_out, max_new_tokens=max_new_tokens, seed=0)

@@ -33,9 +33,9 @@ from rewardlab.feedback.factory import make_source
 from rewardlab.feedback.judge import Judge, JudgeRater, JudgeSourceConfig, LMJudge, RewardModelJudge
 from rewardlab.feedback.records import Comparison, save_comparisons
 from rewardlab.feedback.simulated import SimulatedRater, rater_error_rate
-from rewardlab.optimize.lm import collate_lm, lm_loss, save_model, train_lm
+from rewardlab.optimize.lm import collate_lm, lm_loss, train_lm
 from rewardlab.pipelines.common import setup_stage, stage_input
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.policies.models import load_causal_lm, load_tokenizer, save_model
 from rewardlab.policies.tokenizer import encode_examples, prompt_text
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task

@@ -38,7 +38,7 @@ from rewardlab.config import OfflineMethodConfig, PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import load_comparisons
 from rewardlab.losses import reward_quantile_bins, rwr_weights, top_quantile_mask
-from rewardlab.optimize.lm import Example, save_model, train_lm
+from rewardlab.optimize.lm import Example, train_lm
 from rewardlab.optimize.offline import (
     BAD,
     GOOD,
@@ -67,7 +67,7 @@ from rewardlab.optimize.offline import (
     weighted_loss,
 )
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
-from rewardlab.policies.models import build_causal_lm, load_causal_lm, num_parameters
+from rewardlab.policies.models import build_causal_lm, load_causal_lm, num_parameters, save_model
 from rewardlab.policies.tokenizer import encode_examples, tokenizer_for_task
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run

@@ -31,10 +31,9 @@ from rewardlab.audit.policy_eval import evaluate_policy, generate_responses, sco
 from rewardlab.config import PipelineConfig
 from rewardlab.feedback.constitution import Constitution, load_constitution
 from rewardlab.feedback.records import Comparison, load_comparisons
-from rewardlab.optimize.lm import save_model
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
 from rewardlab.pipelines.judge import extend_for_prompts, train_format_lm
-from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.policies.models import load_causal_lm, load_tokenizer, save_model
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, write_jsonl

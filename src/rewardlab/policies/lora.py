@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.checkpoint import LORA_KEY, adapter_state_dict, is_lora, load_adapter_state
-from rewardlab.policies.models import load_causal_lm
+from rewardlab.policies.models import load_causal_lm, save_model
 from rewardlab.utils import RewardlabError, atomic_dir
 
 __all__ = ["DisabledAdapter", "LoRAConfig", "PolicyModel", "adapter_state_dict", "is_lora", "load_adapter",
@@ -167,7 +167,7 @@ class PolicyModel:
         ``path.parent / "adapter"``, then the merged weights into ``path``: the merge (peft's
         ``merge_and_unload``) happens in place, so this is the last thing a stage does with its policy."""
         if self.peft is None:
-            return _save_pretrained(self.model, tokenizer, path)
+            return save_model(self.model, tokenizer, path)
 
         def write_adapter(tmp: Path) -> None:
             self.peft.save_pretrained(tmp, safe_serialization=True)
@@ -176,17 +176,7 @@ class PolicyModel:
         atomic_dir(path.parent / "adapter", write_adapter)
         merged = self.peft.merge_and_unload()
         self.model, self.peft = merged, None
-        return _save_pretrained(merged, tokenizer, path)
-
-
-def _save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
-    """``save_pretrained`` model and tokenizer into ``path`` atomically (as ``optimize.lm.save_model``)."""
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-
-    return atomic_dir(path, write)
+        return save_model(merged, tokenizer, path)
 
 
 def load_policy(

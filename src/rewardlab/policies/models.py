@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from rewardlab.policies.tokenizer import context_limit
-from rewardlab.utils import RewardlabError
+from rewardlab.utils import RewardlabError, atomic_dir
 
 
 class ModelConfig(BaseModel):
@@ -220,3 +220,17 @@ def write_tiny_checkpoint(arch: TinyArch, path: Path | str, texts: list[str], *,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, **extra_config: object
+) -> Path:
+    """``save_pretrained`` model + tokenizer into ``path`` atomically (temp folder, then rename)."""
+    for k, v in extra_config.items():
+        setattr(model.config, k, v)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_dir(path, write)
