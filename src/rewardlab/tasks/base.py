@@ -169,6 +169,14 @@ def has_capability(task: Task, name: str) -> bool:
     return callable(getattr(task, name, None))
 
 
+def seeded_cycle(pool: Sequence[Any], n: int, seed: int) -> list[Any]:
+    """``n`` items of ``pool``: the whole pool in a seeded order, repeated as needed (how file-backed tasks
+    draw a split's items: every item once before any repeats)."""
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)] for i in range(n)]
+
+
 def word_count(response: str) -> int:
     """Words in a response (the ``behavior/length`` every task reports)."""
     return len(response.split())

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rewardlab.data.files import CSV_MESSAGES, FileFormat, iter_raw
 from rewardlab.data.hh import hh_record, hh_split, is_hh_transcript
 from rewardlab.data.records import MalformedRecord, extract_prompt
-from rewardlab.tasks.base import Gold, TaskInfo, TextSampler, word_count
+from rewardlab.tasks.base import Gold, TaskInfo, TextSampler, seeded_cycle, word_count
 from rewardlab.utils import RewardlabError
 
 REFUSAL_MARKERS = ("i'm sorry", "i am sorry", "i cannot", "i can't", "i won't", "as an ai")
@@ -206,9 +206,7 @@ class DatasetTask:
 
     def sample_items(self, n: int, seed: int, split: str = "train") -> list[str]:
         """``n`` prompts of ``split``: the whole split in a seeded order, repeated as needed."""
-        pool = list(self._splits[split])
-        random.Random(seed).shuffle(pool)
-        return [pool[i % len(pool)] for i in range(n)]
+        return seeded_cycle(self._splits[split], n, seed)
 
     def prompt(self, item: str) -> str:
         return item

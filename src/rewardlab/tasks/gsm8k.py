@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rewardlab.data.gsm8k import GSM8KProblem, clean_solution, final_number, read_gsm8k
-from rewardlab.tasks.base import Gold, TaskInfo, TextSampler, validate_section, word_count
+from rewardlab.tasks.base import Gold, TaskInfo, TextSampler, seeded_cycle, validate_section, word_count
 
 PROMPT = "Question: {question}\nAnswer:"
 _STEP = re.compile(r"^.*=.*$", re.MULTILINE)
@@ -112,9 +112,7 @@ class GSM8KTask:
 
     def sample_items(self, n: int, seed: int, split: str = "train") -> list[GSM8KProblem]:
         """``n`` problems of ``split``: the whole split in a seeded order, repeated as needed."""
-        pool = list(self._splits[split])
-        random.Random(seed).shuffle(pool)
-        return [pool[i % len(pool)] for i in range(n)]
+        return seeded_cycle(self._splits[split], n, seed)
 
     def prompt(self, item: GSM8KProblem) -> str:
         return PROMPT.format(question=item.question)
