@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,23 @@ def disagreement(members: torch.Tensor, n_pairs: int) -> tuple[torch.Tensor, str
     return -diff[0].abs(), "neg_abs_margin"
 
 
-def enqueue_from_run(run_dir: Path, db: Path, queue: str, *, n: int = 100, select: str = "disagreement",
-                     candidates: int | None = None, arm: str | None = None, policy: Path | None = None,
-                     overlap: float = 0.0, seed: int = 0, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Sample, select and enqueue ``n`` pairs; returns a summary."""
+@dataclass(frozen=True)
+class Selection:
+    """Which pairs go into the queue: ``n`` of ``candidates`` sampled pairs (default ``3 n``), chosen by
+    ``select`` (``disagreement`` or ``random``), a share ``overlap`` labelled twice, drawn with ``seed``."""
+
+    n: int = 100
+    select: str = "disagreement"
+    candidates: int | None = None
+    overlap: float = 0.0
+    seed: int = 0
+
+
+def enqueue_from_run(run_dir: Path, db: Path, queue: str, selection: Selection = Selection(), *,
+                     arm: str | None = None, policy: Path | None = None, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Sample, select and enqueue ``selection.n`` pairs; returns a summary."""
+    n, select, candidates, overlap, seed = (selection.n, selection.select, selection.candidates,
+                                            selection.overlap, selection.seed)  # fmt: skip
     # 1. the run's task, policy and (for disagreement) reward model
     cfg, reward_path = run_config(run_dir, arm)
     task = cfg.build_task()
@@ -113,8 +127,10 @@ def enqueue_from_run(run_dir: Path, db: Path, queue: str, *, n: int = 100, selec
 
 def enqueue_command(args: argparse.Namespace) -> int:
     """``rewardlab label enqueue RUN_DIR``."""
-    s = enqueue_from_run(args.source, args.db, args.queue, n=args.n, select=args.select, candidates=args.candidates,
-                         arm=args.arm, policy=args.policy, overlap=args.overlap, seed=args.seed, quiet=args.quiet)  # fmt: skip
+    selection = Selection(args.n, args.select, args.candidates, args.overlap, args.seed)
+    s = enqueue_from_run(
+        args.source, args.db, args.queue, selection, arm=args.arm, policy=args.policy, quiet=args.quiet
+    )
     print(f"{s['added']} pairs ({s['selection']}, of {s['candidates']} sampled, {s['identical_dropped']} identical "
           f"dropped) added to queue {s['queue']} of {s['db']}", file=sys.stderr)  # fmt: skip
     return 0

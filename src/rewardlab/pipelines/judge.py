@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,22 @@ def extend_for_prompts(model: Any, tokenizer: Any, words: Sequence[str], max_len
     return new
 
 
+@dataclass(frozen=True)
+class FormatTraining:
+    """How :func:`train_format_lm` trains: steps, batch size, peak learning rate (cosine, 10% warmup up to 20
+    steps), and an evaluation every ``eval_every`` steps (0: at the end only)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    eval_every: int = 0
+
+
 def train_format_lm(cfg: PipelineConfig, run: Run, model: Any, tokenizer: Any, prompts: Sequence[str],
-                    completions: Sequence[str], steps: int, batch_size: int, lr: float,
-                    evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0) -> Any:  # fmt: skip
+                    completions: Sequence[str], how: FormatTraining,
+                    evaluate: Callable[[int], dict[str, float]] | None = None) -> Any:  # fmt: skip
     """The SFT loss (completion-only, :func:`rewardlab.optimize.lm.lm_loss`) on (prompt, completion) examples."""
+    steps, batch_size, lr, eval_every = how.steps, how.batch_size, how.lr, how.eval_every
     examples = encode_examples(tokenizer, list(prompts), list(completions))
     pad = int(tokenizer.pad_token_id)
     order = BatchOrder(lambda rng: shuffled_batches(len(examples), batch_size, rng), random.Random(cfg.seed))
@@ -190,8 +203,8 @@ def run_judge(cfg: PipelineConfig, quiet: bool = False) -> Path:
             return measure_judge(judge, task, constitution, eval_problems, eval_completions, cfg.seed)
 
     # 4. train with the SFT loss on the option token
-    train_format_lm(cfg, run, model, tokenizer, prompts, answers, tc.steps, tc.batch_size, tc.lr, evaluate,
-                    tc.eval_every)  # fmt: skip
+    how = FormatTraining(tc.steps, tc.batch_size, tc.lr, tc.eval_every)
+    train_format_lm(cfg, run, model, tokenizer, prompts, answers, how, evaluate)
     # 5. the model, then (last) the summary
     final = evaluate(tc.steps)
     save_model(model.eval(), tokenizer, run.dir / "model")

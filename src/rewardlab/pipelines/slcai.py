@@ -32,7 +32,7 @@ from rewardlab.config import PipelineConfig
 from rewardlab.feedback.constitution import Constitution, load_constitution
 from rewardlab.feedback.records import Comparison, load_comparisons
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
-from rewardlab.pipelines.judge import extend_for_prompts, train_format_lm
+from rewardlab.pipelines.judge import FormatTraining, extend_for_prompts, train_format_lm
 from rewardlab.policies.models import load_causal_lm, load_tokenizer, save_model
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task
@@ -98,7 +98,9 @@ def run_slcai(cfg: PipelineConfig, quiet: bool = False) -> Path:
         tok, reviser = load_tokenizer(init), load_causal_lm(init)
         extend_for_prompts(reviser, tok, constitution.words(), sc.max_length)
         run.info(f"reviser: {init} trained on {len(prompts)} revision examples from {len(labels)} labels")
-        train_format_lm(cfg, run, reviser, tok, prompts, targets, sc.reviser_steps, sc.batch_size, sc.lr)
+        train_format_lm(
+            cfg, run, reviser, tok, prompts, targets, FormatTraining(sc.reviser_steps, sc.batch_size, sc.lr)
+        )
         save_model(reviser.eval(), tok, run.dir / "reviser")
     # 2. the initial responses, on training prompts (the SFT data) and held-out prompts (the audit)
     policy_path = stage_input(cfg, None, sc.response_policy, "model", f"{sc.response_policy} model")
@@ -129,7 +131,13 @@ def run_slcai(cfg: PipelineConfig, quiet: bool = False) -> Path:
     # 4. SFT of the response policy on the final revisions of the training prompts
     policy.train()
     train_format_lm(
-        cfg, run, policy, policy_tok, texts[:n], responses[:n], sc.sft_steps, sc.batch_size, sc.lr
+        cfg,
+        run,
+        policy,
+        policy_tok,
+        texts[:n],
+        responses[:n],
+        FormatTraining(sc.sft_steps, sc.batch_size, sc.lr),
     )
     final, _ = evaluate_policy(
         policy.eval(), policy_tok, task, held_out, max_new_tokens=sc.max_new_tokens, seed=0
