@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewardlab.report import html, plots
+from rewardlab.report import html, judge, plots
 from rewardlab.report.analysis import (
     _clean,
     build_summary,
@@ -63,12 +63,18 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
         ex_rows = pick_examples(run, summary["arms"][arm.name]["methods"][run.name], k=examples,
                                 highlight=info.highlight)  # fmt: skip
         example_block = {"arm": arm.name, "method": run.name, "biased": arm.biased, "stages": ex_rows}
+    panel = judge.judge_panel(run_dir)  # the AI judge's numbers and SL-CAI's rounds, when the run has them
+    if panel.has_judge:
+        figures["judge"] = judge.plot_judge(panel, plot_dir / "judge.png")
+        summary["judge"] = {"rows": panel.rows, "means": panel.means}
+    if panel.slcai:
+        summary["slcai"] = panel.slcai
     summary["figures"] = {k: str(v.relative_to(run_dir)) for k, v in figures.items()}
     summary = _clean(summary)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    page = html.render_report(
-        summary, figures, example_block, title=f"rewardlab audit: {run_dir.resolve().name}"
-    )
+    title = f"rewardlab audit: {run_dir.resolve().name}"
+    sections = [judge.render_panel(panel, figures.get("judge"))]
+    page = html.render_report(summary, figures, example_block, title=title, sections=sections)
     return atomic_write_text(run_dir / "report.html", page)
 
 

@@ -297,10 +297,11 @@ def _task_note(task: Mapping[str, Any]) -> str:
 
 
 def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examples: Mapping[str, Any] | None,
-                  title: str = "rewardlab audit report") -> str:  # fmt: skip
+                  title: str = "rewardlab audit report", sections: Sequence[str] = ()) -> str:  # fmt: skip
     """The whole page. ``summary``: :func:`rewardlab.report.build.build_summary`'s dict; ``figures``:
     ``{"goodhart" | "behavior" | "gold_parts" | "side_by_side": png}``; ``examples``: the block
-    from :func:`rewardlab.report.build.pick_examples` with ``arm``/``method``/``biased``, or None."""
+    from :func:`rewardlab.report.build.pick_examples` with ``arm``/``method``/``biased``, or None;
+    ``sections``: extra HTML sections (already escaped, e.g. the judge panel) placed before the examples."""
     arms = summary["arms"]
     n_biased = sum(1 for a in arms.values() if a["biased"])
     parts = [
@@ -338,6 +339,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, Path], examp
         else '<p class="note">This task has no gold: nothing to attribute.</p>',
         "<h2>Biased feedback vs control</h2>",
         figure(figures.get("side_by_side"), "Side-by-side figure", CAPTIONS["side_by_side"]),
+        *sections,
     ]
     parts.append("<h2>Example responses</h2>")
     if examples is None or not examples.get("stages"):
