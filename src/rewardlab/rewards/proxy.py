@@ -24,6 +24,7 @@ class Proxy(Protocol):
 class ProxyScores(Protocol):
     mean: torch.Tensor
     std: torch.Tensor
+    members: torch.Tensor  # [k, N] each member's score (``ppo.score: worst`` takes their minimum)
 
     def conservative(self, alpha: float) -> torch.Tensor: ...
 
