@@ -20,6 +20,11 @@ GRIDWORLDS: dict[str, str] = {
     "rewardlab/TomatoWatering-v0": "rewardlab.tasks.control.gridworlds:TomatoWatering",
 }
 
-for _id, _entry in GRIDWORLDS.items():
+#: the assistance games (two players, a hidden theta: :mod:`rewardlab.tasks.control.assistance`).
+ASSISTANCE_GAMES: dict[str, str] = {
+    "rewardlab/Assistance-v0": "rewardlab.tasks.control.assistance:AssistanceGame",
+}
+
+for _id, _entry in {**GRIDWORLDS, **ASSISTANCE_GAMES}.items():
     if _id not in registry:
         register(id=_id, entry_point=_entry, disable_env_checker=True)
