@@ -220,6 +220,8 @@ def test_cirl_study_writes_table_and_figure(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "cirl.json").read_text())["rows"]
     assert md.read_text().startswith("| game |") and (tmp_path / "cirl.png").stat().st_size > 0
     assert {r["method"] for r in rows} == {"oracle", "cirl", "irl (1 move)", "fixed (goal 0)"}
+    pivot = (tmp_path / "cirl-pivot.md").read_text().splitlines()
+    assert len(pivot) == 2 + 2 and "cirl ask/wait/defer/wrong" in pivot[0]  # one row per game
     for r in rows:
         oracle = next(o for o in rows if o["method"] == "oracle" and o["corridor"] == r["corridor"])
         assert r["gold"] <= oracle["gold"] + 1e-9

@@ -28,6 +28,7 @@ from rich.progress import track
 from rewardlab.control.cirl import CIRLRobot, CIRLSolver, FixedReward, IRLThenOptimize, Oracle, evaluate_robot
 from rewardlab.studies.common import markdown_table, write_table
 from rewardlab.tasks.registry import make_env
+from rewardlab.utils import atomic_write_text
 
 COLUMNS = ["game", "beta", "corridor", "method", "gold", "gold_std", "exact", "right_rate", "wrong_rate",
            "defer_rate", "timeout_rate", "ask_rate", "wait_rate", "waits"]  # fmt: skip
@@ -134,10 +135,38 @@ def run_cirl_study(c: CIRLStudyConfig, quiet: bool = False) -> Path:
         solve[f"{'ask' if ask else 'no ask'} beta={beta:g} corridor={corridor}"] = solve_s
     extra = {"config": c.model_dump(mode="json"), "solve_s": solve, "wall_s": time.perf_counter() - t0}
     _, md = write_table(out, "cirl", rows, COLUMNS, extra)
+    pivot = write_pivot(rows, out)
     plot_cirl(rows, c, out / "cirl.png")
     if not quiet:
-        print(markdown_table([r for r in rows if r["beta"] == c.figure_beta], SHORT))
+        print(pivot.read_text())
     return md
+
+
+def pivot_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per game: each robot's gold (mean over seeds), the CIRL robot's behaviour and the baselines'
+    wrong-goal rate (``ask/wait/defer/wrong``: shares of episodes)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    games: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        g = games.setdefault((r["game"], r["beta"], r["corridor"]),
+                             {"game": r["game"], "beta": f"{r['beta']:g}", "corridor": r["corridor"]})  # fmt: skip
+        g[r["method"]] = f"{r['gold']:.2f} ± {r['gold_std']:.2f}"
+        if r["method"] == "cirl":
+            g["cirl ask/wait/defer/wrong"] = "/".join(f"{r[k]:.2f}" for k in ("ask_rate", "wait_rate", "defer_rate",
+                                                                               "wrong_rate"))  # fmt: skip
+        elif r["method"] != "oracle":
+            g[f"{r['method']} wrong"] = r["wrong_rate"]
+    columns = ["game", "beta", "corridor", *methods, "cirl ask/wait/defer/wrong"]
+    columns += [f"{m} wrong" for m in methods if m not in ("cirl", "oracle")]
+    return list(games.values()), columns
+
+
+def write_pivot(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+    """``<out_dir>/cirl-pivot.md``: :func:`pivot_rows` as a markdown table (written atomically)."""
+    table, columns = pivot_rows(rows)
+    path = out_dir / "cirl-pivot.md"
+    atomic_write_text(path, markdown_table(table, columns))
+    return path
 
 
 def _series(rows: Sequence[dict[str, Any]], x: str, y: str, **where: Any) -> tuple[list[float], list[float]]:
