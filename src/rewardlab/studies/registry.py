@@ -12,7 +12,10 @@ from rewardlab.utils import RewardlabError
 STUDIES: dict[str, tuple[str, str, str]] = {
     "poison": ("rewardlab.studies.poison", "PoisonStudyConfig", "run_poison_study"),
     "irl": ("rewardlab.studies.irl", "IRLStudyConfig", "run_irl_study"),
+    "cirl": ("rewardlab.studies.cirl", "CIRLStudyConfig", "run_cirl_study"),
     "overopt": ("rewardlab.studies.overopt", "OveroptConfig", "run_overopt"),
+    "mitigations": ("rewardlab.studies.mitigations", "MitigationsStudyConfig", "run_mitigations_study"),
+    "teacher-hacking": ("rewardlab.studies.teacher_hacking", "TeacherHackingConfig", "run_teacher_hacking"),
     "false-positives": (
         "rewardlab.studies.false_positives",
         "FalsePositiveStudyConfig",
@@ -21,7 +24,7 @@ STUDIES: dict[str, tuple[str, str, str]] = {
 }
 
 STUDY_HELP = ("run a failure study (issue 21): poison (preference poisoning + defenses), false-positives "
-              "(time-pressed evaluators before/after RLHF), irl (the PPO policy's reward recovered by inverse RL); table + figure in the study's out_dir")  # fmt: skip
+              "(time-pressed evaluators before/after RLHF), irl (the PPO policy's reward recovered by inverse RL), cirl (the CIRL assistance game vs IRL-then-optimize), teacher-hacking (oracle -> teacher -> student distillation, offline vs online); table + figure in the study's out_dir")  # fmt: skip
 
 
 def study_command(args: argparse.Namespace) -> int:
