@@ -13,6 +13,7 @@ import pytest
 from rewardlab.cli import main
 from rewardlab.feedback.constitution import load_constitution
 from rewardlab.feedback.records import Comparison, load_comparisons
+from rewardlab.pipelines import slcai
 from rewardlab.pipelines.slcai import revision_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,3 +72,44 @@ def test_revision_examples_turn_rejected_into_chosen():
     prompts, targets = revision_examples(c, comps, random.Random(0))
     assert targets == ["the answer is 2 .", "the answer is 2 ."]  # the tie is skipped
     assert "the answer is 3 ." in prompts[0] and "the answer is 2 ." in prompts[1]
+
+
+def test_revise_with_model_critiques_puts_each_critique_in_its_revision_prompt(monkeypatch):
+    c = load_constitution(ROOT / "configs/constitutions/arithmetic.yaml")
+    calls: list[list[str]] = []
+
+    def fake_generate(model, tokenizer, contexts, **kw):
+        calls.append(list(contexts))
+        tag = "crit" if len(calls) == 1 else "rev"
+        return [f"{tag}-{i}" for i in range(len(contexts))]
+
+    monkeypatch.setattr(slcai, "generate_responses", fake_generate)
+    prompts, responses = ["what is 1 + 1 ?", "what is 2 + 2 ?"], ["the answer is 3 .", "the answer is 4 ."]
+    critiques, revisions = slcai.revise(None, None, c, prompts, responses, "model", 8, random.Random(0))
+    assert critiques == ["crit-0", "crit-1"] and revisions == ["rev-0", "rev-1"]
+    critique_prompts, revision_prompts = calls
+    assert all(r in cp and p in cp for cp, p, r in zip(critique_prompts, prompts, responses, strict=True))
+    assert [("crit-0" in revision_prompts[0]), ("crit-1" in revision_prompts[1])] == [True, True]
+    # critique: none asks the model once per round (revisions only), with the {critique} slot empty
+    calls.clear()
+    critiques, _ = slcai.revise(None, None, c, prompts, responses, "none", 8, random.Random(0))
+    assert critiques == ["", ""] and len(calls) == 1 and "crit-" not in calls[0][0]
+
+
+def test_sl_cai_with_a_local_critic_model_writes_its_critiques(rlaif_run: Path):
+    """``critique: model`` end to end with a tiny local model (the reviser the tiny path trained, standing for a
+    user's instruct model at slcai.model_path): plumbing only, the critiques of a tiny model are noise."""
+    critic = rlaif_run / "ai-s0" / "slcai" / "reviser"
+    sets = [x for s in [*TINY, "label.name=critic", f"slcai.model_path={critic}", "slcai.critique=model"]
+            for x in ("--set", s)]  # fmt: skip
+    assert (
+        main(["slcai", str(ROOT / "configs/micro.yaml"), "--run-dir", str(rlaif_run), "--quiet", *sets]) == 0
+    )
+    out = rlaif_run / "critic-s0" / "slcai"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["critique"] == "model" and [r["round"] for r in summary["rounds"]] == [0, 1, 2, "sft"]
+    assert not (out / "reviser").exists()  # a given model is used as is, not trained
+    revisions = [json.loads(x) for x in (out / "revisions.jsonl").read_text().splitlines()]
+    assert len(revisions) == 16
+    assert all(len(r["meta"]["critiques"]) == 2 and len(r["meta"]["rounds"]) == 3 for r in revisions)
+    assert all(isinstance(c, str) for r in revisions for c in r["meta"]["critiques"])

@@ -15,7 +15,8 @@ path revises directly (``critique: none``, the prompt's ``{critique}`` left empt
 
 Writes ``<run_dir>/<arm>/slcai/``: ``rounds.jsonl`` (one audit row per round, round 0 = the initial
 responses, then ``sft``), ``revisions.jsonl`` (the SFT data), ``reviser/`` (the trained reviser),
-``model`` and ``summary.json``.
+``model`` and ``summary.json``. Each revision's ``meta`` keeps every round's response (``rounds``: the initial
+one, then each revision) and critique (``critiques``: empty with ``critique: none``).
 """
 
 from __future__ import annotations
@@ -115,19 +116,21 @@ def run_slcai(cfg: PipelineConfig, quiet: bool = False) -> Path:
     rows = [{"round": 0, **audit_responses(task, held_out, responses[n:])}]
     run.log_metrics({f"slcai/{k}": v for k, v in rows[0].items()}, 0)
     # 3. critique -> revision rounds, each audited on the held-out prompts
-    history = [responses]
+    history, critiques = [responses], []
     with torch.no_grad():
         for r in range(1, sc.rounds + 1):
-            _, responses = revise(
+            round_critiques, responses = revise(
                 reviser, tok, constitution, texts, responses, sc.critique, sc.max_new_tokens, rng
             )
             history.append(responses)
+            critiques.append(round_critiques)
             rows.append({"round": r, **audit_responses(task, held_out, responses[n:])})
             run.log_metrics({f"slcai/{k}": v for k, v in rows[-1].items()}, r)
             run.info(f"round {r}: gold {rows[-1].get('gold/mean', float('nan')):+.3f}, sycophancy "
                      f"{rows[-1].get('behavior/sycophancy_rate', float('nan')):.3f}")  # fmt: skip
     write_jsonl(run.dir / "revisions.jsonl", [{"prompt": texts[i], "completion": responses[i],
-                                               "meta": {"rounds": [h[i] for h in history]}} for i in range(n)])  # fmt: skip
+                                               "meta": {"rounds": [h[i] for h in history],
+                                                        "critiques": [c[i] for c in critiques]}} for i in range(n)])  # fmt: skip
     # 4. SFT of the response policy on the final revisions of the training prompts
     policy.train()
     train_format_lm(
