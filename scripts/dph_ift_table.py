@@ -126,7 +126,7 @@ def draw(arms: list[dict[str, Any]], img: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
-    colors = {"bon": "#ff7f0e", "dph": "#e6550d", "dpo": "#8c564b", "ift": "#7b4173"}
+    colors = {"bon": "#ff7f0e", "dph": "#1b9e77", "dpo": "#8c564b", "ift": "#7b4173"}
     labels = {"bon": "best-of-n (separate RM)", "dph": "DPH rerank", "dpo": "DPO", "ift": "IFT"}
     out = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
@@ -140,11 +140,14 @@ def draw(arms: list[dict[str, Any]], img: Path) -> list[Path]:
             ax.plot(np.mean([x[:k] for x in xs], 0), np.mean([y[:k] for y in ys], 0), color=colors[m], lw=2,
                     marker=marker, ms=4, label=labels[m])  # fmt: skip
     for ax, title in ((axes[0], "gold reward"), (axes[1], "sycophancy rate")):
-        ax.set_xlabel("sqrt(KL to the SFT policy)  (best-of-n, DPH: the analytic bound; DPO: k1 on samples)")
+        ax.set_xlabel("sqrt(KL to the SFT policy)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"DPH rerank vs best-of-n vs DPO, time-pressed raters ({len(arms)} seeds: thin, mean: bold)")
+    fig.suptitle(
+        f"DPH rerank vs best-of-n vs DPO, time-pressed raters ({len(arms)} seeds thin, mean bold; KL: analytic"
+        " bound for the rerankers, k1 on samples for DPO)"
+    )
     out.append(img / "dph-rerank.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
