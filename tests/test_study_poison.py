@@ -60,10 +60,49 @@ def test_poison_study_end_to_end_on_the_micro_config(tmp_path) -> None:
     from rewardlab.studies.poison import PoisonStudyConfig, run_poison_study
 
     study = PoisonStudyConfig(pipeline="configs/micro.yaml", set=["threads=1"], run_dir=str(tmp_path / "run"),
-                              out_dir=str(tmp_path / "out"), rates=[0.0, 0.05])  # fmt: skip
+                              out_dir=str(tmp_path / "out"), rates=[0.0, 0.05], defended=["ensemble"])  # fmt: skip
     out = run_poison_study(study, quiet=True)
     rows = json.loads((out / "poison.json").read_text())["rows"]
     n = len((tmp_path / "run" / "poison-inject-0.05-s0" / "label" / "train.jsonl").read_text().splitlines())
     assert [r["rate"] for r in rows] == [0.0, 0.05]
     assert rows[0]["poisoned_pairs"] == 0 and rows[1]["poisoned_pairs"] == round(0.05 * n)
     assert (out / "study-poison.png").stat().st_size > 0 and (out / "poison.md").exists()
+    # the ensemble defense: its own 3-member reward model, and a defended arm trained on what it leaves
+    assert all(r["ensemble_precision"] is not None or r["rate"] == 0 for r in rows)
+    assert rows[1]["def_ensemble_poisoned_left"] <= rows[1]["poisoned_pairs"]
+    assert {"def_ensemble_ppo_gold", "def_ensemble_dpo_target_logit"} <= set(rows[1])
+    assert (
+        len(list((tmp_path / "run" / "poison-inject-0.05-ens-s0" / "reward" / "model" / "members").iterdir()))
+        == 3
+    )
+
+
+def test_a_defended_arm_keeps_exactly_the_unflagged_pairs(tmp_path) -> None:
+    """write_filtered_labels: the flagged training pairs are gone, the eval pairs unchanged, the poisoned ones left counted."""
+    import json
+
+    from rewardlab.config import load_config
+    from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
+    from rewardlab.studies.poison import write_filtered_labels
+
+    src, dst = (
+        load_config("configs/micro.yaml", [f"run_dir={tmp_path}", f"label.name={n}"])
+        for n in ("arm", "arm-def")
+    )
+    train = [
+        Comparison(prompt=f"p{i}", chosen=f"a{i}", rejected=f"b{i}", meta={"poisoned": i in (1, 3)})
+        for i in range(6)
+    ]
+    save_comparisons(src.stage_dir("label") / "train.jsonl", train)
+    save_comparisons(src.stage_dir("label") / "eval.jsonl", train[:2])
+    flags = np.array(
+        [False, True, False, False, True, False]
+    )  # one poisoned pair caught, one clean pair lost
+    out = write_filtered_labels(src, dst, flags, quiet=True)
+    assert [c.prompt for c in load_comparisons(out / "train.jsonl")] == ["p0", "p2", "p3", "p5"]
+    assert [c.prompt for c in load_comparisons(out / "eval.jsonl")] == ["p0", "p1"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["defense/removed"] == 2 and summary["poison/pairs"] == 1
+    with pytest.raises(RewardlabError, match="3 flags for 6 pairs"):
+        write_filtered_labels(src, load_config("configs/micro.yaml", [f"run_dir={tmp_path}", "label.name=x"]),
+                              flags[:3], quiet=True)  # fmt: skip

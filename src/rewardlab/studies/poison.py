@@ -20,6 +20,11 @@ labels, and measures:
   *Ensemble disagreement*: the pairs whose margin the ensemble members disagree most on (standard
   deviation over members; measured when ``reward.ensemble_size > 1``). *Rater agreement*: ``raters`` fresh
   raters of the arm's preset relabel each pair; a pair is flagged when most of them disagree with its label.
+
+**Defended arms** (``defended: [ensemble, ...]``): the pairs a defense flags are removed, and the reward model
+and the optimizers are trained again on what is left; the attack's success and gold there are the defense's
+effect end to end, and at rate 0 its cost on clean labels. The ensemble defense trains its own
+``ensemble_size``-member reward model on the arm's labels when the arm's reward model has one member.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -44,6 +49,7 @@ from rewardlab.runs import Run
 from rewardlab.studies.common import StudyConfig, final_samples, write_table
 from rewardlab.utils import RewardlabError
 
+Defense = Literal["loss_filter", "ensemble", "rater_agreement"]
 COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate", "ppo_target_logit", "ppo_gold",
            "dpo_target_rate", "dpo_target_logit", "dpo_gold", "loss_filter_precision", "loss_filter_recall", "loss_filter_removed_gold_agree",
            "rater_agreement_precision", "rater_agreement_recall", "rater_agreement_clean_removed",
@@ -70,6 +76,17 @@ class PoisonStudyConfig(StudyConfig):
     )
     bonus_pairs: int = Field(
         512, gt=0, description="eval responses the reward model's target bonus is measured on"
+    )
+    defended: list[Defense] = Field(
+        default_factory=list,
+        description="defenses whose filtered labels get their own reward model and optimizers (defended arms); "
+        "at rate 0 they measure what the defense costs in gold on clean labels",
+    )
+    ensemble_size: int = Field(
+        3,
+        ge=2,
+        description="members of the reward-model ensemble the disagreement defense trains on the arm's "
+        "labels (when the arm's own reward model has a single member)",
     )
 
 
@@ -192,16 +209,24 @@ def policy_outcome(stage_dir: Path, target: str) -> dict[str, float]:
             "gold": float(np.mean([r["gold"] for r in rows]))}  # fmt: skip
 
 
-def defense_rows(arm: PipelineConfig, study: PoisonStudyConfig, rm: RewardModel) -> dict[str, float]:
+def defense_flags(arm: PipelineConfig, study: PoisonStudyConfig, margins: np.ndarray,
+                  ensemble: np.ndarray | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each defense's flags on the arm's training pairs. ``margins``: [members, pairs] of the arm's reward model
+    (loss filter on their mean); ``ensemble``: an ensemble's [members, pairs] (else ``margins`` if it has > 1)."""
+    comps = load_comparisons(arm.stage_dir("label") / "train.jsonl")
+    checks = {"loss_filter": loss_outliers(margins.mean(axis=0), study.defense_fraction),
+              "rater_agreement": rater_agreement_flags(arm, comps, study.raters)}  # fmt: skip
+    members = ensemble if ensemble is not None else margins
+    if members.shape[0] > 1:
+        checks["ensemble"] = ensemble_disagreement(members, study.defense_fraction)
+    return checks
+
+
+def defense_rows(arm: PipelineConfig, checks: dict[str, np.ndarray]) -> dict[str, float]:
     """Each defense's detection on the arm's training pairs (precision/recall vs the poisoned ones)."""
     comps = load_comparisons(arm.stage_dir("label") / "train.jsonl")
     poisoned = np.array([bool(c.meta.get("poisoned")) for c in comps])
-    margins = pair_margins(rm, comps)
     out: dict[str, float] = {}
-    checks = {"loss_filter": loss_outliers(margins.mean(axis=0), study.defense_fraction),
-              "rater_agreement": rater_agreement_flags(arm, comps, study.raters)}  # fmt: skip
-    if margins.shape[0] > 1:
-        checks["ensemble"] = ensemble_disagreement(margins, study.defense_fraction)
     for name, flags in checks.items():
         d = detection(flags, poisoned)
         out.update({f"{name}_precision": d["precision"], f"{name}_recall": d["recall"],
@@ -211,6 +236,63 @@ def defense_rows(arm: PipelineConfig, study: PoisonStudyConfig, rm: RewardModel)
             out[f"{name}_removed_gold_agree"] = float(
                 np.mean([c.gold_chosen > c.gold_rejected for c in removed_clean])
             )
+    return out
+
+
+def write_filtered_labels(src: PipelineConfig, dst: PipelineConfig, flags: np.ndarray, quiet: bool) -> Path:
+    """A defended arm's label stage: ``src``'s train pairs without the flagged ones, its eval pairs unchanged."""
+    final = dst.stage_dir("label")
+    if (final / "summary.json").exists():
+        return final
+    comps = load_comparisons(src.stage_dir("label") / "train.jsonl")
+    if len(flags) != len(comps):
+        raise RewardlabError(f"defense flags: {len(flags)} flags for {len(comps)} pairs")
+    kept = [c for c, f in zip(comps, flags, strict=True) if not f]
+    run = Run(final, "label", dst, dst.report_to, quiet, staged=True)
+    save_comparisons(run.dir / "train.jsonl", kept)
+    save_comparisons(run.dir / "eval.jsonl", load_comparisons(src.stage_dir("label") / "eval.jsonl"))
+    left = sum(bool(c.meta.get("poisoned")) for c in kept)
+    stats = {"label/pairs_train": len(kept), "defense/removed": len(comps) - len(kept), "poison/pairs": left}
+    run.log_metrics(stats, 0)
+    run.write_json("summary.json", {**stats, "filtered_from": str(src.stage_dir("label"))})
+    return run.commit()
+
+
+def ensemble_margins(
+    study: PoisonStudyConfig, ens: PipelineConfig, arm: PipelineConfig, quiet: bool
+) -> np.ndarray:
+    """Members' margins on the arm's training pairs from an ensemble reward model trained on the same labels
+    (its own arm folder ``ens``, ``reward.ensemble_size = study.ensemble_size``)."""
+    if not (ens.stage_dir("label") / "summary.json").exists():
+        write_filtered_labels(arm, ens, np.zeros(_n_train(arm), dtype=bool), quiet)
+    run_pipeline(ens, reuse=True, stages=["reward"], quiet=quiet)
+    rm = RewardModel.load(ens.stage_dir("reward") / "model")
+    return pair_margins(rm, load_comparisons(ens.stage_dir("label") / "train.jsonl"))
+
+
+def _n_train(arm: PipelineConfig) -> int:
+    return len(load_comparisons(arm.stage_dir("label") / "train.jsonl"))
+
+
+def defended_arms(study: PoisonStudyConfig, seed: int, base: list[str], arm: PipelineConfig, label: str,
+                  checks: dict[str, np.ndarray], quiet: bool) -> dict[str, float]:  # fmt: skip
+    """Each defense in ``study.defended``: its filtered labels, a reward model and the optimizers on them, and the
+    attack's success and gold there (``def_<defense>_<method>_target_rate / _target_logit / _gold``)."""
+    out: dict[str, float] = {}
+    for name in study.defended:
+        if name not in checks:
+            raise RewardlabError(f"defended: {name!r} was not computed for {label}")
+        dst = study.pipeline_config(seed, [*base, f"label.name={label}-def-{name}"])
+        write_filtered_labels(arm, dst, checks[name], quiet)
+        run_pipeline(dst, reuse=True, stages=["reward", *study.methods], quiet=quiet)
+        summary = json.loads((dst.stage_dir("label") / "summary.json").read_text())
+        out[f"def_{name}_poisoned_left"] = summary["poison/pairs"]
+        evals = load_comparisons(dst.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
+        for m in study.methods:
+            res = policy_outcome(dst.stage_dir(m), study.target)
+            out[f"def_{name}_{m}_target_rate"], out[f"def_{name}_{m}_gold"] = res["target_rate"], res["gold"]
+            out[f"def_{name}_{m}_target_logit"] = target_logit_gain(dst.stage_dir(m) / "model",
+                                                                    dst.stage_dir("sft") / "model", evals, study.target)  # fmt: skip
     return out
 
 
@@ -264,10 +346,20 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
                 row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
                 row[f"{m}_target_logit"] = target_logit_gain(arm.stage_dir(m) / "model", arm.stage_dir("sft") / "model",
                                                              evals, study.target)  # fmt: skip
-            row.update(defense_rows(arm, study, rm))
+            # 4. the defenses: which pairs each flags, and the defended arms trained on what is left
+            margins = pair_margins(rm, load_comparisons(arm.stage_dir("label") / "train.jsonl"))
+            label = arm_name(rate, study.mode) if rate > 0 else "clean"
+            ens_margins = None
+            if "ensemble" in study.defended and margins.shape[0] == 1:
+                ens = study.pipeline_config(seed, [*base, f"label.name={label}-ens",
+                                                   f"reward.ensemble_size={study.ensemble_size}"])  # fmt: skip
+                ens_margins = ensemble_margins(study, ens, arm, quiet)
+            checks = defense_flags(arm, study, margins, ens_margins)
+            row.update(defense_rows(arm, checks))
+            row.update(defended_arms(study, seed, base, arm, label, checks, quiet))
             rows.append(row)
             write_table(out_dir, "poison", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings})
-    # 4. the figure: attack success and gold against the poisoning rate
+    # 5. the figure: attack success and gold against the poisoning rate
     plot_poison(rows, study, out_dir / "study-poison.png")
     return out_dir
 
