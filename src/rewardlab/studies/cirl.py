@@ -195,6 +195,8 @@ def plot_cirl(rows: Sequence[dict[str, Any]], c: CIRLStudyConfig, path: Path) ->
                    title=f"gold vs ambiguity ({game}, beta={c.figure_beta:g})")  # fmt: skip
     axes[0, 1].set(xlabel="human rationality beta", ylabel="gold return", xscale="log",
                    title=f"gold vs beta ({game}, corridor={c.figure_corridor})")  # fmt: skip
+    axes[0, 1].set_xticks(sorted(set(c.betas)), [f"{b:g}" for b in sorted(set(c.betas))])
+    axes[0, 1].minorticks_off()
     axes[0, 0].legend(fontsize=7)
     for ax, g in zip(axes[1], ("ask", "no ask"), strict=True):
         for y, style in (("ask_rate", "-"), ("wait_rate", "-"), ("defer_rate", "-"), ("wrong_rate", "-")):
