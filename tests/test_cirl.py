@@ -153,6 +153,7 @@ def test_cirl_robot_mean_return_matches_its_exact_value() -> None:
     m = game(n_goals=2, arm=2, corridor=1, beta=2.0, horizon=8)
     solver = CIRLSolver(m)
     res = evaluate_robot(m, CIRLRobot(solver), 500, seed=0)
+    assert evaluate_robot(m, CIRLRobot(solver), 500, seed=0) == res  # same seed, same metrics
     assert res["gold/mean"] == pytest.approx(
         solver.root_value(), abs=0.25
     )  # gold's std is ~1: ~5 standard errors
@@ -228,3 +229,7 @@ def test_cirl_study_writes_table_and_figure(tmp_path: Path) -> None:
         assert r["right_rate"] + r["wrong_rate"] + r["defer_rate"] + r["timeout_rate"] == pytest.approx(1.0)
     with pytest.raises(RewardlabError, match="episodes"):
         load_study("configs/cirl-micro.yaml", CIRLStudyConfig, ["episodes=0"])
+    with pytest.raises(RewardlabError, match="figure_beta"):
+        load_study("configs/cirl-micro.yaml", CIRLStudyConfig, ["figure_beta=3.0"])
+    with pytest.raises(RewardlabError, match="fixed_goal"):
+        load_study("configs/cirl-micro.yaml", CIRLStudyConfig, ["fixed_goal=2"])

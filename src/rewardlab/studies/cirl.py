@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import track
 
 from rewardlab.control.cirl import CIRLRobot, CIRLSolver, FixedReward, IRLThenOptimize, Oracle, evaluate_robot
@@ -82,6 +82,20 @@ class CIRLStudyConfig(BaseModel):
     figure_beta: float = Field(2.0, description="the beta of the figure's ambiguity panels (one of betas)")
     figure_corridor: int = Field(2, description="the corridor of the figure's beta panel (one of corridors)")
 
+    @model_validator(mode="after")
+    def _figure_in_sweep(self) -> CIRLStudyConfig:
+        if self.figure_beta not in self.betas:
+            raise ValueError(f"figure_beta: {self.figure_beta} is not one of betas {self.betas}")
+        if self.figure_corridor not in self.corridors:
+            raise ValueError(
+                f"figure_corridor: {self.figure_corridor} is not one of corridors {self.corridors}"
+            )
+        if self.fixed_goal >= self.game.n_goals:
+            raise ValueError(
+                f"fixed_goal: {self.fixed_goal} is not a goal of a {self.game.n_goals}-goal game"
+            )
+        return self
+
 
 def robots(game: Any, solver: CIRLSolver, c: CIRLStudyConfig) -> list[Any]:
     """The robots compared on one game (they share the solver's full-information tables)."""
@@ -97,8 +111,6 @@ def measure_game(
     # step 1. the game as arrays, and its exact POMDP solution
     env = make_env(c.env_id, **c.game.model_dump(), beta=beta, corridor=corridor, allow_ask=ask)
     game = env.unwrapped.model()
-    if c.fixed_goal >= len(game.goals):
-        raise ValueError(f"fixed_goal: {c.fixed_goal} is not a goal of a {len(game.goals)}-goal game")
     t = time.perf_counter()
     solver = CIRLSolver(game)
     exact_cirl = solver.root_value()
