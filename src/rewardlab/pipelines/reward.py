@@ -13,7 +13,9 @@ from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import Comparison, load_comparisons, load_rankings
 from rewardlab.pipelines.common import eval_problems, setup_stage, stage_input
+from rewardlab.pipelines.reward_variants import train_variant
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
+from rewardlab.rewards.goal import train_goal_member
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
 from rewardlab.rewards.report import markdown_table, write_subset_report
 from rewardlab.rewards.train import RewardData, evaluate_comparisons, reward_stats, train_reward_member
@@ -39,6 +41,9 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
     run.info(
         f"{len(pairs)} train / {len(evals)} eval comparisons; loss {rc.loss}, {rc.ensemble_size} member(s)"
     )
+    if rc.kind != "scalar":  # segment-level or domain-knowledge (docs/reward-variants.md)
+        norm_set = normalization_set(cfg, task, pairs)
+        return train_variant(cfg, task, run, Path(init), tok, pairs, evals, norm_set)
 
     verifier = None
     use_verifier = has_capability(task, "verifier") if rc.verifier is None else rc.verifier
@@ -61,6 +66,11 @@ def run_reward(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
         ckpt = Checkpointer(run, every=rc.checkpoint_every, resume=cfg.resume, accelerator=acc,
                             path=run.dir / "checkpoint" / f"member{m}")  # fmt: skip
+        if rc.goal_weight > 0:  # BT + the goal-conditioned contrastive loss (rewards/goal.py)
+            if verifier is not None or rc.loss != "bradley_terry" or acc.num_processes > 1:
+                raise RewardlabError("reward.goal_weight > 0 needs verifier off, bradley_terry, 1 process")
+            members.append(train_goal_member(model, tok, pairs, rc, run, seed=seed, evaluate=evaluate))
+            continue
         members.append(train_reward_member(model, RewardData(tok, pairs, rankings, verifier), rc, run, seed=seed,
                                            member=m, evaluate=evaluate, accelerator=acc, checkpoint=ckpt))  # fmt: skip
     if not acc.is_main_process:  # normalization, evaluation and saving happen once, on the main process

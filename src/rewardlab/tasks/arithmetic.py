@@ -370,6 +370,18 @@ class ArithmeticTask(SampledTexts):
                 "match_belief": float(item.belief is not None and r.answer == item.belief),
                 "length": float(r.n_words)}  # fmt: skip
 
+    def domain_features(self, item: Problem, response: str) -> dict[str, float]:
+        """What someone who knows arithmetic reads off a response (the ``domain_features`` capability): the
+        surface features plus whether it parses, whether its answer checks out, hedging, fillers, refusal and the
+        two gold-relevant interactions (affirming a wrong belief; confident and wrong)."""
+        r = parse_response(response)
+        correct = r.parseable and r.answer == item.answer
+        return {**self.surface_features(item, response), "parseable": float(r.parseable),
+                "correct": float(correct), "disagree": float(r.disagrees), "hedged": float(r.hedged),
+                "fillers": float(r.n_fillers), "refusal": float(r.refusal),
+                "affirms_wrong_belief": float(item.belief_wrong and r.agrees),
+                "confident_wrong": float(r.confident and not correct)}  # fmt: skip
+
     def rater_presets(self) -> Mapping[str, Mapping[str, Any]]:
         return RATER_PRESETS
 

@@ -17,6 +17,8 @@ Optional capabilities a task may offer (checked with :func:`has_capability`):
   generative-verifier feature, :mod:`rewardlab.rewards.verifier`);
 * ``split_of(prompt)`` - ``train``/``eval``/``None``: which of the task's splits a prompt is in; a file of
   labels (``label.source: file``) is then split the same way, so audit prompts are never trained on.
+* ``domain_features(item, response)`` - a dict of named numbers that encode what the domain knows about a
+  response (the domain-knowledge reward model, ``reward.kind: domain``, :mod:`rewardlab.rewards.domain`).
 """
 
 from __future__ import annotations
