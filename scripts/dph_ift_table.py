@@ -10,8 +10,8 @@ SFT's wall time) and prints Markdown tables of the mean and standard deviation o
    head) and DPO's last audit, each against the SFT policy's own samples (n = 1);
 2. IFT's last audit against SFT (n = 1 of best-of-n) and SFT-then-DPO (DPO's last audit), with wall times.
 
-With ``--img`` it draws ``dph-rerank.png`` (gold and sycophancy vs sqrt(KL)) and ``ift-training.png`` (gold and
-sycophancy over IFT's and DPO's steps).
+Each table uses the arms where its methods finished. With ``--img`` it draws ``dph-rerank.png`` (gold and
+sycophancy vs sqrt(KL)) and ``ift-vs-sft-dpo.png`` (gold and sycophancy of the base, SFT, SFT then DPO and IFT).
 """
 
 from __future__ import annotations
@@ -35,22 +35,15 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def load_arm(arm: Path) -> dict[str, Any] | None:
-    """One seed's audits and summaries; ``None`` when a method has not finished there."""
-    if not all((arm / m / "summary.json").is_file() for m in ("bon", "dph", "dpo", "ift")):
-        return None
-    return {
-        "name": arm.name,
-        "bon": _rows(arm / "bon" / "audit.jsonl"),
-        "dph": _rows(arm / "dph" / "audit.jsonl"),
-        "dpo": _rows(arm / "dpo" / "audit.jsonl"),
-        "ift": _rows(arm / "ift" / "audit.jsonl"),
-        "dph_summary": _json(arm / "dph" / "summary.json"),
-        "dpo_summary": _json(arm / "dpo" / "summary.json"),
-        "ift_summary": _json(arm / "ift" / "summary.json"),
-        "bon_summary": _json(arm / "bon" / "summary.json"),
-        "reward": _json(arm / "reward" / "summary.json"),
-    }
+def load_arm(arm: Path) -> dict[str, Any]:
+    """One seed's audits and summaries of the methods that finished there (``done``: their names)."""
+    out: dict[str, Any] = {"name": arm.name, "reward": _json(arm / "reward" / "summary.json"), "done": set()}
+    for m in ("bon", "dph", "dpo", "ift"):
+        if (arm / m / "summary.json").is_file():  # written last: the method finished
+            out[m] = _rows(arm / m / "audit.jsonl")
+            out[f"{m}_summary"] = _json(arm / m / "summary.json")
+            out["done"].add(m)
+    return out
 
 
 def _kl(row: dict[str, Any]) -> float:
@@ -119,7 +112,7 @@ def ift_table(arms: list[dict[str, Any]], sft_seconds: float | None) -> str:
     return "\n".join(lines)
 
 
-def draw(arms: list[dict[str, Any]], img: Path) -> list[Path]:
+def draw(arms: list[dict[str, Any]], ift_arms: list[dict[str, Any]], img: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,19 +144,23 @@ def draw(arms: list[dict[str, Any]], img: Path) -> list[Path]:
     out.append(img / "dph-rerank.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
+    if not ift_arms:
+        return out
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for m in ("ift", "dpo"):
-        for key, ax in ((GOLD, axes[0]), (SYC, axes[1])):
-            for j, a in enumerate(arms):
-                ax.plot([r["step"] for r in a[m]], [r[key] for r in a[m]], color=colors[m], lw=1.5, marker="o",
-                        ms=3, alpha=0.8, label=f"{labels[m]} (from {'base' if m == 'ift' else 'SFT'})" if j == 0 else None)  # fmt: skip
-    for ax, title in ((axes[0], "gold reward"), (axes[1], "sycophancy rate")):
-        ax.set_xlabel("optimizer step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("IFT from the base model vs DPO from the SFT model (every seed)")
-    out.append(img / "ift-training.png")
+    groups = [("base\n(IFT's start)", lambda a: a["ift"][0], "0.5"), ("SFT", lambda a: a["bon"][0], "0.3"),
+              ("SFT then DPO", lambda a: a["dpo"][-1], colors["dpo"]), ("IFT", lambda a: a["ift"][-1], colors["ift"])]  # fmt: skip
+    for key, ax in ((GOLD, axes[0]), (SYC, axes[1])):
+        for i, (_name, pick, color) in enumerate(groups):
+            ys = [pick(a)[key] for a in ift_arms]
+            ax.bar(i, float(np.mean(ys)), color=color, alpha=0.45, width=0.6)
+            ax.scatter(
+                [i + (j - (len(ys) - 1) / 2) * 0.08 for j in range(len(ys))], ys, color=color, zorder=3, s=18
+            )
+        ax.set_xticks(range(len(groups)), [g[0] for g in groups])
+        ax.set_title("gold reward" if key == GOLD else "sycophancy rate")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"IFT vs SFT then DPO from the same data ({len(ift_arms)} seeds: dots; bars: mean)")
+    out.append(img / "ift-vs-sft-dpo.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
     return out
@@ -172,18 +169,22 @@ def draw(arms: list[dict[str, Any]], img: Path) -> list[Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--img", type=Path, default=None, help="folder for dph-rerank.png and ift-training.png")
+    ap.add_argument("--img", type=Path, default=None, help="folder for dph-rerank.png and ift-vs-sft-dpo.png")
     args = ap.parse_args()
     found = sorted(p for p in args.run_dir.iterdir() if p.is_dir() and (p / "arm.json").is_file())
-    arms = [a for p in found if (a := load_arm(p)) is not None]
-    if not arms:
-        raise SystemExit(f"{args.run_dir}: no arm has finished bon, dph, dpo and ift")
-    print(f"arms: {', '.join(a['name'] for a in arms)} (mean ± sd over {len(arms)})\n")
-    print(rerank_table(arms) + "\n")
-    sft_seconds = _json(args.run_dir / "sft" / "summary.json").get("seconds")
-    print(ift_table(arms, sft_seconds))
+    arms = [load_arm(p) for p in found]
+    rerank = [a for a in arms if {"bon", "dph", "dpo"} <= a["done"]]
+    ift = [a for a in arms if {"bon", "dpo", "ift"} <= a["done"]]
+    if not rerank:
+        raise SystemExit(f"{args.run_dir}: no arm has finished bon, dph and dpo")
+    print(f"rerankers and DPO: {', '.join(a['name'] for a in rerank)} (mean ± sd over {len(rerank)})\n")
+    print(rerank_table(rerank) + "\n")
+    if ift:
+        print(f"IFT: {', '.join(a['name'] for a in ift)} (mean ± sd over {len(ift)})\n")
+        sft_seconds = _json(args.run_dir / "sft" / "summary.json").get("seconds")
+        print(ift_table(ift, sft_seconds))
     if args.img:
-        for p in draw(arms, args.img):
+        for p in draw(rerank, ift, args.img):
             print(f"\nwrote {p}")
 
 
