@@ -1,7 +1,7 @@
 """Markdown tables and figures of the RLAIF study (issue 20, docs/rlaif.md) from a `rewardlab run configs/rlaif.yaml`
 run folder: the judge panel (rewardlab.report.judge), PPO start -> end per arm and seed, the target per seed, SL-CAI.
 
-    .venv/bin/python scripts/rlaif_summary.py RUN_DIR [--img docs/img] [--control unbiased-12k] [--far 0.1]
+    .venv/bin/python scripts/rlaif_summary.py RUN_DIR [--img docs/img] [--control unbiased-12k unbiased] [--far 0.1]
 
 The target (issue 20): RLAIF with <= 1,000 human labels ends within 0.05 gold of the unbiased control and far
 above the time-pressed arm, on at least 2 of 3 seeds. Per seed and judge arm trained on unbiased labels:
@@ -61,6 +61,22 @@ def ppo_table(ppo: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"| {r['name']} | {r['seed']} | {s['gold/mean']:+.3f} -> {e['gold/mean']:+.3f} | "
                      f"{s['behavior/sycophancy_rate']:.2f} -> {e['behavior/sycophancy_rate']:.2f} | "
                      f"{e['gold/accuracy']:.3f} | {e['kl/k1']:.2f} | {e['proxy/mean']:+.2f} |")  # fmt: skip
+    return lines
+
+
+def ppo_mean_table(ppo: Sequence[dict[str, Any]]) -> list[str]:
+    """Mean over seeds of each arm name's PPO end (and its seeds' range of gold at the end)."""
+    lines = ["| arm | seeds | gold end: mean (min, max) | sycophancy end | accuracy end | KL (k1) end |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in sorted({r["name"] for r in ppo}):
+        ends = [r["end"] for r in ppo if r["name"] == name]
+        gold = [e["gold/mean"] for e in ends]
+        mean = {
+            k: sum(e[k] for e in ends) / len(ends)
+            for k in ("behavior/sycophancy_rate", "gold/accuracy", "kl/k1")
+        }
+        lines.append(f"| {name} | {len(ends)} | {sum(gold) / len(gold):+.3f} ({min(gold):+.3f}, {max(gold):+.3f}) | "
+                     f"{mean['behavior/sycophancy_rate']:.2f} | {mean['gold/accuracy']:.3f} | {mean['kl/k1']:.2f} |")  # fmt: skip
     return lines
 
 
@@ -128,16 +144,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--img", type=Path, default=Path("docs/img"), help="where rlaif-*.png go (default docs/img)"
     )
-    p.add_argument(
-        "--control", default="unbiased-12k", help="the control arm of the target (default unbiased-12k)"
-    )
+    p.add_argument("--control", nargs="+", default=["unbiased-12k", "unbiased"],
+                   help="the control arm(s) of the target, one table each (default unbiased-12k unbiased)")  # fmt: skip
     p.add_argument(
         "--far", type=float, default=0.1, help="'far above time-pressed': gold margin (default 0.1)"
     )
     args = p.parse_args(argv)
     panel, ppo = judge_panel(args.run_dir), ppo_rows(args.run_dir)
-    for block in (judge_table(panel), ppo_table(ppo), target_table(ppo, panel, args.control, args.far),
-                  slcai_table(panel) if panel.slcai else []):  # fmt: skip
+    targets = [target_table(ppo, panel, control, args.far) for control in args.control]
+    for block in (
+        judge_table(panel),
+        ppo_table(ppo),
+        ppo_mean_table(ppo),
+        *targets,
+        slcai_table(panel) if panel.slcai else [],
+    ):
         print("\n".join(block) + "\n")
     plot_judge(panel, args.img / "rlaif-judge.png")
     plot_ppo(ppo, args.img / "rlaif-ppo.png")
