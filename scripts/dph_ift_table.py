@@ -138,8 +138,9 @@ def draw(arms: list[dict[str, Any]], ift_arms: list[dict[str, Any]], img: Path) 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"DPH rerank vs best-of-n vs DPO, time-pressed raters ({len(arms)} seeds thin, mean bold; KL: analytic"
-        " bound for the rerankers, k1 on samples for DPO)"
+        f"DPH rerank vs best-of-n vs DPO, time-pressed raters ({len(arms)} seeds thin, mean bold)\nKL: the analytic"
+        " bound for the rerankers, k1 on samples for DPO",
+        fontsize=11,
     )
     out.append(img / "dph-rerank.png")
     fig.savefig(out[-1], dpi=110)
