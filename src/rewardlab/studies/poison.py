@@ -82,6 +82,9 @@ class PoisonStudyConfig(StudyConfig):
         description="defenses whose filtered labels get their own reward model and optimizers (defended arms); "
         "at rate 0 they measure what the defense costs in gold on clean labels",
     )
+    ensemble_detection: bool = Field(
+        False, description="train the ensemble and measure its detection even when no defended arm uses it"
+    )
     ensemble_size: int = Field(
         3,
         ge=2,
@@ -350,7 +353,7 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
             margins = pair_margins(rm, load_comparisons(arm.stage_dir("label") / "train.jsonl"))
             label = arm_name(rate, study.mode) if rate > 0 else "clean"
             ens_margins = None
-            if "ensemble" in study.defended and margins.shape[0] == 1:
+            if ("ensemble" in study.defended or study.ensemble_detection) and margins.shape[0] == 1:
                 ens = study.pipeline_config(seed, [*base, f"label.name={label}-ens",
                                                    f"reward.ensemble_size={study.ensemble_size}"])  # fmt: skip
                 ens_margins = ensemble_margins(study, ens, arm, quiet)
@@ -358,7 +361,10 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
             row.update(defense_rows(arm, checks))
             row.update(defended_arms(study, seed, base, arm, label, checks, quiet))
             rows.append(row)
-            write_table(out_dir, "poison", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings})
+            defended = sorted({k for r in rows for k in r if k.startswith("def_")})
+            write_table(
+                out_dir, "poison", rows, COLUMNS + defended, {"study": study.model_dump(), "seconds": timings}
+            )
     # 5. the figure: attack success and gold against the poisoning rate
     plot_poison(rows, study, out_dir / "study-poison.png")
     return out_dir
