@@ -25,7 +25,17 @@ from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
 from rewardlab.policies.tokenizer import Limits
-from rewardlab.rewards.head import fit_linear_head, freeze_lower_layers, pooled_features, set_linear_head
+from rewardlab.rewards.head import (
+    FrozenPrefixCache,
+    collate_states,
+    eval_frozen,
+    fit_linear_head,
+    freeze_lower_layers,
+    frozen_layer_count,
+    pooled_features,
+    set_linear_head,
+    top_scores,
+)
 from rewardlab.rewards.model import (
     RewardModel,
     backbone_of,
@@ -89,19 +99,26 @@ def tokenize_rankings(tokenizer: PreTrainedTokenizerBase, ranks: Sequence[Rankin
 class ScoredMember(nn.Module):
     """A reward member's score with the optional learned verifier weight: head(h) + w * f."""
 
-    def __init__(self, model: PreTrainedModel, use_feature: bool) -> None:
+    def __init__(self, model: PreTrainedModel, use_feature: bool, frozen: int | None = None) -> None:
         super().__init__()
         self.model = model
+        # with cached states of the lower layers (reward.cache_frozen): how many layers are frozen
+        self.frozen = frozen
         self.w = (
             nn.Parameter(torch.tensor(float(getattr(model.config, "verifier_weight", 0.5))))
             if use_feature
             else None
         )
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feature: torch.Tensor | None
-    ) -> torch.Tensor:
-        s = member_scores(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, feature: torch.Tensor | None,
+                hidden: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Scores of token ids, or (``hidden``) of the cached hidden states of the frozen lower layers."""
+        if hidden is not None and self.frozen is not None:
+            s = top_scores(self.model, hidden, attention_mask, self.frozen)
+        elif input_ids is not None:
+            s = member_scores(self.model, input_ids, attention_mask)
+        else:
+            raise RewardlabError("ScoredMember: token ids, or cached hidden states with reward.cache_frozen")
         if self.w is not None and feature is not None:
             s = s + self.w * feature.to(s.device)
         return s
@@ -153,12 +170,21 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         run.record("data/truncated", limits.cut)
     if backbone_of(model) == "encoder":  # the member scores as it was trained (RewardModel.scoring_limits)
         model.config.reward_max_length, model.config.reward_truncation = limits.max_length, limits.truncation
+    if cfg.cache_frozen and not cfg.train_layers:
+        frozen_layer_count(model, cfg.train_layers)  # the error: cache_frozen needs top layers to train
     if cfg.train_layers == 0:
         return train_head_only(model, tp if cfg.loss != "plackett_luce" else None, cfg, run, seed=seed, pad=pad,
                                prefix=f"member{member}/" if cfg.ensemble_size > 1 else "", verifier=verifier,
                                world=world)  # fmt: skip
     if freeze_lower_layers(model, cfg.train_layers) and member == 0:
-        run.info(f"reward.train_layers={cfg.train_layers}: embeddings and the lower layers frozen")
+        run.info(
+            f"reward.train_layers={cfg.train_layers}: embeddings and the lower layers frozen (eval mode)"
+        )
+    cached = (
+        frozen_states(model, tp if cfg.loss != "plackett_luce" else None, cfg, run, pad)
+        if cfg.cache_frozen
+        else None
+    )
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.packing == "bucket":  # similar lengths in a batch: ~13% less padding on 2,000 synthetic pairs
@@ -170,7 +196,7 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     else:
         batches = BatchOrder(lambda r: shuffled_batches(n, cfg.batch_size, r), random.Random(seed))
     # 2. the member (head + optional verifier weight), its optimizer, and the state to resume from
-    scorer = ScoredMember(model, verifier is not None)
+    scorer = ScoredMember(model, verifier is not None, cached.frozen if cached is not None else None)
     opt, sched = make_optimizer(scorer, cfg.optim, total)
     scorer, opt = acc.prepare(scorer, opt)
     trainee = Trainee(scorer, opt, sched, acc)
@@ -179,7 +205,10 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         checkpoint.total_steps = total
         checkpoint.track(scorer=scorer, optimizer=opt, scheduler=sched, data=batches)
         start = checkpoint.restore()
+    if cfg.disable_dropout:
+        disable_dropout(model)
     scorer.train()
+    eval_frozen(model, cfg.train_layers)  # the frozen layers compute what a cache of them holds: no dropout
     prefix = f"member{member}/" if cfg.ensemble_size > 1 else ""
 
     def loss_of(
@@ -202,10 +231,14 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
                 valid[row, : len(tr.order[j])] = True
                 pos += kk
             return plackett_luce_loss(sc, ranking, valid, reduction=reduction), None, None  # type: ignore[arg-type]
-        b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
         feat = (torch.cat([tp.feat_chosen[idx], tp.feat_rejected[idx]])
                 if tp.feat_chosen is not None and tp.feat_rejected is not None else None)  # fmt: skip
-        scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
+        if cached is not None:  # the top layers from the frozen layers' cached states of the same sequences
+            hidden, mask = collate_states([cached.chosen[j] for j in idx] + [cached.rejected[j] for j in idx])
+            scores = scorer(None, mask.to(acc.device), feat, hidden=hidden.to(acc.device))
+        else:
+            b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
+            scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
         r_c, r_r = scores[: len(idx)], scores[len(idx) :]
         loss = bradley_terry_loss(
             r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
@@ -251,6 +284,7 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
                 inner.eval()
                 em = evaluate(inner.model)
                 inner.train()
+                eval_frozen(inner.model, cfg.train_layers)
                 run.log_metrics({f"{prefix}{k}": v for k, v in em.items()}, step)
             if checkpoint is not None:
                 checkpoint.end_step(step)
@@ -259,6 +293,48 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     inner.sync_config()
     inner.eval()
     return inner.model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout of ``model`` to 0 (``reward.disable_dropout``; what TRL's ``disable_dropout`` does), also the
+    attention dropout a transformers model reads from its ``config`` at each call."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout_prob"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+@dataclass
+class CachedStates:
+    """The frozen lower layers' hidden states of both sides of every training pair (reward.cache_frozen)."""
+
+    frozen: int
+    chosen: list[torch.Tensor]
+    rejected: list[torch.Tensor]
+
+
+def frozen_states(model: PreTrainedModel, tp: TokenizedPairs | None, cfg: RewardConfig, run: Run,
+                  pad: int) -> CachedStates:  # fmt: skip
+    """``reward.cache_frozen``: run every training sequence once through the frozen embeddings and lower layers
+    (:class:`rewardlab.rewards.head.FrozenPrefixCache`; on disk in ``reward.cache_dir`` when set, resumable), so
+    each step runs only the top ``reward.train_layers`` layers, the pooling and the head. Training from the
+    cache computes what training from tokens computes (the frozen layers run without dropout either way)."""
+    if tp is None:
+        raise RewardlabError("reward.cache_frozen needs pairs (Bradley-Terry), not rankings")
+    frozen = frozen_layer_count(model, cfg.train_layers)
+    cache = FrozenPrefixCache(model, pad, frozen, getattr(torch, cfg.cache_dtype), cfg.cache_dir)
+    with run.progress(len(tp.chosen) * 2, f"frozen layers 1-{frozen}: cached states") as prog:
+
+        def tick(n: int) -> None:
+            advance(prog, n=n)
+
+        chosen, rejected = cache.states(tp.chosen, tick), cache.states(tp.rejected, tick)
+    where = f" in {cfg.cache_dir}" if cfg.cache_dir else " in memory"
+    run.info(f"reward.cache_frozen: {2 * len(tp.chosen)} sequences' states after layer {frozen} cached{where} "
+             f"({cache.computed} computed, the rest read back)")  # fmt: skip
+    return CachedStates(frozen, chosen, rejected)
 
 
 def train_head_only(model: PreTrainedModel, tp: TokenizedPairs | None, cfg: RewardConfig, run: Run, *, seed: int,
