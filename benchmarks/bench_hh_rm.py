@@ -9,7 +9,12 @@ does, so rewardlab runs with ``reward.pooling: cls``), from the *same* initial w
 ``init_reward_backbone``, seed 0), on the same HH-RLHF pairs (a seeded sample of the fixed train split), the same
 token sequences (rewardlab's encoding, ``[CLS] dialogue [SEP] reply [SEP]`` cut to ``--max-length`` keeping the
 dialogue's end, handed to TRL pre-tokenized, so its length filter drops nothing), the same batch, epochs and
-optimizer (AdamW (0.9, 0.999), lr 5e-5, linear decay, no warmup, clip 1.0, fp32). Each side runs in its own
+optimizer (AdamW (0.9, 0.999), lr 5e-5, linear decay, no warmup, clip 1.0, fp32), dropout off (TRL's default
+``disable_dropout=True``; rewardlab's ``reward.disable_dropout: true``) and the *same batches in the same order*
+(rewardlab's seeded uniform shuffle, ``reward.packing: none``; TRL reads the pairs in that order through a
+sequential sampler), so the two trainers compute the same updates up to float rounding. ``--rewardlab-defaults``
+runs rewardlab as it trains by default instead (the model's dropout 0.1, length-bucketed batches) against TRL's
+defaults (dropout off, its own shuffle): the setup of the first measurement. Each side runs in its own
 subprocess with the same torch thread count; sides alternate over ``--repeats``. Both trained models are scored by
 the same code on the same held-out pairs (a seeded sample of the test split). Wall time is the training call alone
 (``RewardTrainer.train()`` / ``train_reward_member``); setup (imports, loading, tokenisation) is reported apart.
@@ -52,8 +57,9 @@ def _data(spec: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     )
 
 
-def _accuracy(model: Any, tok: Any, test: list[Any], max_length: int) -> float:
-    """Held-out accuracy, scored by rewardlab's RewardModel (the same code for both sides)."""
+def _scores(model: Any, tok: Any, test: list[Any], max_length: int) -> tuple[list[float], list[float]]:
+    """Raw rewards of the held-out pairs' two sides, scored by rewardlab's RewardModel (the same code for both
+    sides)."""
     from rewardlab.rewards.model import RewardModel
 
     model.config.reward_max_length, model.config.reward_truncation = max_length, "keep_end"
@@ -61,7 +67,18 @@ def _accuracy(model: Any, tok: Any, test: list[Any], max_length: int) -> float:
     prompts = [c.prompt for c in test]
     s_c = rm.score(prompts, [c.chosen for c in test], normalized=False).mean
     s_r = rm.score(prompts, [c.rejected for c in test], normalized=False).mean
-    return float((s_c > s_r).float().mean())
+    return s_c.tolist(), s_r.tolist()
+
+
+def batch_order(n: int, batch: int, epochs: int, seed: int = 0) -> list[int]:
+    """The pairs in the order rewardlab's trainer reads them with ``packing: none``: one seeded shuffle per epoch
+    (:class:`rewardlab.training.BatchOrder` over :func:`rewardlab.training.shuffled_batches`)."""
+    import random
+
+    from rewardlab.training import shuffled_batches
+
+    rng = random.Random(seed)
+    return [i for _ in range(epochs) for b in shuffled_batches(n, batch, rng) for i in b]
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -88,15 +105,23 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             lim = Limits(spec["max_length"], "keep_end")
             ch = encode_for_reward(tok, prompts, [c.chosen for c in train], "encoder", lim)
             rj = encode_for_reward(tok, prompts, [c.rejected for c in train], "encoder", lim)
-            ds = Dataset.from_list(
-                [{"chosen_ids": a, "rejected_ids": b} for (a, _), (b, _) in zip(ch, rj, strict=True)]
-            )
-            cfg = RewardConfig(output_dir=out, per_device_train_batch_size=spec["batch"], num_train_epochs=spec["epochs"],
+            rows = [{"chosen_ids": a, "rejected_ids": b} for (a, _), (b, _) in zip(ch, rj, strict=True)]
+            epochs, trainer_cls = spec["epochs"], RewardTrainer
+            if not spec["rewardlab_defaults"]:  # rewardlab's batches, in its order, read one after the other
+                rows, epochs = [rows[i] for i in batch_order(len(rows), spec["batch"], spec["epochs"])], 1
+
+                class InOrder(RewardTrainer):  # type: ignore[misc]
+                    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+                        return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+
+                trainer_cls = InOrder
+            ds = Dataset.from_list(rows)
+            cfg = RewardConfig(output_dir=out, per_device_train_batch_size=spec["batch"], num_train_epochs=epochs,
                                learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
                                max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, bf16=False, fp16=False,
                                max_length=spec["max_length"], logging_steps=10, save_strategy="no", report_to="none",
                                disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0)  # fmt: skip
-            trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+            trainer = trainer_cls(model=model, args=cfg, train_dataset=ds, processing_class=tok)
             setup = time.perf_counter() - T_START
             t = time.perf_counter()
             trainer.train()
@@ -109,16 +134,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
             optim = OptimConfig(lr=LR, weight_decay=0.0, warmup_steps=0, schedule="linear", betas=(0.9, 0.999),
                                 max_grad_norm=1.0)  # fmt: skip
+            like = not spec["rewardlab_defaults"]
             cfg = RewardConfig(batch_size=spec["batch"], epochs=spec["epochs"], optim=optim, pooling="cls",
-                               max_length=spec["max_length"], verifier=False, eval_every=10**9, checkpoint_every=0)  # fmt: skip
+                               max_length=spec["max_length"], verifier=False, eval_every=10**9, checkpoint_every=0,
+                               disable_dropout=like, packing="none" if like else "bucket")  # fmt: skip
             setup = time.perf_counter() - T_START
             t = time.perf_counter()
             model = train_reward_member(
                 model, RewardData(tok, pairs=train), cfg, Run(out, "bench", quiet=True), seed=0
             )
             secs = time.perf_counter() - t
+    s_c, s_r = _scores(model, tok, test, spec["max_length"])
     return {"side": spec["side"], "train_s": secs, "setup_s": setup,
-            "accuracy": _accuracy(model, tok, test, spec["max_length"])}  # fmt: skip
+            "accuracy": sum(a > b for a, b in zip(s_c, s_r, strict=True)) / len(s_c), "s_c": s_c, "s_r": s_r}  # fmt: skip
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +169,9 @@ def table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ratios = [a["train_s"] / b["train_s"] for a, b in zip(by["rewardlab"], by["trl"], strict=True)]
     head = (f"HH-RLHF subset: {spec['train_pairs']} train pairs (fixed train split), {spec['test_pairs']} test pairs, "
             f"{spec['epochs']} epoch(s), batch {spec['batch']}, {spec['max_length']} tokens (keep_end), MiniLM-L6 full "
-            f"fine-tune, CLS pooler head, lr {LR}, {spec['threads']} thread(s), {len(ratios)} repeat(s)")  # fmt: skip
+            f"fine-tune, CLS pooler head, lr {LR}, {spec['threads']} thread(s), {len(ratios)} repeat(s); "
+            + ("rewardlab's defaults (dropout 0.1, bucketed batches) vs TRL's (dropout off, its shuffle)"
+               if spec["rewardlab_defaults"] else "like for like: dropout off, the same batches in the same order"))  # fmt: skip
     lines = [
         head,
         "",
@@ -153,6 +183,14 @@ def table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"| {name} | {acc[s]:.3f} | {secs[s]:.1f} | {statistics.median(r['setup_s'] for r in by[s]):.1f} |"
         )
     gap = 100 * (acc["rewardlab"] - acc["trl"])
+    a, b = by["rewardlab"][0], by["trl"][0]  # the first repeat: how far apart the two trained models score
+    diff = max(abs(x - y) for k in ("s_c", "s_r") for x, y in zip(a[k], b[k], strict=True))
+    agree = statistics.mean(
+        (x1 > y1) == (x2 > y2) for x1, y1, x2, y2 in zip(a["s_c"], a["s_r"], b["s_c"], b["s_r"], strict=True)
+    )
+    spread = statistics.pstdev(a["s_c"] + a["s_r"])
+    lines += ["", f"the two trained models on the test pairs: max |reward difference| {diff:.2g} (rewards' std {spread:.2g}); "
+              f"same preferred side on {100 * agree:.1f}% of the pairs"]  # fmt: skip
     lines += ["", f"accuracy rewardlab - TRL: {gap:+.1f} points ({'within 1 point or better' if gap >= -1 else 'MISSED'}); "
               f"wall time rewardlab / TRL: {statistics.median(ratios):.2f} (per repeat: "
               f"{', '.join(f'{r:.2f}' for r in ratios)})"]  # fmt: skip
@@ -170,12 +208,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rewardlab-defaults", action="store_true",
+                    help="rewardlab with the model's dropout and bucketed batches, TRL with its own shuffle")  # fmt: skip
     a = ap.parse_args()
     if a.child:
         print("RESULT " + json.dumps(child(json.loads(a.child))), flush=True)
         return
     spec = {"train_pairs": a.train_pairs, "test_pairs": a.test_pairs, "max_length": a.max_length, "batch": a.batch,
-            "epochs": a.epochs, "threads": a.threads}  # fmt: skip
+            "epochs": a.epochs, "threads": a.threads, "rewardlab_defaults": a.rewardlab_defaults}  # fmt: skip
     rows = []
     for r in range(a.repeats):
         for side in ("rewardlab", "trl") if r % 2 == 0 else ("trl", "rewardlab"):
