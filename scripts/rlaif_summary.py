@@ -20,7 +20,14 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rewardlab.report.judge import JUDGE_COLUMNS, SLCAI_COLUMNS, JudgePanel, judge_panel, plot_judge
+from rewardlab.report.judge import (
+    JUDGE_COLUMNS,
+    SLCAI_COLUMNS,
+    JudgePanel,
+    judge_panel,
+    plot_judge,
+    rows_with_means,
+)
 
 WITHIN = 0.05
 
@@ -44,7 +51,7 @@ def ppo_rows(run_dir: Path) -> list[dict[str, Any]]:
 def judge_table(panel: JudgePanel) -> list[str]:
     heads = ["arm", "seed", "K (rater)", *(h for _, h, _ in JUDGE_COLUMNS)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for r in [*panel.rows, *panel.means]:
+    for r in rows_with_means(panel):
         seed = f"mean of {r['n_seeds']}" if "n_seeds" in r else str(r["seed"])
         k = f"{r['judge_labels']} ({r['judge_rater']})" if r.get("judge_labels") is not None else "—"
         lines.append(

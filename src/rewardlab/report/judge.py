@@ -272,9 +272,21 @@ def _k(r: Mapping[str, Any]) -> str:
     return f"{r['judge_labels']} ({r.get('judge_rater') or '?'})"
 
 
+def rows_with_means(panel: JudgePanel) -> list[dict[str, Any]]:
+    """The panel's rows, each arm name's mean-over-seeds row right after its seeds."""
+    means = {m["name"]: m for m in panel.means}
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(panel.rows):
+        out.append(r)
+        last_of_name = i + 1 == len(panel.rows) or panel.rows[i + 1]["name"] != r["name"]
+        if last_of_name and r["name"] in means:
+            out.append(means[r["name"]])
+    return out
+
+
 def _judge_table_rows(panel: JudgePanel) -> list[tuple[list[Any], str]]:
     out = []
-    for r in [*panel.rows, *panel.means]:
+    for r in rows_with_means(panel):
         seed = f"mean of {r['n_seeds']}" if "n_seeds" in r else "–" if r["seed"] is None else str(r["seed"])
         cls = "pooled" if "n_seeds" in r else "control" if r["role"] == "control" else "biased"
         out.append(([r.get("arm", r["name"]), seed, r["source"], _k(r), *(fmt(r[k], f) for k, _, f in JUDGE_COLUMNS)],
@@ -317,5 +329,6 @@ __all__ = [
     "mean_rows",
     "plot_judge",
     "render_panel",
+    "rows_with_means",
     "slcai_rounds",
 ]
