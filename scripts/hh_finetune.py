@@ -119,14 +119,16 @@ def main() -> None:
                                      for k, v in pairs.items()}  # fmt: skip
     timing: dict[str, float] = {}
     states: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for split in ("validation", "train", "test"):
-        if split not in tp:
-            continue
+
+    def cache_split(split: str) -> None:
         t = time.time()
         states[split] = (cache.states(tp[split].chosen), cache.states(tp[split].rejected))
         timing[f"cache_{split}_s"] = time.time() - t
         print(f"cached {split}: {len(tp[split].chosen)} pairs in {timing[f'cache_{split}_s']:.0f}s "
               f"({cache.computed} sequences computed so far)", flush=True)  # fmt: skip
+
+    for split in ("validation", "train"):
+        cache_split(split)
     # 2. train from the cache (the library path), validation accuracy after every epoch, the best epoch kept
     steps_per_epoch = (len(pairs["train"]) + a.batch - 1) // a.batch
     cfg = cfg.model_copy(update={"eval_every": steps_per_epoch})
@@ -149,15 +151,18 @@ def main() -> None:
     timing["train_s"] = time.time() - t
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
     model.eval()
-    # 3. the best epoch on validation and test, by subset
+    # 3. the best epoch on validation, then on the test split (cached now: validation results come first)
     out = {"args": {k: str(v) for k, v in vars(a).items()}, "curve": curve, "best_epoch": best["epoch"],
            "frozen_layers": frozen, "timing": timing}  # fmt: skip
-    for split in states:
-        if split == "train":
+    for split in ("validation", "test"):
+        if split not in tp:
             continue
+        if split not in states:
+            cache_split(split)
         s_c, s_r = (cached_scores(model, x, frozen) for x in states[split])
         out[split] = metrics_by_group(s_c, s_r, [c.meta.get("subset", "") for c in pairs[split]])
         print(split, json.dumps(out[split]["all"]), flush=True)
+        a.json.write_text(json.dumps(out, indent=1))
     if a.save is not None:
         rm = RewardModel([model], tok)
         rm.save(a.save)

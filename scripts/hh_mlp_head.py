@@ -27,13 +27,7 @@ from rewardlab.losses import bradley_terry_loss
 from rewardlab.rewards.report import metrics_by_group
 from rewardlab.training import shuffled_batches
 
-GRID = {
-    "hidden": (64, 256),
-    "lr": (3e-4, 1e-3),
-    "epochs": (10, 30),
-    "weight_decay": (0.0, 0.1),
-    "dropout": (0.0, 0.2),
-}
+GRID = {"hidden": (128,), "lr": (1e-3,), "epochs": (5, 15), "weight_decay": (0.0, 0.1), "dropout": (0.0, 0.2)}
 
 
 def load(folder: Path, split: str, features: str) -> dict[str, object]:
