@@ -107,7 +107,7 @@ def run_ift(cfg: PipelineConfig, quiet: bool = False) -> Path:
     stats = train_ift(Trainee(model, opt, sched, acc), next_batch, ic, run, cadence, frozen)
 
     # 5. save the policy and the summary
-    out = policy.save(tok, run.dir / "model")
+    policy.save(tok, run.dir / "model")
     run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "train": stats, "steps": steps,
                                     "data": counts, "lambda": ic.lam, "gamma": ic.gamma, "seconds": run.elapsed})  # fmt: skip
     run.info(f"{stats['tokens_per_second']:.0f} tokens/s; saved {run.final / 'model'} in {run.elapsed:.0f}s")
