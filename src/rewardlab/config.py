@@ -222,6 +222,40 @@ class RewardConfig(DataLimits):
         description="encoder backbones: train only the top N transformer layers and the head (embeddings and lower "
         "layers frozen); 0: the head alone, on pooled features computed once; default: all",
     )
+    cache_frozen: bool = Field(
+        False,
+        description="with train_layers N >= 1 on a BERT-style encoder: run each training sequence once through the "
+        "frozen embeddings and lower layers and train the top N layers from those cached hidden states",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="cache_frozen: keep the cached states in this folder (chunked, resumable); default: memory",
+    )
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="cache_frozen: the dtype the cached hidden states are stored in"
+    )
+    disable_dropout: bool = Field(
+        False,
+        description="train with the backbone's dropout off (TRL's RewardTrainer default, disable_dropout=True); "
+        "false keeps the model's own dropout",
+    )
+    kind: Literal["scalar", "segment", "domain"] = Field(
+        "scalar",
+        description="scalar: one reward per response; segment: a reward per entropy-cut segment, trained through "
+        "their mean (docs/reward-variants.md); domain: a linear model over the task's domain_features",
+    )
+    segment_entropy_threshold: float = Field(
+        1.0,
+        ge=0,
+        description="kind=segment: a token starts a segment when the SFT policy's entropy before it is higher",
+    )
+    goal_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the goal-conditioned contrastive loss added to BT (Nath et al. 2024); 0: off",
+    )
+    goal_temperature: float = Field(0.1, gt=0, description="temperature of the goal-conditioned InfoNCE")
+    domain_l2: float = Field(0.01, ge=0, description="kind=domain: L2 penalty on the feature weights")
     eval_every: int = eval_every_field(200)
     checkpoint_every: int = checkpoint_every_field(100)
 
@@ -256,6 +290,11 @@ class PPOConfig(_Strict):
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
     whiten_advantages: bool = True
+    dense_rewards: bool = Field(
+        False,
+        description="a segment-level reward model's per-token rewards instead of one score at the last token "
+        "(advantage: gae; docs/reward-variants.md)",
+    )
     grpo_eps: float = Field(1e-4, gt=0, description="GRPO: A = (r - mean) / (std + eps)")
     grpo_scale: Literal["group", "batch", "none"] = "group"
     value_model: Literal["separate", "shared"] = Field(
@@ -265,9 +304,16 @@ class PPOConfig(_Strict):
     missing_eos: Literal["penalty", "replace", "none"] = Field("penalty", description="responses without EOS")
     missing_eos_penalty: float = Field(1.0, description="subtracted from the score (penalty)")
     missing_eos_score: float = Field(-3.0, description="the score given (replace)")
-    score: Literal["mean", "conservative"] = Field(
-        "mean", description="ensemble proxy: mean or mean - alpha*std"
+    score: Literal["mean", "conservative", "worst"] = Field(
+        "mean", description="ensemble proxy: mean, mean - alpha*std, or worst (the members' minimum)"
     )
+    score_alpha: float | None = Field(
+        None, ge=0, description="k of score: conservative (mean - k*std); default: the RM's ensemble_alpha"
+    )
+    kl_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="beta over the steps (fixed controller): kl_coef -> kl_coef_end"
+    )
+    kl_coef_end: float | None = Field(None, ge=0, description="beta at the last step of a kl_schedule")
     temperature: float = temperature_field()
     max_new_tokens: int = max_new_tokens_field()
     eval_every: int = eval_every_field(10)
@@ -285,6 +331,15 @@ class PPOConfig(_Strict):
         description="train LoRA adapters (peft) instead of every weight, the reference being the adapter-disabled "
         "policy; {} for the defaults (docs/models.md)",
     )
+
+    @model_validator(mode="after")
+    def _check_kl_schedule(self) -> PPOConfig:
+        if self.kl_schedule != "constant":
+            if self.kl_coef_end is None:
+                raise ValueError(f"ppo.kl_coef_end is required with ppo.kl_schedule={self.kl_schedule}")
+            if self.kl_controller != "fixed":
+                raise ValueError("ppo.kl_schedule needs ppo.kl_controller=fixed (adaptive sets beta itself)")
+        return self
 
 
 class BoNConfig(_Strict):
@@ -516,6 +571,62 @@ class OfflineConfig(_Strict):
     phf: PHFConfig = PHFConfig()
 
 
+class DPHConfig(_Strict):
+    """Direct Preference Heads (Hadji-Kyriacou & Arandjelović 2024): a small reward head on the frozen SFT
+    policy's final hidden state, trained on the arm's rater labels (``losses.dph_loss``), then used at inference
+    to rerank n samples of the unchanged policy. Sampling (n = 1, 2, 4 .. ``bon.max_n``, ``bon.prompts``,
+    temperature, length) is the ``bon`` section's, with best-of-n's seed: the same samples, so DPH-rerank and
+    best-of-n against the separate reward model differ only in who picks (docs/dph-ift.md)."""
+
+    policy_path: str | None = Field(None, description="the frozen policy; default: <run_dir>/sft/model")
+    reward_path: str | None = Field(
+        None, description="RM the audit scores with (proxy); default: <run_dir>/<arm>/reward/model"
+    )
+    data_path: str | None = Field(None, description="comparisons JSONL; default: <arm>/label/train.jsonl")
+    eval_path: str | None = Field(None, description="held-out comparisons; default: <arm>/label/eval.jsonl")
+    loss: Literal["contrastive", "separable"] = Field("contrastive", description="the paper's two objectives")
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="cDPO epsilon: assumed label-flip rate")
+    pooler: bool = Field(True, description="dense + tanh before the scalar output; false: one linear layer")
+    epochs: int = Field(10, gt=0, description="passes over the pairs (the head trains on cached features)")
+    batch_size: int = Field(64, gt=0, description="pairs per step")
+    optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.01, warmup_steps=10)
+    drop_ties: bool = Field(True, description="train on pairs the rater did not call a tie only")
+    eval_pairs: int = Field(2048, gt=0, description="held-out comparisons the head is scored on (at most)")
+    feature_batch_size: int = Field(64, gt=0, description="sequences per forward when reading hidden states")
+    samples_to_save: int = Field(128, ge=0)
+
+
+class IFTConfig(_Strict):
+    """Intuitive Fine-Tuning (Hua et al. 2024): SFT and preference optimization as one token-level process, from
+    the base model on positive data only: inputs mix the demonstration's and the model's own greedy prediction's
+    embeddings (``lam``), and each token's NLL is weighted by the discounted loss of the tokens after it
+    (``gamma``); ``losses.ift_loss``. Audited like the other optimizers (KL to the SFT model)."""
+
+    model_path: str | None = Field(None, description="model to train; default: <run_dir>/pretrain/model")
+    reference_path: str | None = Field(None, description="audit KL reference; default: <run_dir>/sft/model")
+    reward_path: str | None = Field(
+        None, description="RM the audit scores with (proxy); default: <run_dir>/<arm>/reward/model"
+    )
+    data: Literal["demos", "chosen", "both"] = Field(
+        "both", description="demonstrations (the SFT stage's), the chosen side of the arm's labels, or both"
+    )
+    demos_path: str | None = Field(None, description="demos JSONL; default: <run_dir>/sft/demos.jsonl")
+    labels_path: str | None = Field(None, description="comparisons JSONL; default: <arm>/label/train.jsonl")
+    lam: float = Field(0.2, ge=0, le=1, description="lambda: weight of the greedy prediction in the input")
+    gamma: float = Field(0.95, ge=0, le=1, description="discount of the future loss in the token weights")
+    freeze_input_embeddings: bool = Field(
+        True, description="e(y_t) from the frozen copy too (as the official trainer); false: the live table"
+    )
+    steps: int | None = Field(None, gt=0, description="optimizer steps; default: sft.steps + dpo.steps")
+    batch_size: int = Field(64, gt=0)
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=20)
+    eval_every: int = eval_every_field(100)
+    eval_prompts: int = Field(512, gt=0)
+    temperature: float = temperature_field()
+    max_new_tokens: int = max_new_tokens_field()
+    samples_to_save: int = Field(128, ge=0)
+
+
 #: Optimizers ``rewardlab run`` can apply to an arm (each also a ``rewardlab`` subcommand): the registry's.
 MethodName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
@@ -588,6 +699,8 @@ class PipelineConfig(_Strict):
     dpo: DPOConfig = DPOConfig()
     iterative_dpo: IterativeDPOConfig = IterativeDPOConfig()
     modpo: MODPOConfig = MODPOConfig()
+    dph: DPHConfig = DPHConfig()
+    ift: IFTConfig = IFTConfig()
     slcai: SLCAIConfig = Field(
         default_factory=SLCAIConfig,
         description="SL-CAI: critique -> revision rounds, SFT on revisions (docs/rlaif.md)",

@@ -37,12 +37,17 @@ __all__ = [
     "best_of_n_kl",
     "bradley_terry_loss",
     "chosen_nll_loss",
+    "discounted_future_sum",
+    "dph_loss",
     "dpo_sigmoid_loss",
     "entropy_from_logits",
     "expected_calibration_error",
     "gae",
     "grpo_advantages",
     "hinge_dpo_loss",
+    "ift_loss",
+    "ift_mixed_embeddings",
+    "ift_token_weights",
     "ipo_loss",
     "kl_estimators",
     "kl_penalty",
@@ -1079,3 +1084,148 @@ def alol_loss(
     stats["alol/importance_weight"] = rho.mean()
     stats["alol/clipfrac"] = clipped.to(logp.dtype).mean()
     return weighted_nll(logp, m, adv * rho), stats
+
+
+# --------------------------------------------------------------------------------- distillation
+def token_kl(p_logits: Tensor, q_logits: Tensor, mask: Tensor) -> Tensor:
+    r"""Per-sequence sum of full-vocabulary token KLs, ``Σ_t KL(p(·|y<t) || q(·|y<t))`` over ``mask`` ([B]).
+
+    ``p_logits``, ``q_logits``: ``[B, T, V]`` next-token logits of two models at the same positions. Along
+    sequences sampled from ``p``, the sum is an unbiased, low-variance estimate of the sequence-level
+    ``KL(p || q)`` (the chain rule of KL; used as the distance between LMs by Tiapkin et al. 2025, "On Teacher
+    Hacking in Language Model Distillation", and as the distillation loss by Agarwal et al. 2024, GKD).
+    """
+    m = _as_bool_mask(mask, p_logits[..., 0])
+    logp, logq = F.log_softmax(p_logits.float(), -1), F.log_softmax(q_logits.float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    return torch.where(m, kl, torch.zeros_like(kl)).sum(-1)
+
+
+def distillation_loss(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor) -> Tensor:
+    r"""Token-level forward-KL distillation (Hinton et al. 2015; Agarwal et al. 2024, GKD with a fixed dataset):
+
+        L = Σ_{i,t} m_it KL(p_teacher(·|y_i,<t) || p_student(·|y_i,<t)) / Σ_{i,t} m_it
+
+    the teacher's whole next-token distribution as the soft target at every labelled position (the teacher is
+    detached). The sequences may come from a fixed teacher-sampled dataset (offline) or from the student
+    itself (on-policy).
+    """
+    m = _as_bool_mask(mask, student_logits[..., 0])
+    return token_kl(teacher_logits.detach(), student_logits, m).sum() / m.sum()
+
+
+# --------------------------------------------------------------------------------- goal-conditioned reward models
+def goal_contrastive_loss(states: Tensor, goals: Tensor, targets: Tensor | None = None, temperature: float = 1.0) -> Tensor:  # fmt: skip
+    r"""InfoNCE between source states and goal states (Nath et al. 2024, "Learning Goal-Conditioned Representations
+    for Language Reward Models"; van den Oord et al. 2018)::
+
+        L = -1/B Σ_i log( exp(cos(s_i, g_{t_i}) / τ) / Σ_j exp(cos(s_i, g_j) / τ) )
+
+    ``states`` [B, H]: representations of states on preferred trajectories; ``goals`` [M, H]: candidate goal states,
+    where ``g_{t_i}`` (``targets``, default ``i``) is a *future* state of the same preferred trajectory and the others
+    (states of the dispreferred trajectories, other examples' goals) are the negatives. Minimizing it raises the
+    similarity of a state to the goals its preferred continuation reaches and lowers it to dispreferred ones.
+    """
+    s = F.normalize(states.float(), dim=-1)
+    g = F.normalize(goals.float(), dim=-1)
+    logits = s @ g.T / temperature
+    t = torch.arange(len(s), device=s.device) if targets is None else targets
+    return F.cross_entropy(logits, t)
+
+
+# ----------------------------------------------------------------- direct preference heads (DPH)
+DPHLossKind = Literal["contrastive", "separable"]
+
+
+def dph_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, *, kind: DPHLossKind = "contrastive",
+             label_smoothing: float = 0.0) -> PreferenceLoss:  # fmt: skip
+    """Direct Preference Head losses on the head's scalar rewards r_w, r_l ``[B]`` (per pair).
+
+    Hadji-Kyriacou & Arandjelović 2024, "Would I Lie To You? Inference Time Alignment of Language Models
+    using Direct Preference Heads" (arXiv:2405.20053): a reward head on the LM's final hidden state is
+    trained on preference pairs with a cDPO-style (label-smoothed, ε) objective, the LM untouched::
+
+        contrastive: L = -(1 - ε) · log σ(r_w - r_l) - ε · log σ(r_l - r_w)
+        separable:   L = -(1 - ε) · [log σ(r_w) + log σ(-r_l)] - ε · [log σ(-r_w) + log σ(r_l)]
+
+    The contrastive form is cDPO's loss (Mitchell 2023) with the head's reward in place of
+    β·log(π/π_ref); the separable form pushes each reward's sign on its own (preferred > 0 > dispreferred),
+    so scores are comparable across prompts. ε = 0 is the plain Bradley-Terry / logistic loss.
+    Returns per-pair losses and the (detached) rewards.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    eps = label_smoothing
+    if kind == "contrastive":
+        margin = chosen_rewards - rejected_rewards
+        losses = -(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin)
+    elif kind == "separable":
+        right = F.logsigmoid(chosen_rewards) + F.logsigmoid(-rejected_rewards)
+        wrong = F.logsigmoid(-chosen_rewards) + F.logsigmoid(rejected_rewards)
+        losses = -(1 - eps) * right - eps * wrong
+    else:
+        raise ValueError(f"kind must be 'contrastive' or 'separable', got {kind!r}")
+    return PreferenceLoss(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+
+# ----------------------------------------------------------------------- intuitive fine-tuning (IFT)
+def discounted_future_sum(x: Tensor, gamma: float) -> Tensor:
+    """``y_t = Σ_{k ≥ t} γ^(k - t) · x_k`` along the last dimension (a discounted reverse cumulative sum)."""
+    t = x.shape[-1]
+    idx = torch.arange(t, device=x.device)
+    lag = (idx[None, :] - idx[:, None]).to(x.dtype)  # [t, k] = k - t
+    kernel = torch.where(lag >= 0, torch.as_tensor(gamma, dtype=x.dtype, device=x.device) ** lag.clamp(min=0),
+                         torch.zeros((), dtype=x.dtype, device=x.device))  # fmt: skip
+    return x @ kernel.T
+
+
+def ift_token_weights(logp: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """IFT's per-token weights ``[B, T]`` of the response tokens (0 on masked positions).
+
+    Hua et al. 2024, "Intuitive Fine-Tuning: Towards Simplifying Alignment into a Single Process"
+    (arXiv:2405.11870; official trainer TsinghuaC3I/Intuitive-Fine-Tuning, ``src/trainers.py``
+    ``get_cumsum_weight`` with its defaults ``propagation_type: loss, propagation_side: left,
+    propagation_norm: L1``): with n the row's number of response tokens,
+
+        c_t = Σ_{k ≥ t} γ^(k - t) · (-log π(y_k) / n),      w_t = n · c_t / Σ_s c_s,
+
+    so a token is weighted by the (discounted) loss of everything after it, and a row's weights sum to
+    n (L1-normalized). γ = 0 gives all ones (the official trainer's special case): plain SFT.
+    Like the official trainer the weights are *not* detached (the gradient also flows through them).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    m = _as_bool_mask(mask, logp)
+    if gamma == 0:
+        return m.to(logp.dtype)
+    n = m.sum(dim=-1, keepdim=True).to(logp.dtype)
+    item = torch.where(m, -logp / n.clamp(min=1.0), torch.zeros_like(logp))
+    c = torch.where(m, discounted_future_sum(item, gamma), torch.zeros_like(logp))
+    return c * (n / c.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(logp.dtype).tiny))
+
+
+def ift_loss(logp: Tensor, mask: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """IFT's loss: the weighted NLL ``Σ_{b,t} w_bt · (-log π(y_bt)) / Σ_{b,t} m_bt`` (a token mean over the batch).
+
+    ``logp [B, T]``: log-probs of the response tokens from the *mixed-input* forward (see
+    :func:`ift_mixed_embeddings`); ``w`` from :func:`ift_token_weights`. The official trainer averages
+    each row over its own tokens and then the rows; we take rewardlab's SFT token mean over the batch
+    (:func:`rewardlab.optimize.lm.lm_loss`) so that γ = 0, λ = 0 is our SFT loss exactly. Returns the loss
+    and the (detached) weights.
+    """
+    m = _as_bool_mask(mask, logp)
+    w = ift_token_weights(logp, m, gamma)
+    nll = torch.where(m, -logp * w, torch.zeros_like(logp))
+    return nll.sum() / m.sum(), w.detach()
+
+
+def ift_mixed_embeddings(gold: Tensor, predicted: Tensor, lam: float) -> Tensor:
+    """IFT's temporal residual connection: input embeddings ``(1 - λ) · e(y_t) + λ · e(ŷ_t)``.
+
+    ŷ_t is the model's own greedy prediction of y_t from a no-gradient first pass (Hua et al. 2024; the
+    official trainer uses λ = 0.2). λ = 0 feeds the demonstration (teacher forcing, SFT); λ = 1 the
+    model's own predictions.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    return (1.0 - lam) * gold + lam * predicted

@@ -101,6 +101,14 @@ METHODS: dict[str, Method] = {
         Method("modpo", "rewardlab.pipelines.dpo:run_modpo", "modpo",
                "MODPO (rater preference + a second reward, e.g. brevity) for several weightings, with the "
                "Pareto front of gold vs length", "direct", label="MODPO", color="#17becf"),
+        Method("dph", "rewardlab.pipelines.dph:run_dph", "dph",
+               "Direct Preference Heads: a reward head on the frozen SFT policy's final hidden state, trained on the "
+               "arm's labels (cDPO-style), reranks best-of-n's samples (n = 1, 2, 4 .. bon.max_n); the LM is unchanged "
+               "(docs/dph-ift.md)", "bon", label="DPH rerank", color="#1b9e77", main_process_only=True),
+        Method("ift", "rewardlab.pipelines.ift:run_ift", "ift",
+               "Intuitive Fine-Tuning: SFT and preference optimization in one token-level process, from the base "
+               "model on positive data (demos and the labels' chosen side); audited like DPO (docs/dph-ift.md)",
+               "direct", label="IFT", color="#7b4173"),
         Method("filtered-mle", "rewardlab.pipelines.offline:run_filtered_mle", "offline",
                "offline: SFT on the SFT samples the proxy ranks in its top fraction (filtered MLE)", "offline",
                label="filtered MLE", color="#bcbd22"),

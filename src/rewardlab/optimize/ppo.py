@@ -16,6 +16,7 @@ Metric names follow TRL's PPOTrainer where the quantity is the same.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +46,7 @@ from rewardlab.losses import (
 from rewardlab.policies.sampling import SampleBatch, _accepts_logits_to_keep, encode_prompts, sample
 from rewardlab.policies.tokenizer import decode_completion
 from rewardlab.rewards.proxy import Proxy
-from rewardlab.utils import check_finite
+from rewardlab.utils import RewardlabError, check_finite
 
 
 class ValueModel(nn.Module):
@@ -163,6 +164,7 @@ class RolloutSamples:
     values: torch.Tensor | None  # [B, T]
     raw_scores: torch.Tensor  # [B] proxy as the reward model gave it
     responses: list[str]
+    dense: torch.Tensor | None = None  # [B, T] token rewards (ppo.dense_rewards), summing to raw_scores
 
 
 class Actors(NamedTuple):
@@ -203,11 +205,67 @@ def sample_and_score(
     ref_logp = logp if ref is None else policy_forward(ref, None, batch, cfg.temperature).logprobs * mask
     responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
     rm_scores = reward_model.score(prompts, responses)
-    raw = (rm_scores.conservative(reward_model.alpha) if cfg.score == "conservative" else rm_scores.mean).to(
-        device
-    )
+    alpha = cfg.score_alpha if cfg.score_alpha is not None else float(getattr(reward_model, "alpha", 1.0))
+    raw = rm_scores.mean if cfg.score == "mean" else ensemble_score(rm_scores.members, cfg.score, alpha)
+    raw = raw.to(device)
     values = pol.values * mask if pol is not None and pol.values is not None else None
-    return RolloutSamples(batch, logp, ref_logp, values, raw, responses)
+    dense = dense_proxy_rewards(reward_model, prompts, responses, batch.response_lengths, mask.shape[1], cfg)
+    dense = None if dense is None else dense.to(device)
+    return RolloutSamples(batch, logp, ref_logp, values, raw, responses, dense)
+
+
+def dense_proxy_rewards(reward_model: Proxy, prompts: list[str], responses: list[str], lengths: torch.Tensor,
+                        width: int, cfg: PPOConfig) -> torch.Tensor | None:  # fmt: skip
+    """With ``ppo.dense_rewards``, the proxy's per-token rewards [B, width] on the response tokens (a segment-level
+    reward model's ``dense``; a reward past the response's last token lands on it); else ``None``."""
+    if not cfg.dense_rewards:
+        return None
+    if cfg.advantage != "gae":
+        raise RewardlabError(f"ppo.dense_rewards needs advantage=gae ({cfg.advantage} sees the sum only)")
+    if not callable(getattr(reward_model, "dense", None)):
+        raise RewardlabError("ppo.dense_rewards needs token rewards (a reward.kind=segment model)")
+    out = torch.zeros(len(responses), width)
+    for i, d in enumerate(reward_model.dense(prompts, responses)):  # type: ignore[attr-defined]
+        pos = torch.arange(len(d)).clamp(max=max(int(lengths[i]) - 1, 0))
+        out[i].index_add_(0, pos, d.float())
+    return out
+
+
+def ensemble_score(members: torch.Tensor, kind: str, alpha: float = 1.0) -> torch.Tensor:
+    """The proxy PPO maximizes, from an ensemble's member scores ``members`` [k, N]:
+
+    * ``mean``: ``mean_i r_i``;
+    * ``conservative``: ``mean_i r_i - alpha * std_i r_i`` (unbiased std; 0 for one member), the
+      uncertainty-penalized objective of Coste et al. 2024, "Reward Model Ensembles Help Mitigate
+      Overoptimization" (their UWO with ``lambda = alpha``);
+    * ``worst``: ``min_i r_i``, their worst-case optimization (WCO).
+    """
+    m = members.float()
+    if kind == "worst":
+        return m.min(dim=0).values
+    mean = m.mean(dim=0)
+    if kind == "mean":
+        return mean
+    if kind == "conservative":
+        std = m.std(dim=0, unbiased=True) if m.shape[0] > 1 else torch.zeros_like(mean)
+        return mean - alpha * std
+    raise ValueError(f"ppo.score: unknown ensemble score {kind!r} (mean, conservative, worst)")
+
+
+def scheduled_kl_coef(cfg: PPOConfig, step: int) -> float:
+    """beta at PPO step ``step`` (1..``cfg.steps``) under ``cfg.kl_schedule``, from ``kl_coef`` at step 1 to
+    ``kl_coef_end`` at the last: ``constant`` keeps ``kl_coef``; with ``t = (step - 1) / (steps - 1)``,
+    ``linear`` is ``b0 + (b1 - b0) t`` and ``cosine`` is ``b1 + (b0 - b1) (1 + cos(pi t)) / 2``. A rising beta
+    lets early optimization move freely and holds the policy nearer the reference once the proxy is
+    exploited (a KL schedule as a mitigation of over-optimization; Gao et al. 2022 study fixed beta)."""
+    b0 = cfg.kl_coef
+    if cfg.kl_schedule == "constant" or cfg.kl_coef_end is None:
+        return b0
+    b1 = cfg.kl_coef_end
+    t = min(1.0, max(0.0, (step - 1) / max(1, cfg.steps - 1)))
+    if cfg.kl_schedule == "linear":
+        return b0 + (b1 - b0) * t
+    return b1 + (b0 - b1) * (1 + math.cos(math.pi * t)) / 2
 
 
 def single_update(cfg: PPOConfig) -> bool:
@@ -248,6 +306,7 @@ def concat_samples(parts: list[RolloutSamples], pad_token_id: int) -> RolloutSam
     return RolloutSamples(
         b, cat(lambda s: s.logprobs, width_t, 0.0), cat(lambda s: s.ref_logprobs, width_t, 0.0), values,
         torch.cat([s.raw_scores for s in parts]), [r for s in parts for r in s.responses],
+        cat(lambda s: s.dense, width_t, 0.0) if all(s.dense is not None for s in parts) else None,
     )  # fmt: skip
 
 
@@ -261,7 +320,12 @@ def rollout_from_samples(s: RolloutSamples, cfg: PPOConfig, kl_coef: float) -> R
     non_score = -kl_coef * kl[cfg.kl_estimator]
     last = (batch.response_lengths.to(device) - 1).clamp(min=0)
     rewards = non_score.clone()
-    rewards[torch.arange(len(batch), device=device), last] += scores
+    if s.dense is not None:  # the proxy's token rewards; the missing-EOS rule's change on the last token
+        rewards += s.dense * mask
+        scores_at_last = scores - s.raw_scores
+    else:
+        scores_at_last = scores
+    rewards[torch.arange(len(batch), device=device), last] += scores_at_last
     values, returns = None, None
     if cfg.advantage == "gae":
         values = s.values

@@ -25,11 +25,12 @@ from rewardlab.optimize.ppo import (
     rollout_from_samples,
     rollout_metrics,
     sample_and_score,
+    scheduled_kl_coef,
 )
 from rewardlab.pipelines.common import eval_problems, load_stage_policy, setup_stage, stage_input
 from rewardlab.policies.models import load_tokenizer
 from rewardlab.policies.sampling import SampleBatch
-from rewardlab.rewards.model import RewardModel
+from rewardlab.rewards.segment import load_proxy
 from rewardlab.runs import advance
 from rewardlab.training import make_optimizer
 from rewardlab.utils import RewardlabError
@@ -67,7 +68,7 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
     start_policy = load_stage_policy(cfg, run, policy_path, pc.lora, acc.device)
     policy = start_policy.model
     ref = start_policy.reference(device=acc.device)
-    rm = RewardModel.load(reward_path)
+    rm = load_proxy(reward_path, task)  # plain, ensemble, segment-level or domain-knowledge
     for m in rm.members:
         m.requires_grad_(False).to(acc.device)
 
@@ -117,6 +118,8 @@ def run_ppo(cfg: PipelineConfig, quiet: bool = False, stage: str | None = None) 
             advance(prog, n=start)
         for step in range(start + 1, pc.steps + 1):
             # 5. generate the trajectory: fresh task prompts, k samples each, scored by the proxy
+            if pc.kl_schedule != "constant":
+                kl_ctl.value = scheduled_kl_coef(pc, step)
             items = [task.sample_item(rng) for _ in range(pc.prompts_per_step)]
             prompts = [task.prompt(i) for i in items for _ in range(pc.samples_per_prompt)]
             if shards == 1:
