@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import track
 
 from rewardlab.control.cirl import CIRLRobot, CIRLSolver, FixedReward, IRLThenOptimize, Oracle, evaluate_robot
-from rewardlab.studies.common import markdown_table, write_table
+from rewardlab.studies.common import markdown_table, save_figure, write_table
 from rewardlab.tasks.registry import make_env
 from rewardlab.utils import atomic_write_text
 
@@ -224,10 +224,4 @@ def plot_cirl(rows: Sequence[dict[str, Any]], c: CIRLStudyConfig, path: Path) ->
                title=f"behaviour ({g}, beta={c.figure_beta:g})")  # fmt: skip
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)

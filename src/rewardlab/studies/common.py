@@ -102,3 +102,16 @@ def write_table(out_dir: Path, name: str, rows: Sequence[dict[str, Any]], column
     atomic_write_text(j, json.dumps(_no_nan({"rows": list(rows), **(extra or {})}), indent=2) + "\n")
     atomic_write_text(m, markdown_table(rows, columns))
     return j, m
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (a temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -35,7 +35,7 @@ from rewardlab.audit.policy_eval import generate_responses
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.pipelines.common import eval_problems
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
-from rewardlab.studies.common import StudyConfig, write_table
+from rewardlab.studies.common import StudyConfig, save_figure, write_table
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, set_threads
 
@@ -174,8 +174,4 @@ def plot_false_positives(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set(ylim=(0, 1), title="time-pressed evaluators judging correctness, before and after RLHF")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -37,7 +37,7 @@ from rewardlab.feedback.records import Comparison, load_comparisons
 from rewardlab.optimize.dpo import compute_logps, tokenize_comparisons
 from rewardlab.policies.models import load_causal_lm, load_tokenizer
 from rewardlab.rewards.model import RewardModel
-from rewardlab.studies.common import StudyConfig, markdown_table, write_table
+from rewardlab.studies.common import StudyConfig, markdown_table, save_figure, write_table
 from rewardlab.tasks.base import Task
 from rewardlab.utils import RewardlabError, set_threads
 
@@ -215,8 +215,4 @@ def plot_irl(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_xticks(np.arange(len(names)) + width, names, fontsize=8)
     ax.set(ylim=(0, 1), ylabel="held-out pair accuracy", title="rewards recovered from the PPO policy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -41,7 +41,7 @@ from rewardlab.pipelines.ppo import run_ppo
 from rewardlab.pipelines.run import run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
-from rewardlab.studies.common import StudyConfig, read_rows, write_table
+from rewardlab.studies.common import StudyConfig, read_rows, save_figure, write_table
 from rewardlab.utils import RewardlabError
 
 Variant = Literal["baseline", "mean", "worst", "conservative", "kl_schedule"]
@@ -303,8 +303,4 @@ def plot_mitigations(curves: dict[str, list[dict[str, Any]]], means: Sequence[di
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

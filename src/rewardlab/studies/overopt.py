@@ -55,6 +55,7 @@ from rewardlab.feedback.records import load_comparisons, save_comparisons
 from rewardlab.pipelines.run import _done, runner
 from rewardlab.policies.models import ModelConfig
 from rewardlab.runs import console
+from rewardlab.studies.common import save_figure
 from rewardlab.utils import RewardlabError, atomic_write_text, read_jsonl, read_text_file
 
 StudyMethod = Literal["bon", "ppo"]
@@ -357,11 +358,7 @@ def plot_study(
         ax.legend(fontsize=7)
     fig.suptitle("gold vs sqrt(KL): points measured, lines Gao et al.'s law fitted, star: peak inside the range\n"
                  "followed by >= drop_sd gold SDs lost", fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def analyze_study(cfg: OveroptConfig, sd: float) -> dict[str, Any]:

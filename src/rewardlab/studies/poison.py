@@ -46,7 +46,7 @@ from rewardlab.methods import method
 from rewardlab.pipelines.run import run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
-from rewardlab.studies.common import StudyConfig, final_samples, write_table
+from rewardlab.studies.common import StudyConfig, final_samples, save_figure, write_table
 from rewardlab.utils import RewardlabError
 
 Defense = Literal["loss_filter", "ensemble", "rater_agreement"]
@@ -400,8 +400,4 @@ def plot_poison(rows: Sequence[dict[str, Any]], study: PoisonStudyConfig, path: 
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -42,7 +42,7 @@ from rewardlab.pipelines.common import EVAL_SEED
 from rewardlab.policies.models import load_causal_lm, load_tokenizer, save_model
 from rewardlab.policies.sampling import SampleBatch
 from rewardlab.policies.tokenizer import decode_completion
-from rewardlab.studies.common import StudyConfig, write_table
+from rewardlab.studies.common import StudyConfig, save_figure, write_table
 from rewardlab.studies.distill import (
     eval_steps,
     power_law_deviation,
@@ -320,8 +320,4 @@ def plot_teacher_hacking(
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
