@@ -327,7 +327,7 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
 
     Args:
         model: a Hugging Face causal LM (called with ``input_ids``, ``attention_mask``,
-            ``position_ids``, ``past_key_values``, ``use_cache``). It is put in eval mode for the call
+            ``position_ids``, ``cache`` (the KV cache; ``past_key_values`` before transformers 5), ``use_cache``). It is put in eval mode for the call
             and its modules' train/eval flags are restored afterwards.
         prompt_ids: ``[B, P]`` left-padded prompt ids (see :func:`encode_prompts`).
         prompt_mask: ``[B, P]`` attention mask, 1 for real tokens; the last column must be all 1.
@@ -467,7 +467,7 @@ def _prefill(
                 input_ids=prompt_ids[rows, cols],
                 attention_mask=prompt_mask[rows, cols],
                 position_ids=prompt_pos[rows, cols],
-                past_key_values=sub,
+                cache=sub,
                 use_cache=True,
                 **extra,
             )
@@ -495,7 +495,7 @@ def _prefill(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=prompt_pos,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         **extra,
     )
@@ -610,7 +610,7 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
             input_ids=tokens[:, None],
             attention_mask=step_mask,
             position_ids=(next_pos + t)[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = out.logits[:, -1, :]
