@@ -144,7 +144,7 @@ def _brute_force(m, t, robot, human, history, theta_known=None) -> float:
 
 @pytest.mark.parametrize("ask", [True, False])
 def test_solver_equals_brute_force_enumeration(ask: bool) -> None:
-    m = game(n_goals=2, arm=1, corridor=1, beta=1.0, horizon=3, ask_cost=0.5, allow_ask=ask)
+    m = game(n_goals=2, arm=1, corridor=1, beta=1.0, horizon=3, payoffs={"ask_cost": 0.5}, allow_ask=ask)
     expected = _brute_force(m, 0, m.robot_start, m.human_start, [])
     assert CIRLSolver(m).root_value() == pytest.approx(expected, abs=1e-9)
 
@@ -233,3 +233,14 @@ def test_cirl_study_writes_table_and_figure(tmp_path: Path) -> None:
         load_study("configs/cirl-micro.yaml", CIRLStudyConfig, ["figure_beta=3.0"])
     with pytest.raises(RewardlabError, match="fixed_goal"):
         load_study("configs/cirl-micro.yaml", CIRLStudyConfig, ["fixed_goal=2"])
+
+
+def test_payoffs_override_by_name_and_reject_unknown_fields():
+    from rewardlab.tasks.control.assistance import Payoffs
+
+    assert Payoffs.of(None) == Payoffs()
+    assert Payoffs.of({"ask_cost": 0.5}) == Payoffs(ask_cost=0.5)
+    with pytest.raises(ValueError, match="ask_csot"):
+        Payoffs.of({"ask_csot": 0.5})
+    m = game(n_goals=2, arm=1, corridor=1, beta=1.0, horizon=3, payoffs={"step_cost": 0.25, "ask_cost": 0.5})
+    assert m.reward[0, 0, m.ask] == pytest.approx(-0.75)  # one round's cost plus the ask

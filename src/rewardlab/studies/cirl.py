@@ -59,6 +59,11 @@ class GameConfig(BaseModel):
     ask_cost: float = Field(4.0, ge=0, description="gold lost for asking (on top of the round's cost)")
     defer_reward: float = Field(0.0, description="gold of deferring (the human does it themselves)")
 
+    def env_kwargs(self) -> dict[str, Any]:
+        """The env's keyword arguments: the layout fields as they are, the five payoffs as ``payoffs``."""
+        layout = self.model_dump(include={"n_goals", "arm", "horizon"})
+        return {**layout, "payoffs": self.model_dump(exclude={"n_goals", "arm", "horizon"})}
+
 
 class CIRLStudyConfig(BaseModel):
     """``configs/cirl.yaml``: the game, the sweep (human rationality x ambiguity x ask offered) and the robots."""
@@ -109,7 +114,7 @@ def measure_game(
 ) -> tuple[list[dict[str, Any]], float]:
     """Every robot on one game: rows (means and seed std) and the solver's wall time."""
     # step 1. the game as arrays, and its exact POMDP solution
-    env = make_env(c.env_id, **c.game.model_dump(), beta=beta, corridor=corridor, allow_ask=ask)
+    env = make_env(c.env_id, **c.game.env_kwargs(), beta=beta, corridor=corridor, allow_ask=ask)
     game = env.unwrapped.model()
     t = time.perf_counter()
     solver = CIRLSolver(game)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -49,6 +50,27 @@ HUMAN_ACTIONS = ("up", "down", "left", "right", "stay")
 ROBOT_ACTIONS = ("up", "down", "left", "right", "wait", "ask", "defer")
 WAIT, ASK, DEFER = 4, 5, 6
 GOAL_CHARS = "abc"
+
+
+@dataclass(frozen=True)
+class Payoffs:
+    """The game's gold payoffs: reaching the human's goal, reaching another one, each round, asking, deferring."""
+
+    goal_reward: float = 10.0
+    wrong_penalty: float = 10.0
+    step_cost: float = 1.0
+    ask_cost: float = 2.0
+    defer_reward: float = 0.0
+
+    @classmethod
+    def of(cls, value: Payoffs | Mapping[str, float] | None) -> Payoffs:
+        """``value`` as payoffs: ``None`` gives the defaults, a mapping overrides the named ones."""
+        if value is None or isinstance(value, Payoffs):
+            return value or cls()
+        unknown = set(value) - set(asdict(cls()))
+        if unknown:
+            raise ValueError(f"payoffs: unknown field(s) {sorted(unknown)}; known: {sorted(asdict(cls()))}")
+        return cls(**{k: float(v) for k, v in value.items()})
 
 
 @dataclass(frozen=True)
@@ -136,8 +158,7 @@ class AssistanceGame(gym.Env[int, int]):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, n_goals: int = 2, arm: int = 2, corridor: int = 2, beta: float = 2.0, horizon: int = 12,
-                 goal_reward: float = 10.0, wrong_penalty: float = 10.0, step_cost: float = 1.0,
-                 ask_cost: float = 2.0, defer_reward: float = 0.0, allow_ask: bool = True,
+                 payoffs: Payoffs | Mapping[str, float] | None = None, allow_ask: bool = True,
                  allow_defer: bool = True, prior: list[float] | None = None,
                  render_mode: str | None = None):  # fmt: skip
         if beta < 0:
@@ -150,8 +171,7 @@ class AssistanceGame(gym.Env[int, int]):
             )
         self.layout, self.fork, self.human_home = fork_layout(n_goals, arm, corridor)
         self.beta, self.render_mode = beta, render_mode
-        self.costs = {"goal_reward": goal_reward, "wrong_penalty": wrong_penalty, "step_cost": step_cost,
-                      "ask_cost": ask_cost, "defer_reward": defer_reward}  # fmt: skip
+        self.payoffs = Payoffs.of(payoffs)
         p = np.full(n_goals, 1.0 / n_goals) if prior is None else np.asarray(prior, dtype=float)
         if p.shape != (n_goals,) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
             raise ValueError(f"prior must be {n_goals} non-negative numbers summing to 1, got {prior}")
@@ -187,10 +207,10 @@ class AssistanceGame(gym.Env[int, int]):
             for i in range(n):
                 q = np.array([-1.0 - dist[cells[j]] if j >= 0 else -np.inf for j in human_next[i]])
                 policy[g, i] = boltzmann(q, self.beta)
-        c = self.costs
-        reward = np.full((k, n, na), -c["step_cost"])
-        reward[:, :, ASK] -= c["ask_cost"]
-        reward[:, :, DEFER] += c["defer_reward"]
+        c = self.payoffs
+        reward = np.full((k, n, na), -c.step_cost)
+        reward[:, :, ASK] -= c.ask_cost
+        reward[:, :, DEFER] += c.defer_reward
         ends = np.zeros((n, na), dtype=bool)
         ends[:, DEFER] = True
         for i in range(n):
@@ -199,7 +219,7 @@ class AssistanceGame(gym.Env[int, int]):
                 if j != i and j in goals:
                     ends[i, a] = True
                     for g, goal in enumerate(goals):
-                        reward[g, i, a] += c["goal_reward"] if j == goal else -c["wrong_penalty"]
+                        reward[g, i, a] += c.goal_reward if j == goal else -c.wrong_penalty
         allowed = np.ones(na, dtype=bool)
         allowed[ASK], allowed[DEFER] = allow_ask, allow_defer
         return AssistanceModel(cells=cells, goals=goals, robot_start=index[self.fork],
@@ -222,7 +242,7 @@ class AssistanceGame(gym.Env[int, int]):
         if not self.action_space.contains(action) or not m.allowed[action]:
             raise ValueError(f"action must be an allowed robot action ({ROBOT_ACTIONS}), got {action!r}")
         gold = float(m.reward[self.theta, self.robot, action])
-        visible = -self.costs["step_cost"] - (self.costs["ask_cost"] if action == ASK else 0.0)
+        visible = -self.payoffs.step_cost - (self.payoffs.ask_cost if action == ASK else 0.0)
         terminated = bool(m.ends[self.robot, action])
         info: dict[str, Any] = {"gold_reward": gold}
         if action == ASK:
