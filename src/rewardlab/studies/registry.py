@@ -24,7 +24,7 @@ STUDIES: dict[str, tuple[str, str, str]] = {
 }
 
 STUDY_HELP = ("run a failure study (issue 21): poison (preference poisoning + defenses), false-positives "
-              "(time-pressed evaluators before/after RLHF), irl (the PPO policy's reward recovered by inverse RL), cirl (the CIRL assistance game vs IRL-then-optimize), teacher-hacking (oracle -> teacher -> student distillation, offline vs online); table + figure in the study's out_dir")  # fmt: skip
+              "(time-pressed evaluators before/after RLHF), irl (the PPO policy's reward recovered by inverse RL), cirl (the CIRL assistance game vs IRL-then-optimize), teacher-hacking (oracle -> teacher -> student distillation, offline vs online), mitigations (RM ensembles, a KL schedule, early stopping), overopt (Gao et al.'s curves on real text); table + figure in the study's out_dir")  # fmt: skip
 
 
 def study_command(args: argparse.Namespace) -> int:
