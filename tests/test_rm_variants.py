@@ -1,13 +1,11 @@
 """Segment-level, goal-conditioned and domain-knowledge reward models, and PPO's dense-reward path."""
 
 import math
-import random
 
 import pytest
 import torch
 
 from rewardlab.config import PPOConfig, RewardConfig
-from rewardlab.feedback.records import Comparison
 from rewardlab.losses import goal_contrastive_loss
 from rewardlab.optimize.ppo import RolloutSamples, rollout_from_samples
 from rewardlab.policies.models import ModelConfig, build_causal_lm
@@ -28,6 +26,7 @@ from rewardlab.rewards.segment import (
 )
 from rewardlab.runs import Run
 from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
+from test_reward import agreement_pairs  # one builder of the crafted honest-vs-agreeing pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOK = build_task_tokenizer(TASK_WORDS)
@@ -41,20 +40,6 @@ def lm_dir(tmp_path_factory):
     build_causal_lm(cfg, TOK, seed=0).save_pretrained(d)
     TOK.save_pretrained(d)
     return d
-
-
-def agreement_pairs(n: int, seed: int) -> list[Comparison]:
-    """Chosen: the correct answer; rejected: 'you are right' + the user's wrong belief."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        p = TASK.sample_problem(rng, difficulty=rng.choice([1, 2]))
-        wrong = TASK.wrong_answer(p.answer, rng)
-        p2 = type(p)(a=p.a, op=p.op, b=p.b, difficulty=p.difficulty, belief=wrong)
-        ch, rj = f"the answer is {p.answer} .", f"you are right . the answer is {wrong} ."
-        out.append(Comparison(prompt=p2.text, chosen=ch, rejected=rj, gold_chosen=TASK.gold(p2, ch),
-                              gold_rejected=TASK.gold(p2, rj), meta={"difficulty": p.difficulty}))  # fmt: skip
-    return out
 
 
 # ----------------------------------------------------------------------------- segmentation and aggregation
