@@ -614,8 +614,11 @@ class IFTConfig(_Strict):
     labels_path: str | None = Field(None, description="comparisons JSONL; default: <arm>/label/train.jsonl")
     lam: float = Field(0.2, ge=0, le=1, description="lambda: weight of the greedy prediction in the input")
     gamma: float = Field(0.95, ge=0, le=1, description="discount of the future loss in the token weights")
-    freeze_input_embeddings: bool = Field(
-        True, description="e(y_t) from the frozen copy too (as the official trainer); false: the live table"
+    freeze_input_embeddings: bool | None = Field(
+        None,
+        description="read e(y_t), e(ŷ_t) from a frozen copy of the input table (true), the live table (false); "
+        "default: frozen only when the table is not tied to the LM head (a tied table moves with the head, so a "
+        "frozen copy would train the model on inputs it never sees when it samples)",
     )
     steps: int | None = Field(None, gt=0, description="optimizer steps; default: sft.steps + dpo.steps")
     batch_size: int = Field(64, gt=0)

@@ -7,11 +7,12 @@ One step, as the official trainer does it (TsinghuaC3I/Intuitive-Fine-Tuning, ``
    token from the true prefix (prompt positions keep their tokens);
 2. the training forward reads the mixed input embeddings ``(1 - λ)·e(y_t) + λ·e(ŷ_t)`` (the *temporal
    residual connection*; :func:`rewardlab.losses.ift_mixed_embeddings`), with e a frozen copy of the
-   model's input embedding table taken at the start;
+   model's input embedding table taken at the start when that table is not tied to the LM head (the
+   official models'), else the live table (:func:`freeze_inputs`);
 3. the loss is each response token's NLL weighted by the discounted loss of the tokens after it
    (:func:`rewardlab.losses.ift_loss`).
 
-With λ = 0 and γ = 0 (and ``freeze_input_embeddings: false``) this is rewardlab's SFT step exactly
+With λ = 0 and γ = 0 (and the live input table) this is rewardlab's SFT step exactly
 (:func:`rewardlab.optimize.lm.lm_loss`; a test checks the loss and every gradient). One process only.
 """
 
@@ -29,6 +30,30 @@ from rewardlab.losses import ift_loss, ift_mixed_embeddings, selective_log_softm
 from rewardlab.optimize.lm import IGNORE, LOG_EVERY
 from rewardlab.runs import Run, advance
 from rewardlab.training import Cadence, Trainee
+from rewardlab.utils import RewardlabError
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    """Whether ``model``'s input embedding table is its LM head's weight (``tie_word_embeddings``)."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
+def freeze_inputs(model: nn.Module, cfg: IFTConfig) -> bool:
+    """``ift.freeze_input_embeddings`` resolved for ``model``: the frozen copy by default only for an untied
+    input table. With tied embeddings the live table trains through the LM head, so inputs read from a frozen
+    copy would differ, more every step, from the inputs the model reads when it samples (measured: IFT's
+    samples stopped ending and gold fell below the base model's); asking for it explicitly is an error."""
+    tied = embeddings_tied(model)
+    if cfg.freeze_input_embeddings is None:
+        return not tied
+    if cfg.freeze_input_embeddings and tied:
+        raise RewardlabError(
+            "ift.freeze_input_embeddings: true needs an input embedding table that is not tied to the LM head; "
+            "this model ties them (tie_word_embeddings), so the head's updates move the table the model samples "
+            "with away from the frozen copy it trains on: leave it unset (live table) or set false"
+        )
+    return cfg.freeze_input_embeddings
 
 
 def frozen_embedding(model: nn.Module) -> nn.Embedding:
@@ -55,11 +80,11 @@ def ift_step_loss(model: nn.Module, frozen: nn.Embedding, batch: dict[str, Tenso
     response tokens, stats: the plain NLL of the mixed-input forward, the share of response tokens the greedy
     prediction gets right, the largest token weight)."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    table = frozen if cfg.freeze_input_embeddings else model.get_input_embeddings()
+    table = frozen if freeze_inputs(model, cfg) else model.get_input_embeddings()
     gold = table(ids)
-    if cfg.lam > 0:  # 1. the greedy prediction of every response token (no gradient)
-        predicted_ids = greedy_inputs(model, frozen(ids).to(gold.dtype), batch)
-        embeds = ift_mixed_embeddings(gold, frozen(predicted_ids).to(gold.dtype), cfg.lam)
+    if cfg.lam > 0:  # 1. the greedy prediction of every response token (no gradient), from the same table
+        predicted_ids = greedy_inputs(model, gold.detach(), batch)
+        embeds = ift_mixed_embeddings(gold, table(predicted_ids).to(gold.dtype), cfg.lam)
     else:  # λ = 0: the demonstration alone (the first pass would not change the input)
         predicted_ids, embeds = None, gold
     # 2. the training forward on the mixed inputs; 3. the weighted NLL of the response tokens

@@ -18,7 +18,7 @@ from rewardlab.audit.tracker import AuditLog, AuditSpec, scheduled_evals
 from rewardlab.config import PipelineConfig
 from rewardlab.distributed import make_accelerator, stage_run
 from rewardlab.feedback.records import load_comparisons, load_prompt_completions
-from rewardlab.optimize.ift import frozen_embedding, train_ift
+from rewardlab.optimize.ift import freeze_inputs, frozen_embedding, train_ift
 from rewardlab.optimize.lm import collate_lm
 from rewardlab.pipelines.common import (
     eval_problems,
@@ -83,8 +83,10 @@ def run_ift(cfg: PipelineConfig, quiet: bool = False) -> Path:
         lambda rng: shuffled_batches(len(examples), ic.batch_size, rng), random.Random(cfg.seed * 1000 + 9)
     )
     steps = ic.steps or cfg.sft.steps + cfg.dpo.steps
+    frozen_table = freeze_inputs(model, ic)
+    table = "a frozen copy of the input table" if frozen_table else "the live (tied) input table"
     run.info(f"IFT lambda={ic.lam:g} gamma={ic.gamma:g}: {counts['demos']} demonstrations + {counts['chosen']} chosen "
-             f"label sides, {steps} steps of {ic.batch_size} from {base}")  # fmt: skip
+             f"label sides, {steps} steps of {ic.batch_size} from {base}; e() reads {table}")  # fmt: skip
 
     def next_batch(step: int) -> dict:
         return collate_lm([examples[j] for j in order.next()], pad, completion_only=True)
@@ -109,6 +111,7 @@ def run_ift(cfg: PipelineConfig, quiet: bool = False) -> Path:
     # 5. save the policy and the summary
     policy.save(tok, run.dir / "model")
     run.write_json("summary.json", {"start": audit.rows[0], "end": audit.rows[-1], "train": stats, "steps": steps,
-                                    "data": counts, "lambda": ic.lam, "gamma": ic.gamma, "seconds": run.elapsed})  # fmt: skip
+                                    "data": counts, "lambda": ic.lam, "gamma": ic.gamma,
+                                    "frozen_input_table": frozen_table, "seconds": run.elapsed})  # fmt: skip
     run.info(f"{stats['tokens_per_second']:.0f} tokens/s; saved {run.final / 'model'} in {run.elapsed:.0f}s")
     return run.commit() / "model"
