@@ -233,7 +233,22 @@ def _run_pipeline(cfg: PipelineConfig, *, seeds: Sequence[int] | None, reuse: bo
         _write_timings(Path(cfg.run_dir), times, n_proc)
     if "report" in wanted:
         console.print(f"[bold green]report:[/] {path}")
+        if not quiet:
+            _print_headline(Path(cfg.run_dir))
     return path
+
+
+def _print_headline(run_dir: Path) -> None:
+    """The headline table (gold, proxy, behaviour, KL: start -> end per arm and method) from the report's
+    summary, under the report's path; nothing when the report wrote no summary."""
+    from rewardlab.report.headline import headline_table
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if summary.get("arms"):
+        console.print(headline_table(summary))
 
 
 def _write_timings(run_dir: Path, times: dict[str, float], n_proc: int) -> None:
