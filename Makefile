@@ -35,7 +35,12 @@ test-all: install
 
 # rewardlab against TRL 1.16 side by side (benchmarks/bench_trl.py): make bench [BENCH_ARGS=--quick]
 BENCH_ARGS ?=
-bench: install
+# The full-PPO row runs TRL 1.12's PPOTrainer (the last TRL with PPO) from its own venv, .venv-trl-ppo.
+.PHONY: bench-trl-ppo-env
+bench-trl-ppo-env:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) bash benchmarks/trl_ppo_env.sh
+
+bench: install bench-trl-ppo-env
 	$(PIP) install -q -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
 

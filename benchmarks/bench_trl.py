@@ -28,6 +28,23 @@ vs ``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GR
 policy's trunk, GAE, 2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
 step); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
 outputs asserted identical).
+
+``ppo-trl``: full PPO against a real ``PPOTrainer``. TRL 1.16 has none (moved to ``trl.experimental`` and
+deleted in 2026-09, huggingface/trl#7020), so that side runs ``bench_trl_ppo.py`` under the Python of its
+own virtual environment (``--trl-ppo-python``, default ``.venv-trl-ppo/bin/python``, made by
+``benchmarks/trl_ppo_env.sh`` = ``make bench-trl-ppo-env``): TRL 1.12.0, the last release with
+``trl.experimental.ppo`` (which releases failed and why: that file's docstring). The row is skipped, with
+a message, when that venv is absent. Both sides load the same four models with ``from_pretrained``:
+policy and reference (``models/<size>``), reward model and value model (one Llama sequence classifier on
+the same trunk with a seeded score head, ``ppo_rm/<size>``, written once into the assets folder). Per step
+8 prompts in dataset order, one generation each (TRL's PPO samples one per prompt), up to 48 new tokens,
+EOS stops, missing-EOS penalty 1.0, GAE (gamma 1, lambda 0.95), KL 0.05 (k1), 2 epochs x 2 minibatches
+of 4, clip 0.2, vf_coef 0.1. rewardlab's critic is its ``value_model: separate`` option with
+``value_init: reward`` (its own trunk, initialised from the reward model, as TRL's), not the shared
+value head of the ``ppo`` row. Both train policy and critic with one optimizer. What remains different is
+how each library does the same passes: TRL takes the old log-probs from ``generate``'s logits (rewardlab
+runs one more policy forward, as it does whenever a rollout feeds several updates), computes the LM head
+over the prompt positions too, and calls ``gc.collect()`` twice per step.
 """
 
 from __future__ import annotations
@@ -53,7 +70,8 @@ BATCH = 8
 GROUP = 4  # GRPO/PPO generations per prompt
 NEW_TOKENS = 48
 SIZES = ("1m", "11m")
-TRAINERS = ("sampler", "dpo", "rm", "sft", "onpolicy")
+TRAINERS = ("sampler", "dpo", "rm", "sft", "onpolicy", "ppo-trl")
+TRL_PPO_PYTHON = HERE.parent / ".venv-trl-ppo" / "bin" / "python"  # benchmarks/trl_ppo_env.sh makes it
 
 # Targets: median ratio rewardlab / TRL, per (row, size).
 TARGETS: dict[tuple[str, str], float] = {
@@ -62,6 +80,7 @@ TARGETS: dict[tuple[str, str], float] = {
     ("sft", "1m"): 1.5, ("sft", "11m"): 1.2,
     ("grpo", "1m"): 2.0, ("grpo", "11m"): 2.0,
     ("ppo", "1m"): 1.2, ("ppo", "11m"): 1.2,
+    ("ppo-trl", "1m"): 2.0, ("ppo-trl", "11m"): 2.0,
     ("sampler", "1m"): 3.0, ("sampler", "11m"): 1.5,
 }  # fmt: skip
 LEARNING_RATE = {"dpo": 5e-6, "rm": 1e-4, "sft": 2e-5, "grpo": 1e-5, "ppo": 1e-5}
@@ -381,6 +400,76 @@ def rl_ppo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     return _rl_onpolicy(spec, clock, out, "gae")
 
 
+def ppo_step_prompts(rows: list[dict[str, str]], step: int) -> list[str]:
+    """The ``BATCH`` prompts of PPO step ``step`` (1-based), in dataset order, as ``bench_trl_ppo.py``'s TRL run
+    takes them (its loader unshuffled, the last partial batch dropped)."""
+    start = ((step - 1) * BATCH) % (len(rows) - len(rows) % BATCH)
+    return [rows[start + i]["prompt"] for i in range(BATCH)]
+
+
+def ppo_reward_model_dir(assets: Path, size: str) -> Path:
+    """The PPO row's reward model: a rewardlab ``RewardModel`` folder whose ``members/0`` both sides load."""
+    return assets / "ppo_rm" / size
+
+
+def build_ppo_reward_model(assets: Path, size: str) -> Path:
+    """Write (once) the PPO row's reward model: the ``size`` trunk with a seeded score head (seed 0)."""
+    from rewardlab.policies.models import load_tokenizer
+    from rewardlab.rewards.model import RewardModel, init_reward_backbone
+
+    out = ppo_reward_model_dir(assets, size)
+    if not (out / "ensemble.json").is_file():
+        tok = load_tokenizer(assets / "tokenizer")
+        RewardModel([init_reward_backbone(assets / "models" / size, tok, seed=0)], tok).save(out)
+    return out
+
+
+def rl_ppo_trl(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
+    """Full PPO set up as ``bench_trl_ppo.py``'s PPOTrainer: separate critic initialised from the reward model,
+    a reward model (not the word reward), 8 prompts x 1 generation, 2 epochs x 2 minibatches, KL 0.05."""
+    import torch
+    from accelerate import Accelerator
+
+    from rewardlab.config import PPOConfig
+    from rewardlab.optimize.ppo import Actors, ValueModel, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.policies.models import load_causal_lm, load_tokenizer
+    from rewardlab.rewards.model import RewardModel
+    from rewardlab.training import make_optimizer
+
+    assets = Path(spec["assets"])
+    path = assets / "models" / spec["size"]
+    rm_dir = ppo_reward_model_dir(assets, spec["size"])
+    pc = PPOConfig(advantage="gae", prompts_per_step=BATCH, samples_per_prompt=1, ppo_epochs=2, minibatches=2,
+                   kl_coef=0.05, kl_estimator="k1", value_model="separate", value_init="reward",
+                   missing_eos="penalty", missing_eos_penalty=1.0, max_new_tokens=NEW_TOKENS,
+                   optim=_rl_optim("ppo"))  # fmt: skip
+    tok = load_tokenizer(assets / "tokenizer")
+    acc = Accelerator()
+    policy = load_causal_lm(path)
+    ref = load_causal_lm(path).eval().requires_grad_(False)
+    rm = RewardModel.load(rm_dir)
+    for m in rm.members:
+        m.requires_grad_(False)
+    critic = ValueModel.from_pretrained(rm_dir / "members" / "0")
+    opt, _ = make_optimizer(torch.nn.ModuleList([policy, critic]), pc.optim, spec["steps"])
+    policy, critic, opt = acc.prepare(policy, critic, opt)
+    rows = _pairs(spec)
+    gen = torch.Generator().manual_seed(0)
+    tokens = 0
+    setup = time.perf_counter() - T_START
+    policy.train()
+    for step in range(1, spec["steps"] + 1):
+        actors = Actors(policy, ref, critic, rm, tok)
+        ro = make_rollout(actors, ppo_step_prompts(rows, step), pc, pc.kl_coef, gen)
+        metrics = rollout_metrics(ro, pc, pc.kl_coef)
+        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, accelerator=acc))
+        clock.mark(step)
+        if step > clock.warmup:
+            tokens += int(ro.batch.prompt_mask.sum()) + int(ro.batch.response_mask.sum())
+    _, secs = clock.measured()
+    return {"setup_s": setup, "tokens_per_s": tokens / secs}
+
+
 def trl_grpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     from bench_assets import good_fraction, read_good_words
     from datasets import Dataset
@@ -497,7 +586,7 @@ def greedy_outputs_identical(model: Any, tok: Any, prompts: list[str], new_token
 RUNNERS: dict[str, Callable[[dict[str, Any], StepClock, str], dict[str, Any]]] = {
     "rewardlab/sft": rl_sft, "trl/sft": trl_sft, "rewardlab/rm": rl_rm, "trl/rm": trl_rm,
     "rewardlab/dpo": rl_dpo, "trl/dpo": trl_dpo, "rewardlab/grpo": rl_grpo, "rewardlab/ppo": rl_ppo,
-    "trl/grpo": trl_grpo,
+    "trl/grpo": trl_grpo, "rewardlab/ppo-trl": rl_ppo_trl,
 }  # fmt: skip
 
 
@@ -563,7 +652,9 @@ def machine_description() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- parent side
-def run_child(spec: dict[str, Any], log: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], log: Path, extra_env: dict[str, str] | None = None,
+              command: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run one child (default: this file under this Python; ``command``: another script or interpreter)."""
     env = dict(os.environ)
     env.update(extra_env or {})
     n = str(spec["threads"])
@@ -574,8 +665,9 @@ def run_child(spec: dict[str, Any], log: Path, extra_env: dict[str, str] | None 
     with log.open("a") as f:
         f.write(f"\n=== {json.dumps(spec)}\n")
         f.flush()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                              stdout=subprocess.PIPE, stderr=f, text=True, env=env, check=False)  # fmt: skip
+        cmd = command or [sys.executable, str(Path(__file__).resolve())]
+        proc = subprocess.run([*cmd, "--child", json.dumps(spec)], stdout=subprocess.PIPE, stderr=f, text=True,
+                              env=env, check=False)  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark child failed (rc={proc.returncode}): {spec}; see {log}")
@@ -602,6 +694,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every run, both sides")
     ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
+    ap.add_argument("--trl-ppo-python", default=str(TRL_PPO_PYTHON),
+                    help="Python of the venv with the old TRL for the ppo-trl row (benchmarks/trl_ppo_env.sh)")  # fmt: skip
     ap.add_argument("--rl-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for rewardlab's runs only, e.g. REWARDLAB_CPU_LINEAR=mkl")  # fmt: skip
     ap.add_argument(
@@ -640,6 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     base = {"assets": str(assets), "threads": args.threads}
     for trainer in only:
         for size in sizes:
+            if trainer == "ppo-trl" and not Path(args.trl_ppo_python).is_file():
+                print(f"ppo-trl: no {args.trl_ppo_python} (make bench-trl-ppo-env); skipped", flush=True)
+                continue
             if trainer == "dpo" and not rewardlab_has_dpo():
                 print("dpo: rewardlab.optimize.dpo not available; skipped", flush=True)
                 continue
@@ -657,14 +754,17 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             sides = ["rewardlab/grpo", "rewardlab/ppo", "trl/grpo"] if trainer == "onpolicy" else \
                 [f"rewardlab/{trainer}", f"trl/{trainer}"]  # fmt: skip
-            n_steps = on_steps if trainer == "onpolicy" else steps
+            n_steps = on_steps if trainer in ("onpolicy", "ppo-trl") else steps
+            commands = {"trl/ppo-trl": [args.trl_ppo_python, str(HERE / "bench_trl_ppo.py")]}
+            if trainer == "ppo-trl":
+                build_ppo_reward_model(assets, size)
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
             for r in range(args.repeats):
                 order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate who goes first
                 for side in order:
                     who, what = side.split("/")
                     spec = {**base, "trainer": what, "side": who, "size": size, "steps": n_steps}
-                    res = run_child(spec, log, rl_env if who == "rewardlab" else None)
+                    res = run_child(spec, log, rl_env if who == "rewardlab" else None, commands.get(side))
                     runs[side].append(res)
                     print(f"  {side} {size} repeat {r}: {res['samples_per_s']:.1f} samples/s, "
                           f"{res['peak_rss_mib']:.0f} MiB, setup {res['setup_s']:.1f} s", flush=True)  # fmt: skip
@@ -720,7 +820,7 @@ def profile_missed(rows: list[dict[str, Any]], base: dict[str, Any], steps: int,
             spec = {**base, "trainer": "sampler", "size": size, "repeats": 1, "sampler_calls": 1}
         else:
             spec = {**base, "trainer": name, "side": "rewardlab", "size": size,
-                    "steps": on_steps if name in ("grpo", "ppo") else steps}  # fmt: skip
+                    "steps": on_steps if name in ("grpo", "ppo", "ppo-trl") else steps}  # fmt: skip
         run_child({**spec, "profile": str(stats_path)}, log, rl_env)
         text = folder / f"{name}-{size}.txt"
         with text.open("w") as f:
@@ -735,9 +835,18 @@ def profile_missed(rows: list[dict[str, Any]], base: dict[str, Any], steps: int,
 
 
 TRL_NAME = {"dpo": "DPOTrainer", "rm": "RewardTrainer", "sft": "SFTTrainer", "grpo": "GRPOTrainer",
-            "ppo": "GRPOTrainer", "sampler": "model.generate"}  # fmt: skip
+            "ppo": "GRPOTrainer", "ppo-trl": "PPOTrainer", "sampler": "model.generate"}  # fmt: skip
 UNIT = {"dpo": "pairs/s", "rm": "pairs/s", "sft": "seqs/s", "grpo": "completions/s", "ppo": "completions/s",
-        "sampler": "new tok/s"}  # fmt: skip
+        "ppo-trl": "completions/s", "sampler": "new tok/s"}  # fmt: skip
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """The table's first column: ``<row> vs <TRL trainer>``; the PPO row names the TRL release it ran."""
+    name = row["row"]
+    if name == "ppo-trl":
+        versions = sorted({r.get("versions", {}).get("trl", "?") for r in row["trl"]})
+        return f"ppo vs PPOTrainer (trl {', '.join(versions)})"
+    return f"{name} vs {TRL_NAME[name]}"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -750,7 +859,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         target = TARGETS.get((name, size))
         med = statistics.median(row["ratios"])
         met = "" if target is None else ("yes" if med >= target else "**no**")
-        label = f"{name} vs {TRL_NAME[name]}"
+        label = row_label(row)
         if name == "sampler":
             rl_tok = statistics.median(row["rewardlab"]["tokens_per_s"])
             trl_tok = statistics.median(row["trl"]["tokens_per_s"])
