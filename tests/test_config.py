@@ -1,5 +1,6 @@
 """Configs: YAML + overrides, and clear errors naming the file and field."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,41 @@ def test_bad_config_errors_name_file_and_field(tmp_path, yaml_text, needle):
         load_config(p)
     assert str(p) in str(e.value)
     assert needle in str(e.value)
+
+
+def test_extends_lays_a_variant_on_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "seed: 4\npretrain:\n  steps: 900\n  batch_size: 32\n  model: {hidden_size: 64, num_layers: 2}\n"
+        "methods: [ppo, bon]\n"
+    )
+    (tmp_path / "sub").mkdir()
+    variant = tmp_path / "sub" / "fast.yaml"
+    variant.write_text(
+        "extends: ../base.yaml\npretrain:\n  steps: 300\n  model: {num_layers: 1}\nmethods: [ppo]\n"
+    )
+    cfg = load_config(variant, ["pretrain.batch_size=16"])
+    assert cfg.seed == 4 and cfg.pretrain.steps == 300  # the base's value, the variant's change
+    assert (cfg.pretrain.model.hidden_size, cfg.pretrain.model.num_layers) == (64, 1)  # mappings merge
+    assert cfg.methods == ["ppo"]  # lists replace
+    assert cfg.pretrain.batch_size == 16  # --set still applies last
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(RewardlabError, match="cycle"):
+        load_config(a)
+    a.write_text("extends: missing.yaml\n")
+    with pytest.raises(RewardlabError, match=r"missing\.yaml"):
+        load_config(a)
+    a.write_text("extends: [b.yaml]\n")
+    with pytest.raises(RewardlabError, match=re.escape(f"{a}: extends must be")):
+        load_config(a)
+    b.write_text("pretrain:\n  stepz: 1\n")
+    a.write_text("extends: b.yaml\n")
+    with pytest.raises(RewardlabError, match=r"pretrain\.stepz: unknown key"):
+        load_config(a)
 
 
 def test_bad_override_and_missing_file(tmp_path):

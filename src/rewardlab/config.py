@@ -920,21 +920,47 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join([f"{source}: invalid config", *(f"  {line}" for line in _error_lines(err))])
 
 
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge key by key (recursively), any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_sections(out[key], value) if both else value
+    return out
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a mapping; ``extends: OTHER.yaml`` (relative to the file) reads OTHER first and lays
+    this file's sections on it (:func:`merge_sections`), so a variant states only what it changes."""
+    text = read_text_file(path, "config file")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RewardlabError(f"{path}: malformed YAML ({e})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise RewardlabError(f"{path}: top level must be a mapping of sections")
+    data: dict[str, Any] = loaded or {}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise RewardlabError(f"{path}: extends must be the path of another config file")
+    base = (path.parent / parent).resolve()
+    if base in seen or base == path.resolve():
+        raise RewardlabError(
+            f"{path}: extends {parent} makes a cycle ({' -> '.join(map(str, (*seen, base)))})"
+        )
+    return merge_sections(read_config_file(base, (*seen, path.resolve())), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None; ``extends:`` a base file, see
+    :func:`read_config_file`) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        text = read_text_file(p, "config file")
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise RewardlabError(f"{p}: malformed YAML ({e})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise RewardlabError(f"{p}: top level must be a mapping of sections")
-        data = loaded or {}
+        source = str(path)
+        data = read_config_file(Path(path))
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)
