@@ -335,7 +335,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     from bench_assets import good_fraction, read_good_words
 
     from rewardlab.config import PPOConfig
-    from rewardlab.optimize.ppo import Actors, SharedValueHead, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.optimize.ppo import Actors, SharedValueHead
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.rewards.model import RewardScores
     from rewardlab.training import make_optimizer
@@ -375,16 +375,27 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     else:
         policy, opt = acc.prepare(policy, opt)
     rows = _pairs(spec)
-    rm = WordReward()
+    actors = Actors(policy, ref, critic, WordReward(), tok)
+    return _timed_rl_loop(actors, opt, pc, acc, clock, spec["steps"],
+                          lambda step: [p for p in _step_prompts(rows, step) for _ in range(GROUP)])  # fmt: skip
+
+
+def _timed_rl_loop(actors: Any, opt: Any, pc: Any, acc: Any, clock: StepClock, steps: int,
+                   prompts_of: Callable[[int], list[str]]) -> dict[str, Any]:  # fmt: skip
+    """Steps 1..``steps`` of rewardlab's on-policy loop (rollout, then update), timed by ``clock``: setup until
+    now, and prompt plus generated tokens per second after the warm-up steps."""
+    import torch
+
+    from rewardlab.optimize.ppo import make_rollout, ppo_update, rollout_metrics
+
     gen = torch.Generator().manual_seed(0)
     tokens = 0
     setup = time.perf_counter() - T_START
-    policy.train()
-    for step in range(1, spec["steps"] + 1):
-        prompts = [p for p in _step_prompts(rows, step) for _ in range(GROUP)]
-        ro = make_rollout(Actors(policy, ref, critic, rm, tok), prompts, pc, pc.kl_coef, gen)
+    actors.policy.train()
+    for step in range(1, steps + 1):
+        ro = make_rollout(actors, prompts_of(step), pc, pc.kl_coef, gen)
         metrics = rollout_metrics(ro, pc, pc.kl_coef)
-        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, accelerator=acc))
+        metrics.update(ppo_update(actors.policy, actors.critic, opt, ro, pc, gen, step, accelerator=acc))
         clock.mark(step)
         if step > clock.warmup:
             tokens += int(ro.batch.prompt_mask.sum()) + int(ro.batch.response_mask.sum())
@@ -431,7 +442,7 @@ def rl_ppo_trl(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, An
     from accelerate import Accelerator
 
     from rewardlab.config import PPOConfig
-    from rewardlab.optimize.ppo import Actors, ValueModel, make_rollout, ppo_update, rollout_metrics
+    from rewardlab.optimize.ppo import Actors, ValueModel
     from rewardlab.policies.models import load_causal_lm, load_tokenizer
     from rewardlab.rewards.model import RewardModel
     from rewardlab.training import make_optimizer
@@ -454,20 +465,10 @@ def rl_ppo_trl(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, An
     opt, _ = make_optimizer(torch.nn.ModuleList([policy, critic]), pc.optim, spec["steps"])
     policy, critic, opt = acc.prepare(policy, critic, opt)
     rows = _pairs(spec)
-    gen = torch.Generator().manual_seed(0)
-    tokens = 0
-    setup = time.perf_counter() - T_START
-    policy.train()
-    for step in range(1, spec["steps"] + 1):
-        actors = Actors(policy, ref, critic, rm, tok)
-        ro = make_rollout(actors, ppo_step_prompts(rows, step), pc, pc.kl_coef, gen)
-        metrics = rollout_metrics(ro, pc, pc.kl_coef)
-        metrics.update(ppo_update(policy, critic, opt, ro, pc, gen, step, accelerator=acc))
-        clock.mark(step)
-        if step > clock.warmup:
-            tokens += int(ro.batch.prompt_mask.sum()) + int(ro.batch.response_mask.sum())
-    _, secs = clock.measured()
-    return {"setup_s": setup, "tokens_per_s": tokens / secs}
+    actors = Actors(policy, ref, critic, rm, tok)
+    return _timed_rl_loop(
+        actors, opt, pc, acc, clock, spec["steps"], lambda step: ppo_step_prompts(rows, step)
+    )
 
 
 def trl_grpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
