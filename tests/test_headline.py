@@ -46,7 +46,12 @@ def test_table_prints_start_to_end() -> None:
     console = Console(width=200, record=True)
     console.print(headline_table(SUMMARY))
     text = console.export_text()
-    assert "sycophancy_rate" in text
-    assert "+0.400 -> +0.050" in text  # time-pressed PPO's gold, mean of 2 seeds
-    assert "0.300 -> 1.000" in text  # best-of-n's sycophancy, unsigned
+    assert (
+        "sycophancy_rate" in text
+        and "unbiased*" in text
+        and "* control arm" in text
+        and "mean over 1/2 seed(s)" in text
+    )
+    assert "+0.400→+0.050" in text  # time-pressed PPO's gold, mean of 2 seeds
+    assert "0.300→1.000" in text  # best-of-n's sycophancy, unsigned
     assert headline_rows({"arms": {}}) == []

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 #: (column, summary key of the start value, of the end value, signed); a None start prints the end alone.
@@ -57,20 +58,30 @@ def _fmt(x: float, signed: bool) -> str:
     return "-" if math.isnan(x) else f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def headline_table(summary: dict[str, Any], title: str = "headline (mean over seeds)") -> Table:
-    """The rows of :func:`headline_rows` as a rich table: ``start -> end`` per column."""
+def headline_table(summary: dict[str, Any]) -> Table:
+    """The rows of :func:`headline_rows` as a rich table that fits 80 columns: ``start→end`` per column, the
+    controls marked ``*`` in the arm column (said in the caption), the seed counts in the title."""
     rows = headline_rows(summary)
     behavior = rows[0]["behavior"] if rows else "behaviour"
-    table = Table(title=title, title_justify="left")
-    for name in ("method", "arm", "role", "seeds"):
-        table.add_column(name)
+    seeds = sorted({r["seeds"] for r in rows})
+    table = Table(title=f"headline: start→end, mean over {'/'.join(map(str, seeds)) or 0} seed(s)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="* control arm" if any(r["role"] == "control" for r in rows) else None,
+                  caption_justify="left")  # fmt: skip
+    table.add_column("method")
+    table.add_column(
+        "arm", min_width=max((len(r["preset"]) + (r["role"] == "control") for r in rows), default=3)
+    )
     for name, *_ in COLUMNS:
-        table.add_column(name.format(behavior=behavior.removeprefix("behavior/")), justify="right")
+        table.add_column(
+            name.format(behavior=behavior.removeprefix("behavior/")), justify="right", no_wrap=True
+        )
     for r in rows:
-        cells = [r["method"], r["preset"], r["role"], str(r["seeds"])]
+        arm = f"{r['preset']}*" if r["role"] == "control" else r["preset"]
+        cells = [r["method"], arm]
         for _, start, end, signed in COLUMNS:
             cells.append(
-                f"{_fmt(r[start], signed)} -> {_fmt(r[end], signed)}" if start else _fmt(r[end], signed)
+                f"{_fmt(r[start], signed)}→{_fmt(r[end], signed)}" if start else _fmt(r[end], signed)
             )
         table.add_row(*cells)
     return table
