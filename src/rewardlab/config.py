@@ -945,12 +945,12 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str) or not parent:
         raise RewardlabError(f"{path}: extends must be the path of another config file")
-    base = (path.parent / parent).resolve()
-    if base in seen or base == path.resolve():
+    base, chain = (path.parent / parent).resolve(), (*seen, path.resolve())
+    if base in chain:
         raise RewardlabError(
-            f"{path}: extends {parent} makes a cycle ({' -> '.join(map(str, (*seen, base)))})"
+            f"{path}: extends {parent} makes a cycle ({' -> '.join(map(str, (*chain, base)))})"
         )
-    return merge_sections(read_config_file(base, (*seen, path.resolve())), data)
+    return merge_sections(read_config_file(base, chain), data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
