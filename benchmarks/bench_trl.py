@@ -23,7 +23,8 @@ from the top of the child to just before the first training step (imports, loadi
 trainer construction, TRL's reference precompute over all 2,000 pairs).
 
 Pairs: DPO (reference log-probs precomputed on both sides) vs ``DPOTrainer``; reward-model training
-vs ``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GRPO (advantage
+(``reward.shared_prompt: true``: one row per pair, the prompt encoded once, as DPO packs) vs
+``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GRPO (advantage
 ``grpo``, one update per rollout, no KL, like TRL's defaults) and full PPO (a value head on the
 policy's trunk, GAE, 2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
 step); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
@@ -222,7 +223,7 @@ def rl_rm(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     rows = _pairs(spec)
     comps = [Comparison(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"])
              for r in rows[: spec["steps"] * BATCH]]  # fmt: skip
-    cfg = RewardConfig(batch_size=BATCH, epochs=1, optim=_rl_optim("rm"))
+    cfg = RewardConfig(batch_size=BATCH, epochs=1, optim=_rl_optim("rm"), shared_prompt=True)
     setup = time.perf_counter() - T_START
     train_reward_member(model, RewardData(tok, pairs=comps), cfg, _timed_run(out, clock), seed=0)
     tps = _seq_tokens(rows, tok, "chosen") + _seq_tokens(rows, tok, "rejected")
@@ -627,7 +628,8 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def machine_description() -> dict[str, str]:
-    """CPU model and core count (lscpu), Python, torch, transformers, TRL, accelerate versions."""
+    """CPU model and core count (lscpu), whether it has native bf16, Python, torch, transformers, TRL, accelerate
+    versions."""
     import platform
 
     import accelerate
@@ -647,7 +649,12 @@ def machine_description() -> dict[str, str]:
         trl_version = version("trl")
     except Exception:
         trl_version = "not installed"
-    return {"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+    from rewardlab.policies.models import native_bf16
+
+    _, bf16 = native_bf16(
+        "cpu"
+    )  # the fp32 table is the headline either way; `dtype: auto` uses bf16 only if native
+    return {"cpu": cpu, "bf16": bf16, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl_version,
             "accelerate": accelerate.__version__}  # fmt: skip
 

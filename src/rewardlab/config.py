@@ -194,6 +194,12 @@ class RewardConfig(DataLimits):
     packing: Literal["bucket", "none"] = Field(
         "bucket", description="batch comparisons of similar length (less padding); none: uniform shuffle"
     )
+    shared_prompt: bool = Field(
+        False,
+        description="train on one row per comparison, its two sequences sharing their common prefix (the prompt "
+        "is encoded once, as DPO's packing); same scores up to float rounding; causal Llama/Qwen/Mistral members "
+        "only (others keep two rows, logged)",
+    )
     optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=20)
     normalize_prompts: int = Field(1024, gt=0, description="SFT samples to normalize rewards on")
     verifier: bool | None = Field(
@@ -347,11 +353,33 @@ class BoNConfig(_Strict):
 
     policy_path: str | None = Field(None, description="default: <run_dir>/sft/model")
     reward_path: str | None = Field(None, description="default: <run_dir>/<arm>/reward/model")
-    max_n: int = Field(64, ge=1, description="n sweeps powers of two up to max_n")
+    max_n: int = Field(
+        64, ge=1, description="completions sampled per prompt; n sweeps powers of two up to max_n"
+    )
+    ns: list[int] | None = Field(
+        None,
+        description="the n to measure instead, each a divisor of max_n (every n is estimated from max_n / n "
+        "disjoint groups): e.g. max_n 96 with 1 2 3 4 6 8 12 16 24 32 48 96 samples the peak region densely",
+    )
     prompts: int = Field(512, gt=0)
     temperature: float = temperature_field()
     max_new_tokens: int = max_new_tokens_field()
     samples_to_save: int = Field(128, ge=0)
+
+    @model_validator(mode="after")
+    def _check_ns(self) -> BoNConfig:
+        if self.ns is None:
+            if self.max_n & (self.max_n - 1):
+                raise ValueError("bon.max_n must be a power of two (or list the n to measure in bon.ns)")
+        elif not self.ns or any(n < 1 or self.max_n % n for n in self.ns):
+            raise ValueError(f"bon.ns must list divisors of bon.max_n={self.max_n}, got {self.ns}")
+        return self
+
+    def n_values(self) -> list[int]:
+        """The n measured, ascending: ``ns``, or 1, 2, 4 .. ``max_n``."""
+        if self.ns is not None:
+            return sorted(set(self.ns))
+        return [2**k for k in range(self.max_n.bit_length())]
 
 
 class DPOConfig(DataLimits):
@@ -745,8 +773,6 @@ class PipelineConfig(_Strict):
                 f"(a leave-one-out or group baseline needs 2 samples per prompt), got "
                 f"{self.ppo.samples_per_prompt}"
             )
-        if self.bon.max_n & (self.bon.max_n - 1):
-            raise ValueError("bon.max_n must be a power of two")
         return self
 
     SHARED_STAGES: ClassVar[tuple[str, ...]] = ("pretrain", "sft")

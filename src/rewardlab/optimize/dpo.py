@@ -3,11 +3,12 @@ reference cache, the loss of a variant, the training loop and the implicit rewar
 
 Speed (CPU first, works on any device):
 
-* **Shared-prompt packing.** A pair becomes ONE row ``prompt + chosen + rejected`` with a 4D
-  attention mask: chosen tokens see the prompt and earlier chosen tokens, rejected tokens see the
-  prompt and earlier rejected tokens (never the chosen), and the rejected positions restart at
-  ``len(prompt)``. The prompt is encoded once per pair instead of twice, and the log-probs equal
-  those of two separate sequences (a test checks it). ``packing: none`` is TRL's layout (2 rows).
+* **Shared-prompt packing** (:mod:`rewardlab.policies.packing`). A pair becomes ONE row
+  ``prompt + chosen + rejected`` with a 4D attention mask: chosen tokens see the prompt and earlier
+  chosen tokens, rejected tokens see the prompt and earlier rejected tokens (never the chosen), and
+  the rejected positions restart at ``len(prompt)``. The prompt is encoded once per pair instead
+  of twice, and the log-probs equal those of two separate sequences (a test checks it).
+  ``packing: none`` is TRL's layout (2 rows).
 * **Completion positions only.** The LM head runs only on the hidden states whose next token is a
   completion token (for Llama/Qwen/Mistral-type models; others compute full logits).
 * **Length bucketing** (:func:`rewardlab.optimize.lm.bucket_batches`) keeps padding small.
@@ -51,6 +52,7 @@ from rewardlab.losses import (
     robust_dpo_loss,
     simpo_loss,
 )
+from rewardlab.policies.packing import pack_shared_prefix
 from rewardlab.policies.tokenizer import Limits, encode_examples
 from rewardlab.rewards.train import comparison_accuracies
 from rewardlab.runs import Run, advance
@@ -142,26 +144,12 @@ def collate_pairs(
         owner.extend([who] * len(tokens))
 
     if packing == "shared_prompt":
-        width = max(e.packed_length for e in examples)
-        ids = torch.full((b, width), pad_id, dtype=torch.long)
-        pos = torch.zeros((b, width), dtype=torch.long)
-        seg = torch.full((b, width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 pad
+        packed = pack_shared_prefix([(e.prompt, e.chosen, e.rejected) for e in examples], pad_id, dtype)
+        ids, pos, mask = packed.input_ids, packed.position_ids, packed.attention_mask
         for i, e in enumerate(examples):
             p, c, r = len(e.prompt), len(e.chosen), len(e.rejected)
-            ids[i, : p + c + r] = torch.tensor(e.prompt + e.chosen + e.rejected)
-            pos[i, : p + c] = torch.arange(p + c)
-            pos[i, p + c : p + c + r] = torch.arange(p, p + r)
-            seg[i, :p], seg[i, p : p + c], seg[i, p + c : p + c + r] = 0, 1, 2
             score(i, range(p - 1, p + c - 1), e.chosen, i)
             score(i, [p - 1, *range(p + c, p + c + r - 1)], e.rejected, b + i)
-        q = torch.arange(width)
-        causal = q[:, None] >= q[None, :]
-        sq, sk = seg[:, :, None], seg[:, None, :]
-        allowed = causal & (sk >= 0) & ((sk == 0) | (sk == sq))
-        allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax rows
-        mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(
-            ~allowed[:, None], torch.finfo(dtype).min
-        )
     elif packing == "none":
         seqs = [e.prompt + e.chosen for e in examples] + [e.prompt + e.rejected for e in examples]
         width = max(len(s) for s in seqs)

@@ -1,4 +1,4 @@
-"""Recipe: best-of-n against the proxy, n = 1, 2, 4, ... max_n, from the SFT policy.
+"""Recipe: best-of-n against the proxy, n = 1, 2, 4, ... max_n (or the divisors of max_n in ``bon.ns``), from the SFT policy.
 
 For each prompt, ``max_n`` completions are sampled once; for each n they are cut into ``max_n / n``
 disjoint groups and the proxy's favourite of each group is kept, so every n is estimated from the same
@@ -65,8 +65,7 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
     (run.dir / "samples").mkdir(exist_ok=True)
     rows = []
     with (run.dir / "audit.jsonl").open("w", encoding="utf-8") as f:
-        n = 1
-        while n <= N:
+        for n in bc.n_values():
             best = best_of_n_indices(proxy, n)  # [P, N/n] flat index in the prompt's N
             sel_problems, sel_samples = [], []
             for i, p in enumerate(problems):
@@ -83,6 +82,5 @@ def run_bon(cfg: PipelineConfig, quiet: bool = False) -> Path:
             run.info(
                 f"n={n:3d} KL {row['kl']:.2f}: proxy {row['proxy/mean']:+.3f}; {describe_metrics(task, row)}"
             )
-            n *= 2
     run.write_json("summary.json", {"rows": rows, "seconds": run.elapsed})
     return run.commit()

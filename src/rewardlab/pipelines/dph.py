@@ -126,12 +126,11 @@ def run_dph(cfg: PipelineConfig, quiet: bool = False) -> Path:
     score = head_scores(head, sample_feats).view(len(problems), N)
     proxy = torch.tensor(RewardModel.load(reward_path)(prompts, responses)).view(len(problems), N)
 
-    # 5. for n = 1, 2, 4 .. max_n: the head's favourite of each group of n, audited like best-of-n
+    # 5. for n = 1, 2, 4 .. max_n (or bon.ns): the head's favourite of each group of n, audited like best-of-n
     (run.dir / "samples").mkdir(exist_ok=True)
     rows = []
     with (run.dir / "audit.jsonl").open("w", encoding="utf-8") as f:
-        n = 1
-        while n <= N:
+        for n in bc.n_values():
             best = best_of_n_indices(score, n)
             sel_problems, sel_samples, sel_scores = [], [], []
             for i, p in enumerate(problems):
@@ -148,7 +147,6 @@ def run_dph(cfg: PipelineConfig, quiet: bool = False) -> Path:
             save_samples(run.dir / "samples" / f"n_{n}.jsonl", sel_samples[:: N // n], dc.samples_to_save)
             run.info(f"n={n:3d}: head {row['dph/score_mean']:+.3f}, proxy {row['proxy/mean']:+.3f}; "
                      f"{describe_metrics(task, row)}")  # fmt: skip
-            n *= 2
 
     # 6. the language model is bitwise what it was (checked, not assumed), then the summary
     lm_unchanged = model_fingerprint(policy) == lm_before

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
+from rewardlab.policies.packing import PackedRows, pack_shared_prefix, split_common_prefix
 from rewardlab.policies.tokenizer import (
     Limits,
     Prompt,
@@ -126,6 +127,59 @@ def member_scores(
     pooled = masked_mean(hidden, attention_mask)
     drop = getattr(model, "dropout", None)
     return head(drop(pooled) if drop is not None else pooled)[:, 0]
+
+
+#: Sequence classifiers whose score is exactly ``.score(last_hidden_state)`` at the last non-pad token and
+#: whose decoder takes a 4D float attention mask with explicit positions: the ones a comparison can be packed for.
+_PACKABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+def can_pack_pairs(model: PreTrainedModel) -> bool:
+    """Whether :func:`packed_pair_scores` applies: a causal member read at its last token, of a supported type."""
+    return (
+        backbone_of(model) == "causal"
+        and pooling_of(model) == "last"
+        and getattr(model.config, "model_type", None) in _PACKABLE_MODEL_TYPES
+        and isinstance(getattr(model, "score", None), torch.nn.Linear)
+        and getattr(model, getattr(model, "base_model_prefix", ""), None) is not None
+    )
+
+
+def _last_non_pad(seq: Sequence[int], pad_id: int) -> int:
+    """Where a sequence classifier reads a right-padded row: its last token that is not ``pad_id`` (0 if none)."""
+    return max((j for j, t in enumerate(seq) if t != pad_id), default=0)
+
+
+def pack_comparisons(
+    chosen: Sequence[Sequence[int]],
+    rejected: Sequence[Sequence[int]],
+    pad_id: int,
+    dtype: torch.dtype = torch.float32,
+) -> PackedRows:
+    """Each comparison's two token sequences as one row, sharing their longest common prefix (the prompt, and
+    more when the completions start alike): ``first_last``/``second_last`` point at the token
+    :func:`member_scores` would read in each sequence alone (its last non-pad token)."""
+    triples = [split_common_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    packed = pack_shared_prefix(triples, pad_id, dtype)
+    for i, (c, r, (prefix, _, _)) in enumerate(zip(chosen, rejected, triples, strict=True)):
+        p, jc, jr = len(prefix), _last_non_pad(c, pad_id), _last_non_pad(r, pad_id)
+        packed.first_last[i] = jc  # the chosen side sits right after the prefix: its index j is column j
+        packed.second_last[i] = jr if jr < p else jr + len(c) - p
+    return packed
+
+
+def packed_pair_scores(model: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
+    """Raw scores [2B] (chosen then rejected) of B packed comparisons (:func:`pack_comparisons`): one decoder pass
+    over ``prefix + chosen + rejected`` rows, the head on the two read positions of each row only. Equal, up to
+    float rounding, to :func:`member_scores` on the 2B sequences (a test checks it)."""
+    decoder = getattr(model, model.base_model_prefix)
+    hidden = decoder(
+        input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
+        use_cache=False,
+    ).last_hidden_state  # fmt: skip
+    rows = torch.arange(packed.input_ids.shape[0], device=hidden.device)
+    read = torch.cat([hidden[rows, packed.first_last], hidden[rows, packed.second_last]])
+    return model.score(read)[:, 0]
 
 
 def dialogue_text(prompt: Prompt) -> str:

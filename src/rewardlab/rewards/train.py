@@ -24,6 +24,7 @@ from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.feedback.records import Comparison, Ranking
 from rewardlab.kernels.cpu_linear import onednn_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
+from rewardlab.policies.packing import PackedRows
 from rewardlab.policies.tokenizer import Limits
 from rewardlab.rewards.head import (
     FrozenPrefixCache,
@@ -39,9 +40,12 @@ from rewardlab.rewards.head import (
 from rewardlab.rewards.model import (
     RewardModel,
     backbone_of,
+    can_pack_pairs,
     collate_sequences,
     encode_for_reward,
     member_scores,
+    pack_comparisons,
+    packed_pair_scores,
 )
 from rewardlab.rewards.verifier import verifier_features
 from rewardlab.runs import Run, advance
@@ -110,12 +114,16 @@ class ScoredMember(nn.Module):
             else None
         )
 
-    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, feature: torch.Tensor | None,
-                hidden: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Scores of token ids, or (``hidden``) of the cached hidden states of the frozen lower layers."""
-        if hidden is not None and self.frozen is not None:
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                feature: torch.Tensor | None, hidden: torch.Tensor | None = None,
+                packed: PackedRows | None = None) -> torch.Tensor:  # fmt: skip
+        """Scores of token ids, or (``hidden``) of the cached hidden states of the frozen lower layers, or
+        (``packed``) of packed comparisons: chosen then rejected."""
+        if packed is not None:
+            s = packed_pair_scores(self.model, packed)
+        elif hidden is not None and self.frozen is not None and attention_mask is not None:
             s = top_scores(self.model, hidden, attention_mask, self.frozen)
-        elif input_ids is not None:
+        elif input_ids is not None and attention_mask is not None:
             s = member_scores(self.model, input_ids, attention_mask)
         else:
             raise RewardlabError("ScoredMember: token ids, or cached hidden states with reward.cache_frozen")
@@ -210,6 +218,10 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
     scorer.train()
     eval_frozen(model, cfg.train_layers)  # the frozen layers compute what a cache of them holds: no dropout
     prefix = f"member{member}/" if cfg.ensemble_size > 1 else ""
+    shared_prompt = cfg.shared_prompt and cached is None and can_pack_pairs(model)
+    if cfg.shared_prompt and not shared_prompt and member == 0:
+        run.info(f"reward.shared_prompt: two rows per comparison ({type(model).__name__}, "
+                 f"{'cached lower layers' if cached is not None else 'not a packable causal member'})")  # fmt: skip
 
     def loss_of(
         idx: list[int], reduction: str
@@ -236,6 +248,9 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         if cached is not None:  # the top layers from the frozen layers' cached states of the same sequences
             hidden, mask = collate_states([cached.chosen[j] for j in idx] + [cached.rejected[j] for j in idx])
             scores = scorer(None, mask.to(acc.device), feat, hidden=hidden.to(acc.device))
+        elif shared_prompt:  # one row per comparison, the common prefix encoded once
+            packed = pack_comparisons([tp.chosen[j] for j in idx], [tp.rejected[j] for j in idx], pad)
+            scores = scorer(None, None, feat, packed=packed.to(acc.device))
         else:
             b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
             scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
