@@ -47,3 +47,28 @@ def test_pair_accuracy_counts_ties_half_and_skips_unlabelled() -> None:
     # a function of the prompt added to both sides changes nothing (non-identifiability)
     a, b, lab = np.array([0.3, -1.0]), np.array([0.1, 2.0]), np.array([1, -1])
     assert pair_accuracy(a + 7.0, b + 7.0, lab) == pair_accuracy(a, b, lab) == 1.0
+
+
+def test_a_feature_only_the_policy_shows_does_not_swallow_the_fits() -> None:
+    """Seed 2 of the full-curve run: "definitely" never in the reference's samples, in a handful of the policy's.
+    Standardized by the reference alone (std 0) it became a 1e8 feature; scaled by both policies' std it stays one
+    feature among others, and the planted weights are still recovered."""
+    from rewardlab.studies.irl import feature_scale
+
+    w_star, phi_pi, phi_ref = _planted(seed=2, d=3)
+    rare_pi, rare_ref = np.zeros(phi_pi.shape[:2] + (1,)), np.zeros(phi_ref.shape[:2] + (1,))
+    rare_pi[:3, 0, 0] = 1.0  # 3 of 12,800 policy samples
+    f_pi, f_ref = np.concatenate([phi_pi, rare_pi], -1), np.concatenate([phi_ref, rare_ref], -1)
+    d = f_pi.shape[-1]
+    mu, sd = feature_scale(f_ref.reshape(-1, d), f_pi.reshape(-1, d))
+    assert np.all(np.isfinite(sd)) and sd[-1] == pytest.approx(np.concatenate([f_ref, f_pi]).reshape(-1, d)[:, -1].std())
+    z_pi, z_ref = (f_pi - mu) / sd, (f_ref - mu) / sd
+    assert np.abs(z_pi).max() < 100
+    w = max_margin_irl(z_pi, z_ref)
+    assert abs(w[-1]) < 0.1 and (w[:3] * sd[:3]) @ w_star / np.linalg.norm(w_star) > 0.85
+    w_ent = maxent_irl(z_pi, z_ref, l2=0.1) / sd  # the L2 penalty shrinks the scale; the direction stays
+    assert w_ent[:3] @ w_star / np.linalg.norm(w_ent[:3]) / np.linalg.norm(w_star) > 0.97
+    assert np.all(np.isfinite(w_ent)) and abs(w_ent[-1]) < 50
+    # constant on both: scale 1, standardized to 0
+    _, sd0 = feature_scale(np.zeros((5, 2)), np.zeros((4, 2)))
+    assert sd0.tolist() == [1.0, 1.0]

@@ -120,6 +120,17 @@ def features(task: Task, prompts: Sequence[str], responses: Sequence[str]) -> tu
     return np.asarray(rows, dtype=float), list(names or [])
 
 
+def feature_scale(f_ref: np.ndarray, f_pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale [F] that standardize features: the reference samples' mean and std. A feature constant
+    on the reference (a phrase only the trained policy says) is scaled by its std over both policies' samples,
+    and one constant on both by 1, so that no standardized value explodes (a 1e-8 floor once turned one rare
+    "definitely" into a 1e8 feature that swallowed both fits)."""
+    mu, sd = f_ref.mean(0), f_ref.std(0)
+    pooled = np.concatenate([f_ref, f_pi]).std(0)
+    sd = np.where(sd > 0, sd, np.where(pooled > 0, pooled, 1.0))
+    return mu, sd
+
+
 def _sample(path: Path, prompts: list[str], n: int, seed: int, max_new_tokens: int = 20) -> list[str]:
     model, tok = load_causal_lm(path).eval(), load_tokenizer(path)
     gen = torch.Generator().manual_seed(seed)
@@ -164,7 +175,7 @@ def run_irl_study(study: IRLStudyConfig, quiet: bool = False) -> Path:
         rep = [p for p in train for _ in range(study.samples)]
         f_pi, names = features(task, rep, ys_pi)
         f_ref, _ = features(task, rep, ys_ref)
-        mu, sd = f_ref.mean(0), f_ref.std(0) + 1e-8  # standardized on the reference's samples
+        mu, sd = feature_scale(f_ref, f_pi)
         shape = (len(train), study.samples, len(names))
         z_pi, z_ref = ((f_pi - mu) / sd).reshape(shape), ((f_ref - mu) / sd).reshape(shape)
         fits = {"max-ent IRL (features)": maxent_irl(z_pi, z_ref, l2=study.l2),
