@@ -61,7 +61,9 @@ def test_a_feature_only_the_policy_shows_does_not_swallow_the_fits() -> None:
     f_pi, f_ref = np.concatenate([phi_pi, rare_pi], -1), np.concatenate([phi_ref, rare_ref], -1)
     d = f_pi.shape[-1]
     mu, sd = feature_scale(f_ref.reshape(-1, d), f_pi.reshape(-1, d))
-    assert np.all(np.isfinite(sd)) and sd[-1] == pytest.approx(np.concatenate([f_ref, f_pi]).reshape(-1, d)[:, -1].std())
+    assert np.all(np.isfinite(sd)) and sd[-1] == pytest.approx(
+        np.concatenate([f_ref, f_pi]).reshape(-1, d)[:, -1].std()
+    )
     z_pi, z_ref = (f_pi - mu) / sd, (f_ref - mu) / sd
     assert np.abs(z_pi).max() < 100
     w = max_margin_irl(z_pi, z_ref)
