@@ -56,7 +56,7 @@ def test_a_feature_only_the_policy_shows_does_not_swallow_the_fits() -> None:
     from rewardlab.studies.irl import feature_scale
 
     w_star, phi_pi, phi_ref = _planted(seed=2, d=3)
-    rare_pi, rare_ref = np.zeros(phi_pi.shape[:2] + (1,)), np.zeros(phi_ref.shape[:2] + (1,))
+    rare_pi, rare_ref = np.zeros((*phi_pi.shape[:2], 1)), np.zeros((*phi_ref.shape[:2], 1))
     rare_pi[:3, 0, 0] = 1.0  # 3 of 12,800 policy samples
     f_pi, f_ref = np.concatenate([phi_pi, rare_pi], -1), np.concatenate([phi_ref, rare_ref], -1)
     d = f_pi.shape[-1]
