@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +29,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (hidden 32, 2 layers) with the arithmetic task's tokenizer, saved as a local folder."""
+    from rewardlab.policies.models import ModelConfig, build_causal_lm
+    from rewardlab.policies.tokenizer import build_task_tokenizer
+    from rewardlab.tasks.arithmetic import TASK_WORDS
+
+    tok = build_task_tokenizer(TASK_WORDS)
+    d = tmp_path_factory.mktemp("lm")
+    build_causal_lm(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, seed=0
+    ).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

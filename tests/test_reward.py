@@ -7,7 +7,6 @@ import torch
 
 from rewardlab.config import RewardConfig
 from rewardlab.feedback.records import Comparison, Ranking
-from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.tokenizer import build_task_tokenizer, encode_examples
 from rewardlab.rewards.model import RewardModel, init_reward_backbone
 from rewardlab.rewards.train import RewardData, evaluate_comparisons, train_reward_member
@@ -17,17 +16,6 @@ from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
 
 TOK = build_task_tokenizer(TASK_WORDS)
 TASK = ArithmeticTask()
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    model = build_causal_lm(
-        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=0
-    )
-    model.save_pretrained(d)
-    TOK.save_pretrained(d)
-    return d
 
 
 def agreement_pairs(n, seed):

@@ -7,7 +7,6 @@ import torch
 
 from rewardlab.config import RewardConfig
 from rewardlab.feedback.records import Comparison
-from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.packing import pack_shared_prefix, split_common_prefix
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.rewards.model import (
@@ -25,17 +24,6 @@ from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
 
 TOK = build_task_tokenizer(TASK_WORDS)
 PAD = int(TOK.pad_token_id)
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    model = build_causal_lm(
-        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), TOK, seed=0
-    )
-    model.save_pretrained(d)
-    TOK.save_pretrained(d)
-    return d
 
 
 def test_split_common_prefix_cases():

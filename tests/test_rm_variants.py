@@ -33,15 +33,6 @@ TOK = build_task_tokenizer(TASK_WORDS)
 TASK = ArithmeticTask()
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    cfg = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    build_causal_lm(cfg, TOK, seed=0).save_pretrained(d)
-    TOK.save_pretrained(d)
-    return d
-
-
 # ----------------------------------------------------------------------------- segmentation and aggregation
 def test_entropy_threshold_cuts_segments_where_the_distribution_is_uncertain():
     entropy = torch.tensor([0.1, 2.0, 0.2, 0.3, 3.0, 0.1])
