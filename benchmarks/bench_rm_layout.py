@@ -14,39 +14,19 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-WARMUP = 10
 BATCH = 8
-
-
-class _Clock:
-    """A quiet ``Run`` stand-in's clock: the time of every logged step."""
-
-    def __init__(self) -> None:
-        self.times: dict[int, float] = {}
-
-
-def _run(out: Path, clock: _Clock) -> Any:
-    from rewardlab.runs import Run
-
-    class TimedRun(Run):
-        def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-            clock.times[step] = time.perf_counter()
-            super().log_metrics(metrics, step)
-
-    return TimedRun(out, "reward", quiet=True)
 
 
 def train_once(assets: Path, size: str, steps: int, shared: bool, out: Path) -> float:
     """Pairs/s of ``steps`` reward-model steps (from the end of step ``WARMUP`` to the last logged step)."""
     from bench_assets import read_pairs
+    from bench_trl import WARMUP, StepClock, _timed_run
 
     from rewardlab.config import RewardConfig
     from rewardlab.feedback.records import Comparison
@@ -60,10 +40,10 @@ def train_once(assets: Path, size: str, steps: int, shared: bool, out: Path) -> 
              for r in read_pairs(str(assets))[: steps * BATCH]]  # fmt: skip
     cfg = RewardConfig(batch_size=BATCH, epochs=1, verifier=False, shared_prompt=shared,
                        optim={"lr": 1e-4, "warmup_steps": 0})  # fmt: skip
-    clock = _Clock()
-    train_reward_member(model, RewardData(tok, pairs=comps), cfg, _run(out, clock), seed=0)
-    last = max(clock.times)
-    return (last - WARMUP) * BATCH / (clock.times[last] - clock.times[WARMUP])
+    clock = StepClock(WARMUP)
+    train_reward_member(model, RewardData(tok, pairs=comps), cfg, _timed_run(str(out), clock), seed=0)
+    measured, seconds = clock.measured()
+    return measured * BATCH / seconds
 
 
 def token_share(assets: Path, n: int = 800) -> float:

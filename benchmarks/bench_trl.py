@@ -651,9 +651,8 @@ def machine_description() -> dict[str, str]:
         trl_version = "not installed"
     from rewardlab.policies.models import native_bf16
 
-    _, bf16 = native_bf16(
-        "cpu"
-    )  # the fp32 table is the headline either way; `dtype: auto` uses bf16 only if native
+    # the fp32 table is the headline either way; `dtype: auto` uses bf16 only where it is native
+    _, bf16 = native_bf16("cpu")
     return {"cpu": cpu, "bf16": bf16, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl_version,
             "accelerate": accelerate.__version__}  # fmt: skip
