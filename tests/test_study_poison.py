@@ -54,15 +54,19 @@ def test_detection_precision_recall_and_clean_cost() -> None:
 
 @pytest.mark.slow
 def test_poison_study_end_to_end_on_the_micro_config(tmp_path) -> None:
-    """Every stage of the study on configs/micro.yaml: rate 0 and 5%, the table and the figure (about 3 min)."""
+    """Every stage of the study on configs/micro.yaml: rate 0 and 5%, two arms at a time (two worker processes of
+    one thread), the table and the figure; then the same measurements one arm at a time in this process, on the
+    stages the workers trained, give the same table (about 4 min)."""
     import json
 
     from rewardlab.studies.poison import PoisonStudyConfig, run_poison_study
 
-    study = PoisonStudyConfig(pipeline="configs/micro.yaml", set=["threads=1"], run_dir=str(tmp_path / "run"),
+    study = PoisonStudyConfig(pipeline="configs/micro.yaml", set=["threads=2"], run_dir=str(tmp_path / "run"),
                               out_dir=str(tmp_path / "out"), rates=[0.0, 0.05], defended=["ensemble"])  # fmt: skip
     out = run_poison_study(study, quiet=True)
-    rows = json.loads((out / "poison.json").read_text())["rows"]
+    table = json.loads((out / "poison.json").read_text())
+    rows = table["rows"]
+    assert table["arm_processes"] == 2 and {"s0/rate0", "s0/rate0.05", "total"} <= set(table["seconds"])
     n = len((tmp_path / "run" / "poison-inject-0.05-s0" / "label" / "train.jsonl").read_text().splitlines())
     assert [r["rate"] for r in rows] == [0.0, 0.05]
     assert rows[0]["poisoned_pairs"] == 0 and rows[1]["poisoned_pairs"] == round(0.05 * n)
@@ -75,6 +79,9 @@ def test_poison_study_end_to_end_on_the_micro_config(tmp_path) -> None:
         len(list((tmp_path / "run" / "poison-inject-0.05-ens-s0" / "reward" / "model" / "members").iterdir()))
         == 3
     )
+    seq = study.model_copy(update={"set": ["threads=1"], "out_dir": str(tmp_path / "seq")})
+    seq_table = json.loads((run_poison_study(seq, quiet=True) / "poison.json").read_text())
+    assert seq_table["arm_processes"] == 1 and seq_table["rows"] == rows
 
 
 def test_a_defended_arm_keeps_exactly_the_unflagged_pairs(tmp_path) -> None:

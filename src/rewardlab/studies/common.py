@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import multiprocessing as mp
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from queue import Empty
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rewardlab.config import PipelineConfig, load_config
-from rewardlab.utils import RewardlabError, atomic_write_text, read_jsonl_numbered
+from rewardlab.utils import RewardlabError, atomic_write_text, read_jsonl_numbered, set_threads
 
 S = TypeVar("S", bound="StudyConfig")
 
@@ -37,6 +41,42 @@ class StudyConfig(BaseModel):
     def pipeline_config(self, seed: int, extra: Sequence[str] = ()) -> PipelineConfig:
         """The pipeline config of one seed: ``pipeline`` + ``set`` + ``extra``, in the study's run folder."""
         return load_config(self.pipeline, [*self.set, *extra, f"run_dir={self.run_dir}", f"seed={seed}"])
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or no hard links there
+        shutil.copy2(src, dst)
+
+
+def take_base_models(cfg: PipelineConfig, base_run: str | None) -> list[str]:
+    """Put the pretrained and SFT models of the finished run ``base_run`` into ``cfg``'s run folder (hard links,
+    else copies; staged, then renamed), for each of the two the run folder lacks and whose training settings
+    ``cfg`` shares (the rules of ``--resume``: a change to anything but threads, paths or what is measured keeps
+    it out, and the stage is trained). Returns what was done, as log lines."""
+    notes: list[str] = []
+    for stage in PipelineConfig.SHARED_STAGES if base_run else ():
+        src, dst = Path(str(base_run)) / stage, cfg.stage_dir(stage)
+        if dst.exists():
+            continue
+        if not (src / "summary.json").exists():
+            notes.append(f"{stage}: trained here ({src} holds no finished {stage} stage)")
+            continue
+        try:
+            old = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+            cfg.model_copy(update={"allow_config_change": True}).check_resume(stage, old)
+        except (OSError, yaml.YAMLError, AttributeError, RewardlabError) as e:
+            fields = [x.strip() for x in str(e).splitlines() if x.startswith("  ")]
+            why = f"its settings differ: {'; '.join(fields)}" if fields else str(e).splitlines()[0]
+            notes.append(f"{stage}: trained here, not taken from {src} ({why})")
+            continue
+        tmp = dst.with_name(f"{stage}.linking")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        tmp.replace(dst)
+        notes.append(f"{stage}: taken from {src}")
+    return notes
 
 
 def load_study(path: str | Path, cls: type[S], overrides: Sequence[str] = ()) -> S:
@@ -115,3 +155,60 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _job_worker(fn: Callable[..., Any], label: str, args: tuple[Any, ...], threads: int, queue: Any) -> None:
+    """Entry point of a study's worker process: ``fn(*args)`` with ``threads`` torch threads, its result or its
+    error sent to the parent through ``queue``."""
+    set_threads(threads)
+    try:
+        result = fn(*args)
+    except BaseException as e:  # the parent names the job and raises
+        queue.put(("error", label, str(e) if isinstance(e, RewardlabError) else f"{type(e).__name__}: {e}"))
+        raise SystemExit(1) from None
+    queue.put(("done", label, result))
+
+
+def map_in_processes(fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple[Any, ...]]], processes: int,
+                     threads: int) -> Iterator[tuple[str, Any]]:  # fmt: skip
+    """``(label, fn(*args))`` for each ``(label, args)`` of ``jobs``, as each finishes.
+
+    With ``processes > 1`` the jobs run that many at a time, each in a fresh (spawned) process with ``threads``
+    torch threads (``fn`` and its arguments must pickle: a module-level function and plain values); otherwise
+    in this process, in order. A job's error stops the others and is raised naming the job. A study whose
+    jobs write to disjoint folders gets the same results either way, at the same number of threads per job.
+    """
+    if processes <= 1:
+        for label, args in jobs:
+            yield label, fn(*args)
+        return
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    pending, running = list(jobs), {}
+    try:
+        while pending or running:
+            while pending and len(running) < processes:
+                label, args = pending.pop(0)
+                proc = ctx.Process(
+                    target=_job_worker, args=(fn, label, args, threads, queue), name=f"rewardlab-{label}"
+                )
+                proc.start()
+                running[label] = proc
+            try:
+                kind, label, payload = queue.get(timeout=1.0)
+            except Empty:
+                for name, proc in running.items():
+                    if not proc.is_alive() and proc.exitcode != 0:
+                        raise RewardlabError(
+                            f"{name}: worker process died (exit code {proc.exitcode})"
+                        ) from None
+                continue
+            if kind == "error":
+                raise RewardlabError(f"{label}: {payload}")
+            running.pop(label).join()
+            yield label, payload
+    finally:
+        for proc in running.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()

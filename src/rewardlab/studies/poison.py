@@ -43,10 +43,17 @@ from rewardlab.feedback.poison import PoisonConfig, PoisonMode, add_target, pois
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.feedback.simulated import SimulatedRater
 from rewardlab.methods import method
-from rewardlab.pipelines.run import run_pipeline
+from rewardlab.pipelines.run import arm_processes, run_arm, run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
-from rewardlab.studies.common import StudyConfig, final_samples, save_figure, write_table
+from rewardlab.studies.common import (
+    StudyConfig,
+    final_samples,
+    map_in_processes,
+    save_figure,
+    take_base_models,
+    write_table,
+)
 from rewardlab.utils import RewardlabError
 
 Defense = Literal["loss_filter", "ensemble", "rater_agreement"]
@@ -59,6 +66,11 @@ COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate
 class PoisonStudyConfig(StudyConfig):
     """``configs/study-poison.yaml``: the rates, the target and the defenses' knobs."""
 
+    base_run: str | None = Field(
+        None,
+        description="a finished run (e.g. runs/default after the demonstration) whose pretrained and SFT models "
+        "the study takes instead of training its own, where their training settings match",
+    )
     rates: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.03, 0.05], min_length=1)
     target: str = Field("hmm .", min_length=1, description="the phrase the attack promotes")
     mode: PoisonMode = "inject"
@@ -268,7 +280,7 @@ def ensemble_margins(
     (its own arm folder ``ens``, ``reward.ensemble_size = study.ensemble_size``)."""
     if not (ens.stage_dir("label") / "summary.json").exists():
         write_filtered_labels(arm, ens, np.zeros(_n_train(arm), dtype=bool), quiet)
-    run_pipeline(ens, reuse=True, stages=["reward"], quiet=quiet)
+    run_arm(ens, [], {"reward"}, reuse=True, quiet=quiet)
     rm = RewardModel.load(ens.stage_dir("reward") / "model")
     return pair_margins(rm, load_comparisons(ens.stage_dir("label") / "train.jsonl"))
 
@@ -287,7 +299,7 @@ def defended_arms(study: PoisonStudyConfig, seed: int, base: list[str], arm: Pip
             raise RewardlabError(f"defended: {name!r} was not computed for {label}")
         dst = study.pipeline_config(seed, [*base, f"label.name={label}-def-{name}"])
         write_filtered_labels(arm, dst, checks[name], quiet)
-        run_pipeline(dst, reuse=True, stages=["reward", *study.methods], quiet=quiet)
+        run_arm(dst, study.methods, {"reward", *study.methods}, reuse=True, quiet=quiet)
         summary = json.loads((dst.stage_dir("label") / "summary.json").read_text())
         out[f"def_{name}_poisoned_left"] = summary["poison/pairs"]
         evals = load_comparisons(dst.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
@@ -300,74 +312,133 @@ def defended_arms(study: PoisonStudyConfig, seed: int, base: list[str], arm: Pip
 
 
 # --------------------------------------------------------------------------------- recipe
+def base_overrides(study: PoisonStudyConfig) -> list[str]:
+    """What every arm of the study sets on the pipeline config: no control arms, the study's optimizers."""
+    return ["controls=[]", f"methods=[{','.join(study.methods)}]"]
+
+
+def arm_config(study: PoisonStudyConfig, seed: int, rate: float) -> PipelineConfig:
+    """One arm's pipeline config: the clean arm at rate 0; otherwise the arm's own label folder, and the clean
+    reward model for PPO and the audits when ``train_reward`` is off."""
+    base = base_overrides(study)
+    if rate == 0:
+        return study.pipeline_config(seed, base)
+    extra = [f"label.name={arm_name(rate, study.mode)}"]
+    if not study.train_reward:
+        rm_path = study.pipeline_config(seed, base).stage_dir("reward") / "model"
+        extra += [f"ppo.reward_path={rm_path}", f"dpo.reward_path={rm_path}"]
+    return study.pipeline_config(seed, [*base, *extra])
+
+
+def train_and_measure(
+    study_json: str, seed: int, rate: float, threads: int, quiet: bool
+) -> tuple[dict[str, Any], float]:
+    """One arm of the study, whose labels exist: its reward model (unless ``train_reward`` is off) and optimizers,
+    then the measurements and the defended arms, every stage at ``threads`` torch threads. Returns the table row
+    and the training's wall seconds. Module-level with plain arguments, so that it runs in a worker process."""
+    study = PoisonStudyConfig.model_validate_json(study_json)
+    study.set = [*study.set, f"threads={threads}", "arm_processes=1"]
+    arm, clean = arm_config(study, seed, rate), arm_config(study, seed, 0.0)
+    own_rm = rate == 0 or study.train_reward
+    methods = study.methods if own_rm else [m for m in study.methods if method(m).kind == "direct"]
+    t = time.perf_counter()
+    run_arm(arm, study.methods, {*(["reward"] if own_rm else []), *methods}, reuse=True, quiet=quiet)
+    seconds = time.perf_counter() - t
+    # the reward model's bonus for the target, attack success, gold
+    rm = RewardModel.load((arm if own_rm else clean).stage_dir("reward") / "model")
+    evals = load_comparisons(arm.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
+    summary = json.loads((arm.stage_dir("label") / "summary.json").read_text()) if rate > 0 else {}
+    row: dict[str, Any] = {"seed": seed, "rate": rate, "poisoned_pairs": int(summary.get("poison/pairs", 0)),
+                           "rm_target_bonus": target_bonus(rm, evals, study.target) if own_rm else None,
+                           "own_reward_model": own_rm}  # fmt: skip
+    for m in methods:
+        res = policy_outcome(arm.stage_dir(m), study.target)
+        row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
+        row[f"{m}_target_logit"] = target_logit_gain(arm.stage_dir(m) / "model", arm.stage_dir("sft") / "model",
+                                                     evals, study.target)  # fmt: skip
+    # the defenses: which pairs each flags, and the defended arms trained on what is left
+    margins = pair_margins(rm, load_comparisons(arm.stage_dir("label") / "train.jsonl"))
+    label = arm_name(rate, study.mode) if rate > 0 else "clean"
+    base = base_overrides(study)
+    ens_margins = None
+    if ("ensemble" in study.defended or study.ensemble_detection) and margins.shape[0] == 1:
+        ens = study.pipeline_config(
+            seed, [*base, f"label.name={label}-ens", f"reward.ensemble_size={study.ensemble_size}"]
+        )
+        ens_margins = ensemble_margins(study, ens, arm, quiet)
+    checks = defense_flags(arm, study, margins, ens_margins)
+    row.update(defense_rows(arm, checks))
+    row.update(defended_arms(study, seed, base, arm, label, checks, quiet))
+    return row, seconds
+
+
 def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
-    out_dir = Path(study.out_dir)
+    """The study's recipe. Arms run ``arm_processes`` at a time (the pipeline's own setting: with ``threads: 2``
+    and ``arm_processes: 0``, two arms of one thread each), every arm with the same threads as alone."""
+    from rewardlab.runs import FolderLock, console
+
+    out_dir, t0 = Path(study.out_dir), time.perf_counter()
     done = _measured_rows(out_dir / "poison.json", study)
-    rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    stages = ["pretrain", "sft", "label", "reward", *study.methods]
+    # 1. per seed, what every arm shares: pretrain, SFT, the clean rater labels (and the clean reward model when
+    #    the poisoned arms use it); then each rate's poisoned labels
+    todo: list[tuple[int, float]] = []
+    for note in take_base_models(arm_config(study, study.seeds[0], 0.0), study.base_run):
+        if not quiet:
+            console.print(f"[bold]poison study:[/] {note}")
     for seed in study.seeds:
-        # 1. the clean arm (rate 0): pretrain, SFT, rater labels, reward model, the optimizers (reused when done)
-        base = ["controls=[]", f"methods=[{','.join(study.methods)}]"]
-        clean = study.pipeline_config(seed, base)
+        clean = arm_config(study, seed, 0.0)
         t = time.perf_counter()
-        run_pipeline(clean, reuse=True, stages=stages, quiet=quiet)
-        timings[f"s{seed}/clean"] = time.perf_counter() - t
+        shared = ["pretrain", "sft", "label", *([] if study.train_reward else ["reward"])]
+        run_pipeline(clean, reuse=True, stages=shared, quiet=quiet)
+        timings[f"s{seed}/shared"] = time.perf_counter() - t
         for rate in study.rates:
-            arm = (
-                clean
-                if rate == 0
-                else study.pipeline_config(seed, [*base, f"label.name={arm_name(rate, study.mode)}"])
-            )
-            # 2. poisoned labels, then the reward model (unless train_reward is off) and the optimizers on them
-            own_rm = rate == 0 or study.train_reward
-            direct = [m for m in study.methods if method(m).kind == "direct"]  # need no reward model to train
-            if not own_rm:
-                rm_path = clean.stage_dir("reward") / "model"
-                arm = study.pipeline_config(seed, [*base, f"label.name={arm_name(rate, study.mode)}",
-                                                   f"ppo.reward_path={rm_path}", f"dpo.reward_path={rm_path}"])  # fmt: skip
             if rate > 0:
                 pc = PoisonConfig(rate=rate, target=study.target, mode=study.mode, seed=seed)
-                t = time.perf_counter()
-                write_poisoned_labels(clean, arm, pc, quiet)
-                run_pipeline(
-                    arm, reuse=True, stages=["reward", *study.methods] if own_rm else direct, quiet=quiet
+                write_poisoned_labels(clean, arm_config(study, seed, rate), pc, quiet)
+            # a (seed, rate) measured by an earlier invocation with the same study settings is not rerun
+            if (seed, rate) not in done:
+                todo.append((seed, rate))
+    # 2. each arm: reward model, optimizers, measurements, defended arms; arm_processes at a time
+    cfg = arm_config(study, study.seeds[0], 0.0)
+    n_proc = arm_processes(cfg, len(todo))
+    threads = max(1, cfg.threads // n_proc) if cfg.threads else 0
+    jobs = [
+        (f"s{s}/rate{r:g}", (study.model_dump_json(), s, r, threads, quiet or n_proc > 1)) for s, r in todo
+    ]
+    rows = dict(done)
+    lock = FolderLock(Path(study.run_dir) / ".rewardlab-run.lock", f"the run folder {study.run_dir}")
+    note = lock.acquire()
+    if note and not quiet:
+        console.print(f"[bold]rewardlab:[/] {note}")
+    try:
+        for i, (name, (row, seconds)) in enumerate(
+            map_in_processes(train_and_measure, jobs, n_proc, threads), 1
+        ):
+            rows[(row["seed"], row["rate"])] = row
+            timings[name] = seconds
+            if not quiet:
+                console.print(
+                    f"[bold]poison study:[/] arm {name} done ({i} of {len(jobs)}; {n_proc} at a time)"
                 )
-                timings[f"s{seed}/rate{rate:g}"] = time.perf_counter() - t
-            if (seed, rate) in done:  # measured by an earlier invocation with the same study settings
-                rows.append(done[(seed, rate)])
-                continue
-            # 3. measure: the reward model's bonus for the target, attack success, gold, the defenses
-            rm = RewardModel.load((arm if own_rm else clean).stage_dir("reward") / "model")
-            evals = load_comparisons(arm.stage_dir("label") / "eval.jsonl")[: study.bonus_pairs]
-            summary = json.loads((arm.stage_dir("label") / "summary.json").read_text()) if rate > 0 else {}
-            row: dict[str, Any] = {"seed": seed, "rate": rate, "poisoned_pairs": int(summary.get("poison/pairs", 0)),
-                                   "rm_target_bonus": target_bonus(rm, evals, study.target) if own_rm else None,
-                                   "own_reward_model": own_rm}  # fmt: skip
-            for m in study.methods if own_rm else direct:
-                res = policy_outcome(arm.stage_dir(m), study.target)
-                row[f"{m}_target_rate"], row[f"{m}_gold"] = res["target_rate"], res["gold"]
-                row[f"{m}_target_logit"] = target_logit_gain(arm.stage_dir(m) / "model", arm.stage_dir("sft") / "model",
-                                                             evals, study.target)  # fmt: skip
-            # 4. the defenses: which pairs each flags, and the defended arms trained on what is left
-            margins = pair_margins(rm, load_comparisons(arm.stage_dir("label") / "train.jsonl"))
-            label = arm_name(rate, study.mode) if rate > 0 else "clean"
-            ens_margins = None
-            if ("ensemble" in study.defended or study.ensemble_detection) and margins.shape[0] == 1:
-                ens = study.pipeline_config(seed, [*base, f"label.name={label}-ens",
-                                                   f"reward.ensemble_size={study.ensemble_size}"])  # fmt: skip
-                ens_margins = ensemble_margins(study, ens, arm, quiet)
-            checks = defense_flags(arm, study, margins, ens_margins)
-            row.update(defense_rows(arm, checks))
-            row.update(defended_arms(study, seed, base, arm, label, checks, quiet))
-            rows.append(row)
-            defended = sorted({k for r in rows for k in r if k.startswith("def_")})
-            write_table(
-                out_dir, "poison", rows, COLUMNS + defended, {"study": study.model_dump(), "seconds": timings}
-            )
-    # 5. the figure: attack success and gold against the poisoning rate
-    plot_poison(rows, study, out_dir / "study-poison.png")
+            write_poison_table(study, rows, timings, n_proc)
+    finally:
+        lock.release()
+    timings["total"] = time.perf_counter() - t0
+    ordered = write_poison_table(study, rows, timings, n_proc)
+    # 3. the figure: attack success and gold against the poisoning rate
+    plot_poison(ordered, study, out_dir / "study-poison.png")
     return out_dir
+
+
+def write_poison_table(study: PoisonStudyConfig, rows: dict[tuple[int, float], dict[str, Any]],
+                       seconds: dict[str, float], processes: int) -> list[dict[str, Any]]:  # fmt: skip
+    """``poison.json`` / ``poison.md`` with the rows measured so far, in the study's (seed, rate) order."""
+    ordered = [rows[(s, r)] for s in study.seeds for r in study.rates if (s, r) in rows]
+    defended = sorted({k for r in ordered for k in r if k.startswith("def_")})
+    write_table(Path(study.out_dir), "poison", ordered, COLUMNS + defended,
+                {"study": study.model_dump(), "seconds": seconds, "arm_processes": processes})  # fmt: skip
+    return ordered
 
 
 def _measured_rows(path: Path, study: PoisonStudyConfig) -> dict[tuple[int, float], dict[str, Any]]:
@@ -375,8 +446,8 @@ def _measured_rows(path: Path, study: PoisonStudyConfig) -> dict[tuple[int, floa
     if not path.exists():
         return {}
     old = json.loads(path.read_text(encoding="utf-8"))
-    same = {k: v for k, v in old.get("study", {}).items() if k not in ("seeds", "rates")}
-    if same != {k: v for k, v in study.model_dump().items() if k not in ("seeds", "rates")}:
+    same = {k: v for k, v in old.get("study", {}).items() if k not in ("seeds", "rates", "base_run")}
+    if same != {k: v for k, v in study.model_dump().items() if k not in ("seeds", "rates", "base_run")}:
         return {}
     return {(r["seed"], r["rate"]): r for r in old.get("rows", [])}
 
