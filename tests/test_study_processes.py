@@ -40,7 +40,9 @@ def _finished_stage(run_dir, cfg, stage: str) -> None:
     d = run_dir / stage
     (d / "model").mkdir(parents=True)
     (d / "model" / "weights.bin").write_bytes(b"w")
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    made = cfg.model_dump(mode="json")
+    del made["dtype"]  # written before the field existed: its default is what the run did
+    (d / "config.yaml").write_text(yaml.safe_dump(made))
     (d / "summary.json").write_text("{}")
 
 

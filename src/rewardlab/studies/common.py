@@ -64,9 +64,12 @@ def take_base_models(cfg: PipelineConfig, base_run: str | None) -> list[str]:
             notes.append(f"{stage}: trained here ({src} holds no finished {stage} stage)")
             continue
         try:
-            old = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+            raw = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+            old = PipelineConfig.model_validate(raw).model_dump(
+                mode="json"
+            )  # fields added since: their defaults
             cfg.model_copy(update={"allow_config_change": True}).check_resume(stage, old)
-        except (OSError, yaml.YAMLError, AttributeError, RewardlabError) as e:
+        except (OSError, yaml.YAMLError, ValidationError, RewardlabError) as e:
             fields = [x.strip() for x in str(e).splitlines() if x.startswith("  ")]
             why = f"its settings differ: {'; '.join(fields)}" if fields else str(e).splitlines()[0]
             notes.append(f"{stage}: trained here, not taken from {src} ({why})")
