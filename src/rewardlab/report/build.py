@@ -24,6 +24,7 @@ from rewardlab.report.analysis import (
     method_label,
     pick_examples,
 )
+from rewardlab.report.studies import study_sections
 from rewardlab.runs import console
 from rewardlab.utils import RewardlabError, atomic_write_text
 
@@ -73,7 +74,7 @@ def build_report(run_dir: Path | str, *, examples: int = 3) -> Path:
     summary = _clean(summary)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     title = f"rewardlab audit: {run_dir.resolve().name}"
-    sections = [judge.render_panel(panel, figures.get("judge"))]
+    sections = [judge.render_panel(panel, figures.get("judge")), *study_sections(run_dir)]
     page = html.render_report(summary, figures, example_block, title=title, sections=sections)
     return atomic_write_text(run_dir / "report.html", page)
 

@@ -28,11 +28,18 @@ STUDY_HELP = ("run a failure study (issue 21): poison (preference poisoning + de
 
 
 def study_command(args: argparse.Namespace) -> int:
-    """``rewardlab study NAME CONFIG [--set field=value ...] [--quiet]``."""
+    """``rewardlab study NAME CONFIG [--set field=value ...] [--quiet]``: the recipe, then the study's HTML page
+    (``report.html`` and ``study.json`` in its ``out_dir``; the run folder's report shows it too)."""
     if args.name not in STUDIES:
         raise RewardlabError(f"study {args.name!r}: unknown; choose one of {', '.join(STUDIES)}")
     module, cls, fn = STUDIES[args.name]
     mod = importlib.import_module(module)
     study = load_study(Path(args.config), getattr(mod, cls), args.overrides)
-    print(getattr(mod, fn)(study, quiet=args.quiet))
+    result = getattr(mod, fn)(study, quiet=args.quiet)
+    out_dir = getattr(study, "out_dir", None)  # overopt's run folder is a run, with its own report
+    if out_dir is not None and any(Path(out_dir).glob("*.md")):
+        from rewardlab.report.studies import write_study_page
+
+        result = write_study_page(Path(out_dir), args.name)
+    print(result)
     return 0
