@@ -1,6 +1,6 @@
 """Failure studies in the HTML report.
 
-``rewardlab study NAME CONFIG`` leaves its tables (``<table>.json`` + ``<table>.md``) and figures (``*.png``) in
+``rewardlab study NAME CONFIG`` leaves its tables (``<table>.md``, most with ``<table>.json``) and figures (``*.png``) in
 the study's ``out_dir``; :func:`write_study_page` then adds ``study.json`` (what the folder holds) and a
 self-contained ``report.html``. :func:`build_report <rewardlab.report.build.build_report>` shows every study whose
 ``study.json`` it finds under the run folder (one or two levels down: ``runs/default/study-irl``), so the studies
@@ -33,7 +33,7 @@ def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
 def write_study_page(out_dir: Path | str, name: str) -> Path:
     """``study.json`` and ``report.html`` in a finished study's ``out_dir``; returns the page's path."""
     out = Path(out_dir)
-    manifest = {"study": name, "tables": sorted(p.stem for p in out.glob("*.md") if (out / f"{p.stem}.json").exists()),
+    manifest = {"study": name, "tables": sorted(p.stem for p in out.glob("*.md")),
                 "figures": sorted(p.name for p in out.glob("*.png"))}  # fmt: skip
     atomic_write_text(out / "study.json", json.dumps(manifest, indent=2) + "\n")
     page = "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
