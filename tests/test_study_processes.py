@@ -61,6 +61,7 @@ def test_base_models_are_taken_only_where_their_training_settings_match(tmp_path
     linked = study.stage_dir("pretrain") / "model" / "weights.bin"
     assert linked.stat().st_ino == (base / "pretrain" / "model" / "weights.bin").stat().st_ino
     assert "sft.steps: 99 -> 20" in notes[1] and not study.stage_dir("sft").exists()
-    assert take_base_models(study, str(base))[0].startswith("sft: trained here")  # pretrain is there: left alone
+    # pretrain is there now: left alone
+    assert take_base_models(study, str(base))[0].startswith("sft: trained here")
     assert take_base_models(study, None) == []
     assert "holds no finished" in take_base_models(study, str(tmp_path / "nothing"))[-1]
