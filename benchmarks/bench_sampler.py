@@ -9,19 +9,34 @@ outputs (with EOS enabled) are identical.
 
     python benchmarks/bench_sampler.py --sizes 1m,11m --batch 64,256 --new-tokens 24 --repeats 5
     python benchmarks/bench_sampler.py --sizes 1m --batch 256 --group 8   # GRPO-style repeated prompts
+
+``--compiled`` adds a third sampler, ``sample`` with the decode step compiled
+(``rewardlab.kernels.fast_decoder.COMPILE_DECODE``, i.e. ``REWARDLAB_COMPILE_DECODE=1``), timed in the same
+rotation; its first call (the compile) is reported separately from the steady-state rate. ``--assets DIR``
+uses ``bench_trl.py``'s saved models and prompts (``benchmarks/bench_assets.py``) instead of building them;
+its sampler row is ``--assets DIR --batch 8 --group 4 --new-tokens 48 --threads 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from rewardlab.policies.models import ModelConfig, build_causal_lm, num_parameters
+from rewardlab.kernels import fast_decoder
+from rewardlab.policies.models import (
+    ModelConfig,
+    build_causal_lm,
+    load_causal_lm,
+    load_tokenizer,
+    num_parameters,
+)
 from rewardlab.policies.sampling import encode_prompts, sample
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
@@ -38,6 +53,10 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _spread(xs: list[float], digits: int = 2) -> str:
+    return "/".join(f"{x:.{digits}f}" for x in (min(xs), statistics.median(xs), max(xs)))
+
+
 def bench_one(
     model: PreTrainedModel,
     ids: torch.Tensor,
@@ -47,16 +66,24 @@ def bench_one(
     repeats: int,
     eos: int,
     pad: int,
-) -> dict[str, float | bool]:
-    """Time ``sample`` vs ``generate`` (ABAB) and check greedy agreement on one batch."""
+    compiled: bool = False,
+) -> dict[str, float | bool | str]:
+    """Time ``sample`` vs ``generate`` (ABAB; ABC rotated with ``compiled``) and check greedy agreement."""
     batch = ids.shape[0]
     gen = torch.Generator().manual_seed(0)
 
-    def run_sample() -> None:
-        out = sample(
-            model, ids, mask, max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=pad, generator=gen
-        )
+    def run_sample(compile_decode: bool = False) -> None:
+        fast_decoder.COMPILE_DECODE = compile_decode
+        try:
+            out = sample(
+                model, ids, mask, max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=pad, generator=gen
+            )
+        finally:
+            fast_decoder.COMPILE_DECODE = False
         assert out.response_ids.shape == (batch, new_tokens)
+
+    def run_compiled() -> None:
+        run_sample(compile_decode=True)
 
     def run_generate() -> None:
         with torch.inference_mode():
@@ -74,18 +101,19 @@ def bench_one(
             )
         assert out.shape == (batch, ids.shape[1] + new_tokens)
 
+    first_compiled = _timed(run_compiled) if compiled else 0.0  # the compile (and a first call)
     run_sample()  # warm-up (allocator, lazy inits)
     run_generate()
-    t_sample: list[float] = []
-    t_generate: list[float] = []
+    times: dict[str, list[float]] = {"sample": [], "generate": [], "compiled": []}
+    runners = [("sample", run_sample), ("generate", run_generate)]
+    if compiled:
+        runners.append(("compiled", run_compiled))
     for r in range(repeats):
-        # Alternate which goes first so slow drifts in machine load hit both equally.
-        if r % 2 == 0:
-            t_sample.append(_timed(run_sample))
-            t_generate.append(_timed(run_generate))
-        else:
-            t_generate.append(_timed(run_generate))
-            t_sample.append(_timed(run_sample))
+        # Rotate which goes first so slow drifts in machine load hit all equally.
+        k = r % len(runners)
+        for name, fn in runners[k:] + runners[:k]:
+            times[name].append(_timed(fn))
+    t_sample, t_generate = times["sample"], times["generate"]
     speedups = sorted(g / s for g, s in zip(t_generate, t_sample))
 
     greedy = sample(
@@ -103,7 +131,7 @@ def bench_one(
     identical = ref.shape == greedy.response_ids.shape and bool((ref == greedy.response_ids).all())
 
     n_tokens = batch * new_tokens
-    return {
+    res: dict[str, float | bool | str] = {
         "sample_tok_s": n_tokens / statistics.median(t_sample),
         "generate_tok_s": n_tokens / statistics.median(t_generate),
         "speedup_min": speedups[0],
@@ -111,6 +139,20 @@ def bench_one(
         "speedup_max": speedups[-1],
         "greedy_identical": identical,
     }
+    if compiled:
+        t_comp = times["compiled"]
+        res.update(
+            compiled_tok_s=n_tokens / statistics.median(t_comp),
+            compiled_first_s=first_compiled,
+            compiled_steady_s=statistics.median(t_comp),
+            tok_s=" ".join(
+                f"{k} {_spread([n_tokens / t for t in times[k]], 0)}"
+                for k in ("generate", "sample", "compiled")
+            ),
+            compiled_speedup=_spread([g / c for g, c in zip(t_generate, t_comp)]),
+            compiled_vs_sample=_spread([s / c for s, c in zip(t_sample, t_comp)]),
+        )
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,22 +171,33 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="repeat each prompt this many times (GRPO/RLOO groups, best-of-n)",
     )
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time sample with the decode step compiled"
+    )
+    parser.add_argument(
+        "--assets", default=None, help="bench_trl.py's assets folder (its models and prompts)"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
+    unknown = [s for s in sizes if s not in SIZES and args.assets is None]
     if unknown:
         parser.error(f"unknown sizes {unknown}; choose from {sorted(SIZES)}")
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
 
-    tokenizer = build_task_tokenizer(TASK_WORDS)
+    assets = Path(args.assets) if args.assets else None
+    tokenizer = load_tokenizer(assets / "tokenizer") if assets else build_task_tokenizer(TASK_WORDS)
     eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     if args.group < 1:
         parser.error("--group must be >= 1")
     n_distinct = -(-max(batches) // args.group)
-    problems = ArithmeticTask().sample_problems(n_distinct, seed=args.seed)
-    texts = [p.text for p in problems for _ in range(args.group)]
+    if assets:  # bench_trl's prompts, in dataset order
+        lines = (assets / "pairs.jsonl").read_text(encoding="utf-8").splitlines()[:n_distinct]
+        distinct = [json.loads(line)["prompt"] for line in lines]
+    else:
+        distinct = [p.text for p in ArithmeticTask().sample_problems(n_distinct, seed=args.seed)]
+    texts = [t for t in distinct for _ in range(args.group)]
     all_ids, all_mask = encode_prompts(tokenizer, texts)
 
     print(
@@ -158,15 +211,19 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for size in sizes:
-        model = build_causal_lm(SIZES[size], tokenizer, seed=args.seed)
+        if assets:
+            model = load_causal_lm(assets / "models" / size)
+        else:
+            model = build_causal_lm(SIZES[size], tokenizer, seed=args.seed)
         model.eval()
         for batch in batches:
             ids, mask = all_ids[:batch], all_mask[:batch]
             keep = int(mask.sum(0).nonzero()[0])  # drop all-pad columns of this slice
             ids, mask = ids[:, keep:], mask[:, keep:]
             res = bench_one(
-                model, ids, mask, new_tokens=args.new_tokens, repeats=args.repeats, eos=eos, pad=pad
-            )
+                model, ids, mask, new_tokens=args.new_tokens, repeats=args.repeats, eos=eos, pad=pad,
+                compiled=args.compiled,
+            )  # fmt: skip
             speed = f"{res['speedup_min']:.2f}/{res['speedup_median']:.2f}/{res['speedup_max']:.2f}"
             print(
                 f"{size:>5} {num_parameters(model) / 1e6:>7.2f}M {batch:>5} {ids.shape[1]:>6} "
@@ -174,6 +231,24 @@ def main(argv: list[str] | None = None) -> None:
                 f"{res['greedy_identical']!s:>11}",
                 flush=True,
             )
+            if args.compiled:
+                fast_decoder.COMPILE_DECODE = True
+                probe = fast_decoder.FastDecoder.build(
+                    model, batch, ids.shape[1] + args.new_tokens, exact=False
+                )
+                fast_decoder.COMPILE_DECODE = False
+                what = (
+                    "compiled"
+                    if probe is not None and probe.compiled
+                    else "NOT compiled (oneDNN-packed sizes)"
+                )
+                print(
+                    f"      decode step {what}: {res['compiled_tok_s']:,.0f} tok/s, speed-up over generate "
+                    f"{res['compiled_speedup']}, over sample {res['compiled_vs_sample']} (min/med/max); first "
+                    f"call {res['compiled_first_s']:.1f} s (compile) vs {res['compiled_steady_s']:.3f} s steady; "
+                    f"tok/s min/med/max: {res['tok_s']}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

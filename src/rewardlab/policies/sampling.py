@@ -577,7 +577,8 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
         size = int(done.shape[0])
         if n_done == size:
             break
-        if n_done >= max(_COMPACT_MIN, _COMPACT_FRACTION * size):
+        compact = decoder is None or decoder.compacts  # not a compiled decoder (one batch size)
+        if compact and n_done >= max(_COMPACT_MIN, _COMPACT_FRACTION * size):
             keep = (~done).nonzero().squeeze(1)
             if decoder is not None:
                 decoder.reorder(keep)
