@@ -380,29 +380,30 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
     out_dir, t0 = Path(study.out_dir), time.perf_counter()
     done = _measured_rows(out_dir / "poison.json", study)
     timings: dict[str, float] = {}
-    # 1. per seed, what every arm shares: pretrain, SFT, the clean rater labels (and the clean reward model when
-    #    the poisoned arms use it); then each rate's poisoned labels
-    todo: list[tuple[int, float]] = []
-    for note in take_base_models(arm_config(study, study.seeds[0], 0.0), study.base_run):
+    # a (seed, rate) measured by an earlier invocation with the same study settings is not rerun
+    todo = [(seed, rate) for seed in study.seeds for rate in study.rates if (seed, rate) not in done]
+    cfg = arm_config(study, study.seeds[0], 0.0)
+    n_proc = arm_processes(cfg, len(todo))
+    threads = max(1, cfg.threads // n_proc) if cfg.threads else 0
+    # 1. per seed, what every arm shares: pretrain and SFT (at the configured threads, as `rewardlab run`), the
+    #    clean rater labels (and the clean reward model when the poisoned arms use it) at an arm's threads;
+    #    then each rate's poisoned labels
+    for note in take_base_models(cfg, study.base_run):
         if not quiet:
             console.print(f"[bold]poison study:[/] {note}")
     for seed in study.seeds:
         clean = arm_config(study, seed, 0.0)
         t = time.perf_counter()
-        shared = ["pretrain", "sft", "label", *([] if study.train_reward else ["reward"])]
-        run_pipeline(clean, reuse=True, stages=shared, quiet=quiet)
+        run_pipeline(clean, reuse=True, stages=["pretrain", "sft"], quiet=quiet)
+        arm_stages = ["label", *([] if study.train_reward else ["reward"])]
+        run_pipeline(clean.model_copy(update={"threads": threads, "arm_processes": 1}), reuse=True,
+                     stages=arm_stages, quiet=quiet)  # fmt: skip
         timings[f"s{seed}/shared"] = time.perf_counter() - t
         for rate in study.rates:
             if rate > 0:
                 pc = PoisonConfig(rate=rate, target=study.target, mode=study.mode, seed=seed)
                 write_poisoned_labels(clean, arm_config(study, seed, rate), pc, quiet)
-            # a (seed, rate) measured by an earlier invocation with the same study settings is not rerun
-            if (seed, rate) not in done:
-                todo.append((seed, rate))
     # 2. each arm: reward model, optimizers, measurements, defended arms; arm_processes at a time
-    cfg = arm_config(study, study.seeds[0], 0.0)
-    n_proc = arm_processes(cfg, len(todo))
-    threads = max(1, cfg.threads // n_proc) if cfg.threads else 0
     jobs = [
         (f"s{s}/rate{r:g}", (study.model_dump_json(), s, r, threads, quiet or n_proc > 1)) for s, r in todo
     ]
