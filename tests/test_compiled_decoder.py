@@ -18,10 +18,10 @@ from transformers import PreTrainedModel
 from rewardlab.kernels import fast_decoder
 from rewardlab.kernels.fast_decoder import FastDecoder
 from rewardlab.policies import sampling
-from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.sampling import encode_prompts, sample
 from rewardlab.policies.tokenizer import build_task_tokenizer
 from rewardlab.tasks.arithmetic import TASK_WORDS, ArithmeticTask
+from test_sampling import _model
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,20 +37,15 @@ BATCH = 32
 ATOL = 1e-4
 
 
+def _assert_close_logprobs(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    print(f"max |compiled - eager| log-prob difference: {float((a - b).abs().max()):.2e}")
+
+
 @pytest.fixture(scope="module")
 def model() -> PreTrainedModel:
     """test_sampling's tiny random Llama: rows differ and some (not all) greedy rows end with EOS."""
-    cfg = ModelConfig(
-        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, tie_word_embeddings=False
-    )
-    model = build_causal_lm(cfg, TOK, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and not any(k in name for k in ("embed", "lm_head", "q_proj", "k_proj")):
-                p.mul_(5.0)
-        model.lm_head.weight.mul_(5.0)
-        model.lm_head.weight[EOS].mul_(2.0)
-    return model.eval()
+    return _model("llama")
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +117,7 @@ def test_compiled_greedy_matches_eager_and_generate(
     assert torch.equal(eager.response_ids, ref)
     assert torch.equal(out.response_ids, eager.response_ids)
     assert torch.equal(out.response_mask, eager.response_mask)
-    torch.testing.assert_close(out.logprobs, eager.logprobs, atol=ATOL, rtol=0)
-    print(
-        f"max |compiled - eager| log-prob difference: {float((out.logprobs - eager.logprobs).abs().max()):.2e}"
-    )
+    _assert_close_logprobs(out.logprobs, eager.logprobs)
 
 
 def test_sampling_with_the_switch_and_one_compile_per_shape(
@@ -148,10 +140,7 @@ def test_sampling_with_the_switch_and_one_compile_per_shape(
     eager = sample(model, ids, mask, generator=torch.Generator().manual_seed(6), **kw)
     # Short responses so that no rounding-level difference can flip a draw and fork a row.
     assert torch.equal(out.response_ids, eager.response_ids)
-    torch.testing.assert_close(out.logprobs, eager.logprobs, atol=ATOL, rtol=0)
-    print(
-        f"max |compiled - eager| log-prob difference: {float((out.logprobs - eager.logprobs).abs().max()):.2e}"
-    )
+    _assert_close_logprobs(out.logprobs, eager.logprobs)
 
 
 def test_past_the_recompile_limit_it_decodes_eagerly(

@@ -18,11 +18,18 @@ def test_one_process_runs_the_jobs_here_in_order() -> None:
 
 
 def probe(tag: str) -> tuple[str, int, int]:
+    """Its pid and threads, after relaying a stage's progress to the parent as a training loop would."""
+    from rewardlab.runs import _RelayProgress
+
+    bar = _RelayProgress("reward", "training")
+    task = bar.add_task("training", total=3)
+    bar.update(task, completed=3, status="loss 0.5")
     return tag, os.getpid(), torch.get_num_threads()
 
 
 def test_worker_processes_run_every_job_once_with_their_threads() -> None:
-    out = dict(map_in_processes(probe, [("j0", ("x",)), ("j1", ("y",))], processes=2, threads=1))
+    jobs = [("j0", ("x",)), ("j1", ("y",))]
+    out = dict(map_in_processes(probe, jobs, processes=2, threads=1, show=True))  # with progress bars
     assert {k: (v[0], v[2]) for k, v in out.items()} == {"j0": ("x", 1), "j1": ("y", 1)}
     pids = {v[1] for v in out.values()}
     assert os.getpid() not in pids and len(pids) == 2  # a fresh process per job

@@ -197,6 +197,12 @@ class FastDecoder:
         for one batch size."""
         return not self.compiled
 
+    def net(self) -> dict[str, Any]:
+        """The weights, the KV cache and the shape numbers :func:`_decode_step` reads."""
+        return {"embed": self.embed, "cos": self.cos, "sin": self.sin, "layers": self.layers, "keys": self.keys,
+                "values": self.values, "final_norm": self.final_norm, "lm_head": self.lm_head, "heads": self.heads,
+                "kv_heads": self.kv_heads, "head_dim": self.head_dim, "scaling": self.scaling}  # fmt: skip
+
     def step(self, tokens: Tensor, positions: Tensor, mask: Tensor, slot: int) -> Tensor:
         """Logits ``[b, V]`` for one token per row at ``positions`` ``[b]``, written to cache ``slot``.
 
@@ -210,11 +216,7 @@ class FastDecoder:
         elif mask.shape[-1] < self.cache_len:  # rows compacted after an eager fallback
             masked = torch.finfo(mask.dtype).min
             mask = torch.nn.functional.pad(mask, (0, self.cache_len - mask.shape[-1]), value=masked)
-        args = (
-            tokens, positions, mask, slot_idx, self.embed, self.cos, self.sin, self.layers,
-            self.keys, self.values, self.final_norm, self.lm_head,
-            self.heads, self.kv_heads, self.head_dim, self.scaling,
-        )  # fmt: skip
+        args = (tokens, positions, mask, slot_idx, self.net())
         if self.compiled:
             try:
                 return _compiled_step()(*args)
@@ -225,30 +227,18 @@ class FastDecoder:
 
 
 def _decode_step(
-    tokens: Tensor,
-    positions: Tensor,
-    mask: Tensor,
-    slot_idx: Tensor,
-    embed: Tensor,
-    cos_table: Tensor,
-    sin_table: Tensor,
-    layers: list[dict[str, Any]],
-    keys: list[Tensor],
-    values: list[Tensor],
-    final_norm: tuple[Tensor, float],
-    lm_head: tuple[Tensor, Tensor | None, bool],
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    scaling: float,
+    tokens: Tensor, positions: Tensor, mask: Tensor, slot_idx: Tensor, net: dict[str, Any]
 ) -> Tensor:
-    """:meth:`FastDecoder.step` on plain arguments (tensors, lists of them and Python numbers), so that
-    ``torch.compile`` guards on shapes and values only, not on one decoder's identity."""
+    """:meth:`FastDecoder.step` on plain arguments (tensors; ``net``: a dict of tensors, lists of them and
+    Python numbers, see :meth:`FastDecoder.net`), so that ``torch.compile`` guards on shapes and values
+    only, not on one decoder's identity."""
+    heads, kv_heads, head_dim, scaling = net["heads"], net["kv_heads"], net["head_dim"], net["scaling"]
+    layers, keys, values = net["layers"], net["keys"], net["values"]
     b = tokens.shape[0]
     groups = heads // kv_heads
-    h = torch.nn.functional.embedding(tokens[:, None], embed)  # [b, 1, D]
-    cos = cos_table[positions][:, None, None]  # [b, 1, 1, head_dim], as apply_rotary_pos_emb
-    sin = sin_table[positions][:, None, None]
+    h = torch.nn.functional.embedding(tokens[:, None], net["embed"])  # [b, 1, D]
+    cos = net["cos"][positions][:, None, None]  # [b, 1, 1, head_dim], as apply_rotary_pos_emb
+    sin = net["sin"][positions][:, None, None]
     nq, nkv = heads * head_dim, kv_heads * head_dim
     for i, w in enumerate(layers):
         residual = h
@@ -283,8 +273,8 @@ def _decode_step(
         else:
             gate, up = _linear(x, w["gate"]), _linear(x, w["up"])
         h = residual + _linear(w["act"](gate) * up, w["down"])
-    h = _rms_norm(h, *final_norm)
-    return _linear(h[:, -1], lm_head)
+    h = _rms_norm(h, *net["final_norm"])
+    return _linear(h[:, -1], net["lm_head"])
 
 
 _COMPILED: list[Callable[..., Tensor]] = []

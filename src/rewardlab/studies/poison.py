@@ -414,7 +414,7 @@ def run_poison_study(study: PoisonStudyConfig, quiet: bool = False) -> Path:
         console.print(f"[bold]rewardlab:[/] {note}")
     try:
         for i, (name, (row, seconds)) in enumerate(
-            map_in_processes(train_and_measure, jobs, n_proc, threads), 1
+            map_in_processes(train_and_measure, jobs, n_proc, threads, show=not quiet), 1
         ):
             rows[(row["seed"], row["rate"])] = row
             timings[name] = seconds
