@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rewardlab.config import PPOConfig
 from rewardlab.feedback.records import load_comparisons
@@ -106,21 +107,33 @@ def test_stopping_rules_need_rows_and_peak_and_costs() -> None:
 @pytest.mark.slow
 def test_study_runs_end_to_end_on_micro(tmp_path: Path) -> None:
     study = load_study(ROOT / "configs" / "study-mitigations.yaml", MitigationsStudyConfig, [
-        f"pipeline={ROOT / 'configs' / 'micro.yaml'}", "set=[threads=1, ppo.eval_prompts=32, 'label.num_prompts=200']",
-        f"run_dir={tmp_path / 'run'}", f"out_dir={tmp_path / 'out'}", "seeds=[0]", "ensemble_size=2",
+        f"pipeline={ROOT / 'configs' / 'micro.yaml'}", "set=[threads=2, ppo.eval_prompts=32, 'label.num_prompts=200']",
+        f"run_dir={tmp_path / 'run'}", f"out_dir={tmp_path / 'out'}", "seeds=[0]", "ensemble_size=2", "base_run=null",
         "kl_coef_end=0.5"])  # fmt: skip
     out = run_mitigations_study(study, quiet=True)
     table = json.loads((out / "mitigations.json").read_text())
-    got = {r["variant"] for r in table["rows"]}
-    assert got == {
+    # two processes of one thread each; the rows in variant order whatever order the runs finished in
+    assert table["processes"] == 2 and table["study"]["base_run"] is None
+    got = [r["variant"] for r in table["rows"]]
+    assert got == [
         "baseline",
+        "stop_disagreement",
+        "stop_heldout",
         "mean",
         "worst",
         "conservative",
         "kl_schedule",
-        "stop_disagreement",
-        "stop_heldout",
-    }
+    ]
+    assert list(table["curves"]) == [
+        f"s0/{v}" for v in ("baseline", "mean", "worst", "conservative", "kl_schedule")
+    ]
+    for v in ("baseline", "kl_schedule"):  # each run at one thread, as it would run alone with threads=1
+        assert (
+            yaml.safe_load((tmp_path / "run" / "mitig-a-s0" / f"ppo-{v}" / "config.yaml").read_text())[
+                "threads"
+            ]
+            == 1
+        )
     assert (out / "mitigations.png").stat().st_size > 0 and (out / "mitigations-mean.md").exists()
     arm = tmp_path / "run"
     # the two halves of the labels are disjoint and together the whole arm's training pairs

@@ -43,6 +43,16 @@ class StudyConfig(BaseModel):
         return load_config(self.pipeline, [*self.set, *extra, f"run_dir={self.run_dir}", f"seed={seed}"])
 
 
+class BaseRunStudyConfig(StudyConfig):
+    """A study whose seeds share one pretrained and SFT model, which it can take from a finished run."""
+
+    base_run: str | None = Field(
+        None,
+        description="a finished run (e.g. runs/default after the demonstration) whose pretrained and SFT models "
+        "the study takes instead of training its own, where their training settings match",
+    )
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)

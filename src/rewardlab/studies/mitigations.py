@@ -38,10 +38,17 @@ from pydantic import Field
 from rewardlab.config import PipelineConfig
 from rewardlab.feedback.records import load_comparisons, save_comparisons
 from rewardlab.pipelines.ppo import run_ppo
-from rewardlab.pipelines.run import run_pipeline
+from rewardlab.pipelines.run import arm_processes, run_arm, run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
-from rewardlab.studies.common import StudyConfig, read_rows, save_figure, write_table
+from rewardlab.studies.common import (
+    BaseRunStudyConfig,
+    map_in_processes,
+    read_rows,
+    save_figure,
+    take_base_models,
+    write_table,
+)
 from rewardlab.utils import RewardlabError
 
 Variant = Literal["baseline", "mean", "worst", "conservative", "kl_schedule"]
@@ -53,7 +60,7 @@ MEAN_COLUMNS = ["variant", "seeds", "gold_peak_step", "gold_peak", "gold_final",
                 "kl_final", "stop_step", "seconds", "rm_forwards"]  # fmt: skip
 
 
-class MitigationsStudyConfig(StudyConfig):
+class MitigationsStudyConfig(BaseRunStudyConfig):
     """``configs/study-mitigations.yaml``: the ensemble, the variants, the KL schedule, the stopping rules."""
 
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
@@ -201,62 +208,142 @@ def outcome(rows: Sequence[dict[str, Any]], kept_step: int, headline: str) -> di
 
 
 # --------------------------------------------------------------------------------- recipe
+BASE = ["controls=[]", "methods=[ppo]"]  # the time-pressed arm alone, PPO its only optimizer
+
+
+def seed_configs(study: MitigationsStudyConfig, seed: int, threads: int) -> tuple[PipelineConfig, ...]:
+    """One seed's time-pressed arm, and its half A (the proxy ensemble's labels) and half B (the held-out
+    reward model's), every stage at ``threads`` torch threads."""
+    base = [*BASE, f"threads={threads}", "arm_processes=1"]
+    clean = study.pipeline_config(seed, base)
+    half_a = study.pipeline_config(seed, [*base, "label.name=mitig-a", f"reward.ensemble_size={study.ensemble_size}",
+                                          f"reward.ensemble_alpha={study.score_alpha}"])  # fmt: skip
+    half_b = study.pipeline_config(seed, [*base, "label.name=mitig-b", "reward.ensemble_size=1"])
+    return clean, half_a, half_b
+
+
+def variant_config(study: MitigationsStudyConfig, seed: int, variant: str, threads: int) -> PipelineConfig:
+    """The PPO config of one variant of one seed: half A's run folder, every audit's samples saved."""
+    _, half_a, _ = seed_configs(study, seed, threads)
+    ensemble_dir = half_a.stage_dir("reward") / "model"
+    single = half_a.stage_dir("reward-single") / "model"
+    return study.pipeline_config(seed, [*BASE, f"threads={threads}", "arm_processes=1", "label.name=mitig-a",
+                                        f"ppo.samples_to_save={half_a.ppo.eval_prompts}",
+                                        *variant_overrides(variant, study, single, ensemble_dir)])  # fmt: skip
+
+
+def labels_and_reward_models(study_json: str, seed: int, threads: int, quiet: bool) -> float:
+    """One seed's rater labels, their two halves, the proxy ensemble (half A, and its member 0 alone) and the
+    held-out reward model (half B); returns the wall seconds. Module-level with plain arguments, so that it
+    runs in a worker process."""
+    study = MitigationsStudyConfig.model_validate_json(study_json)
+    clean, half_a, half_b = seed_configs(study, seed, threads)
+    t = time.perf_counter()
+    run_arm(clean, [], {"label"}, reuse=True, quiet=quiet)
+    for which, half in enumerate((half_a, half_b)):
+        split_labels(clean, half, which, seed, quiet)
+        run_arm(half, [], {"reward"}, reuse=True, quiet=quiet)
+    single_member(half_a.stage_dir("reward") / "model", half_a.stage_dir("reward-single") / "model")
+    return time.perf_counter() - t
+
+
+def ppo_variant(study_json: str, seed: int, variant: str, threads: int, quiet: bool) -> list[dict[str, Any]]:
+    """One variant's PPO run (reused when finished) and its audit rows, each annotated with the ensemble's and the
+    held-out reward model's scores of that audit's samples. Module-level, for a worker process."""
+    study = MitigationsStudyConfig.model_validate_json(study_json)
+    _, half_a, half_b = seed_configs(study, seed, threads)
+    cfg = variant_config(study, seed, variant, threads)
+    stage = cfg.stage_dir(f"ppo-{variant}")
+    if not (stage / "summary.json").exists():
+        run_ppo(cfg, quiet=quiet, stage=f"ppo-{variant}")
+    ensemble = RewardModel.load(half_a.stage_dir("reward") / "model")
+    return annotate_rows(stage, ensemble, RewardModel.load(half_b.stage_dir("reward") / "model"))
+
+
+def variant_rows(study: MitigationsStudyConfig, seed: int, variant: str, audit: Sequence[dict[str, Any]],
+                 headline: str) -> list[dict[str, Any]]:  # fmt: skip
+    """The table rows of one finished variant: its outcome and cost, and for the baseline the two early-stopping
+    rules evaluated on its audit rows (no gold read): where each stops, what it keeps, what it costs."""
+    cfg = variant_config(study, seed, variant, 1)
+    pc, stage = cfg.ppo, cfg.stage_dir(f"ppo-{variant}")
+    members = study.ensemble_size if variant in ("mean", "worst", "conservative") else 1
+    seconds = float(json.loads((stage / "summary.json").read_text())["seconds"])
+    per_step = pc.prompts_per_step * pc.samples_per_prompt
+    rows = [{"seed": seed, "variant": variant, **outcome(audit, int(audit[-1]["step"]), headline),
+             "seconds": seconds, "rm_forwards": rm_forwards(members, per_step, pc.steps)}]  # fmt: skip
+    if variant == "baseline":
+        rules = {"stop_disagreement": (stop_by_disagreement(audit, study.disagreement_factor), study.ensemble_size),
+                 "stop_heldout": (stop_by_heldout(audit, study.heldout_tolerance), 1)}  # fmt: skip
+        n_eval = int(audit[0]["audit/samples"])
+        for name, ((stop, kept), monitor) in rules.items():
+            audits = sum(int(r["step"]) <= stop for r in audit)
+            rows.append({"seed": seed, "variant": name, **outcome(audit, kept, headline), "stop_at": stop,
+                         "seconds": elapsed_at(stage, stop) if stop > 0 else 0.0,
+                         "rm_forwards": rm_forwards(1, per_step, stop) + monitor_forwards(monitor, n_eval, audits)})  # fmt: skip
+    return rows
+
+
 def run_mitigations_study(study: MitigationsStudyConfig, quiet: bool = False) -> Path:
-    out_dir = Path(study.out_dir)
+    """The study's recipe. Seeds and variants run ``arm_processes`` at a time (the pipeline's own setting: with
+    ``threads: 2`` and ``arm_processes: 0``, two processes of one thread each), each with the same threads as
+    alone, so the table does not depend on how many ran at once."""
+    from rewardlab.runs import FolderLock, console
+
+    out_dir, t0 = Path(study.out_dir), time.perf_counter()
+    cfg = study.pipeline_config(study.seeds[0], BASE)
+    headline = cfg.build_task().info.headline or ""
+    runs = [(seed, variant) for seed in study.seeds for variant in study.variants]
+    n_proc = arm_processes(cfg, len(runs))
+    threads = max(1, cfg.threads // n_proc) if cfg.threads else 0
+    timings: dict[str, float] = {}
+    # 1. pretrain and SFT, shared by every seed (taken from ``base_run`` where its settings match)
+    for note in take_base_models(cfg, study.base_run):
+        if not quiet:
+            console.print(f"[bold]mitigations study:[/] {note}")
+    t = time.perf_counter()
+    run_pipeline(cfg, reuse=True, stages=["pretrain", "sft"], quiet=quiet)
+    timings["pretrain+sft"] = time.perf_counter() - t
+    lock = FolderLock(Path(study.run_dir) / ".rewardlab-run.lock", f"the run folder {study.run_dir}")
+    note = lock.acquire()
+    if note and not quiet:
+        console.print(f"[bold]rewardlab:[/] {note}")
+    js, hush = study.model_dump_json(), quiet or n_proc > 1
+    audits: dict[str, list[dict[str, Any]]] = {}
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
-    timings: dict[str, float] = {}
-    base = ["controls=[]", "methods=[ppo]"]
-    headline = study.pipeline_config(study.seeds[0], base).build_task().info.headline or ""
-    for seed in study.seeds:
-        # 1. the time-pressed arm: pretrain, SFT, rater labels (reused when done)
-        clean = study.pipeline_config(seed, base)
-        t = time.perf_counter()
-        run_pipeline(clean, reuse=True, stages=["pretrain", "sft", "label"], quiet=quiet)
-        # 2. two disjoint halves of its labels: A trains the proxy ensemble, B the held-out reward model
-        half_a = study.pipeline_config(seed, [*base, "label.name=mitig-a", f"reward.ensemble_size={study.ensemble_size}",
-                                              f"reward.ensemble_alpha={study.score_alpha}"])  # fmt: skip
-        half_b = study.pipeline_config(seed, [*base, "label.name=mitig-b", "reward.ensemble_size=1"])
-        for which, half in enumerate((half_a, half_b)):
-            split_labels(clean, half, which, seed, quiet)
-            run_pipeline(half, reuse=True, stages=["reward"], quiet=quiet)
-        timings[f"s{seed}/labels+reward"] = time.perf_counter() - t
-        ensemble_dir = half_a.stage_dir("reward") / "model"
-        single = single_member(ensemble_dir, half_a.stage_dir("reward-single") / "model")
-        ensemble, heldout = (
-            RewardModel.load(ensemble_dir),
-            RewardModel.load(half_b.stage_dir("reward") / "model"),
-        )
-        # 3. PPO once per variant, every audit sample saved (same prompts, seed and SFT start)
-        for variant in study.variants:
-            cfg = study.pipeline_config(seed, [*base, "label.name=mitig-a", f"ppo.samples_to_save={clean.ppo.eval_prompts}",
-                                               *variant_overrides(variant, study, single, ensemble_dir)])  # fmt: skip
-            stage = cfg.stage_dir(f"ppo-{variant}")
-            if not (stage / "summary.json").exists():
-                run_ppo(cfg, quiet=quiet, stage=f"ppo-{variant}")
-            # 4. measure: each audit's samples scored by the ensemble and the held-out reward model
-            audit = annotate_rows(stage, ensemble, heldout)
-            curves[f"s{seed}/{variant}"] = audit
-            pc = cfg.ppo
-            members = study.ensemble_size if variant in ("mean", "worst", "conservative") else 1
-            seconds = float(json.loads((stage / "summary.json").read_text())["seconds"])
-            row = {"seed": seed, "variant": variant, **outcome(audit, int(audit[-1]["step"]), headline),
-                   "seconds": seconds, "rm_forwards": rm_forwards(members, pc.prompts_per_step * pc.samples_per_prompt, pc.steps)}  # fmt: skip
-            rows.append(row)
-            # 5. early stopping on the baseline's rows (no gold read): where it stops, what it keeps, what it costs
-            if variant == "baseline":
-                rules = {"stop_disagreement": (stop_by_disagreement(audit, study.disagreement_factor), study.ensemble_size),
-                         "stop_heldout": (stop_by_heldout(audit, study.heldout_tolerance), 1)}  # fmt: skip
-                n_eval = int(audit[0]["audit/samples"])
-                for name, ((stop, kept), monitor) in rules.items():
-                    audits = sum(int(r["step"]) <= stop for r in audit)
-                    cost = rm_forwards(1, pc.prompts_per_step * pc.samples_per_prompt, stop)
-                    rows.append({"seed": seed, "variant": name, **outcome(audit, kept, headline), "stop_at": stop,
-                                 "seconds": elapsed_at(stage, stop) if stop > 0 else 0.0,
-                                 "rm_forwards": cost + monitor_forwards(monitor, n_eval, audits)})  # fmt: skip
+    try:
+        # 2. per seed: the time-pressed raters' labels, split in two disjoint halves; A trains the proxy
+        #    ensemble, B the held-out reward model
+        seed_jobs = [(f"s{s}/labels+reward", (js, s, threads, hush)) for s in study.seeds]
+        procs = arm_processes(cfg, len(seed_jobs))
+        for name, seconds in map_in_processes(labels_and_reward_models, seed_jobs, procs, threads, not quiet):
+            timings[name] = seconds
+        # 3. PPO once per variant (same prompts, seed and SFT start), its audits scored by the ensemble and the
+        #    held-out reward model; the table is rewritten as each finishes, in seed and variant order
+        ppo_jobs = [(f"s{s}/{v}", (js, s, v, threads, hush)) for s, v in runs]
+        for i, (name, audit) in enumerate(
+            map_in_processes(ppo_variant, ppo_jobs, n_proc, threads, not quiet), 1
+        ):
+            audits[name] = audit
+            if not quiet:
+                console.print(
+                    f"[bold]mitigations study:[/] {name} done ({i} of {len(ppo_jobs)}; {n_proc} at a time)"
+                )
+            rows = [
+                r
+                for s, v in runs
+                if f"s{s}/{v}" in audits
+                for r in variant_rows(study, s, v, audits[f"s{s}/{v}"], headline)
+            ]
+            curves = {f"s{s}/{v}": audits[f"s{s}/{v}"] for s, v in runs if f"s{s}/{v}" in audits}
             write_table(out_dir, "mitigations", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings,
-                                                                "curves": curves})  # fmt: skip
-    # 6. the mean over seeds per variant, and the figure
+                                                                "processes": n_proc, "curves": curves})  # fmt: skip
+    finally:
+        lock.release()
+    timings["total"] = time.perf_counter() - t0
+    write_table(out_dir, "mitigations", rows, COLUMNS, {"study": study.model_dump(), "seconds": timings,
+                                                        "processes": n_proc, "curves": curves})  # fmt: skip
+    # 4. the mean over seeds per variant, and the figure
     means = mean_rows(rows)
     write_table(out_dir, "mitigations-mean", means, MEAN_COLUMNS)
     plot_mitigations(curves, means, headline, out_dir / "mitigations.png")

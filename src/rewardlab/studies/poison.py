@@ -47,7 +47,7 @@ from rewardlab.pipelines.run import arm_processes, run_arm, run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 from rewardlab.studies.common import (
-    StudyConfig,
+    BaseRunStudyConfig,
     final_samples,
     map_in_processes,
     save_figure,
@@ -63,14 +63,9 @@ COLUMNS = ["seed", "rate", "poisoned_pairs", "rm_target_bonus", "ppo_target_rate
            "rater_agreement_removed_gold_agree", "ensemble_precision", "ensemble_recall"]  # fmt: skip
 
 
-class PoisonStudyConfig(StudyConfig):
+class PoisonStudyConfig(BaseRunStudyConfig):
     """``configs/study-poison.yaml``: the rates, the target and the defenses' knobs."""
 
-    base_run: str | None = Field(
-        None,
-        description="a finished run (e.g. runs/default after the demonstration) whose pretrained and SFT models "
-        "the study takes instead of training its own, where their training settings match",
-    )
     rates: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.03, 0.05], min_length=1)
     target: str = Field("hmm .", min_length=1, description="the phrase the attack promotes")
     mode: PoisonMode = "inject"
