@@ -87,19 +87,21 @@ def test_cached_and_uncached_training_give_the_same_weights(
         # constant per query), the head's bias and, with mean pooling, the last LayerNorm's bias (both add the same
         # constant to r_chosen and r_rejected). Adam turns their rounding noise into steps, which differ between the
         # two paths by up to 1e-4 (far below the 8 steps of lr 3e-3 that noise could move them); every other weight
-        # agrees to ~1e-6.
+        # agrees to ~1e-6 (up to 7e-6 on some CPUs' kernels, measured 2026-12-01; a trained weight moves by ~1e-2).
         zero_grad = name.endswith(("key.bias", "classifier.bias")) or (
             pooling == "mean"
             and name == f"bert.encoder.layer.{len(plain.bert.encoder.layer) - 1}.output.LayerNorm.bias"
         )
-        tol = 1e-3 if zero_grad else 3e-6
+        tol = 1e-3 if zero_grad else 2e-5
         assert torch.allclose(a, b, atol=tol, rtol=0), (name, float((a - b).abs().max()))
         moved += int(not torch.equal(a, init[name]))
     assert moved > 4  # the top layers, the pooler and the head were trained (8 steps), not left as they were
     pairs = _pairs(8, seed=1)  # both score raw text alike, through the plain transformers path
     s_a = RewardModel([plain], bert[1]).score([c.prompt for c in pairs], [c.chosen for c in pairs]).mean
     s_b = RewardModel([cached], bert[1]).score([c.prompt for c in pairs], [c.chosen for c in pairs]).mean
-    assert torch.allclose(s_a, s_b, atol=1e-5)
+    # equal up to a constant shift (the zero-gradient head bias's Adam noise, above; a shift orders no pair differently)
+    assert torch.allclose(s_a - s_a.mean(), s_b - s_b.mean(), atol=1e-5)
+    assert float((s_a - s_b).abs().max()) < 1e-3
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
