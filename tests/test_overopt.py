@@ -13,6 +13,7 @@ import yaml
 
 from rewardlab.audit.laws import rise_then_fall
 from rewardlab.studies.overopt import (
+    _kl_cell,
     coefficient_trends,
     label_prompts,
     load_overopt_config,
@@ -164,3 +165,9 @@ def test_registered_as_a_study_with_dotted_overrides() -> None:
         and cfg.pipeline.bon.max_n == 4
     )
     assert cfg.pipeline.ppo.steps == 3  # the rest of the section is kept
+
+
+def test_table_shows_an_astronomical_law_peak_as_a_bound() -> None:
+    # a law with beta near 0 peaks at exp(alpha / beta)^2 nats: 3.7e200 once; the table says "> 1e4"
+    assert _kl_cell(0.2691) == "0.27" and _kl_cell(9999.0) == "9999.00"
+    assert _kl_cell(3.7e200) == "> 1e4" and _kl_cell(float("inf")) == "> 1e4"

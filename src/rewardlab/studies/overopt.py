@@ -295,6 +295,11 @@ def coefficient_trends(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[s
     return out
 
 
+def _kl_cell(kl: float) -> str:
+    """A KL for the table: two decimals, or ``> 1e4`` where a law with beta near 0 puts its peak astronomically far."""
+    return f"{kl:.2f}" if kl < 1e4 else "> 1e4"
+
+
 def results_table(results: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table: one row per proxy and method."""
     head = ("| proxy | params | labels | method | alpha | beta | R^2 | law's peak KL | gold gain (SD) | "
@@ -307,7 +312,7 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> str:
                          f"{'yes' if r['rises_then_falls'] else 'no'} |")  # fmt: skip
             continue
         peak = (
-            f"{r['kl_peak_law']:.2f}{'' if r['peak_in_range_law'] else ' (beyond range)'}"
+            f"{_kl_cell(r['kl_peak_law'])}{'' if r['peak_in_range_law'] else ' (beyond range)'}"
             if r["kl_peak_law"]
             else "none"
         )
