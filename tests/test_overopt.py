@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["gao-hh.yaml", "gao-hh-micro.yaml"])
+@pytest.mark.parametrize("name", ["gao-hh.yaml", "gao-hh-large.yaml", "gao-hh-micro.yaml"])
 def test_study_configs_validate(name: str) -> None:
     cfg = load_overopt_config(ROOT / "configs" / name)
     assert cfg.pipeline.task.kind == "synthetic-gold"
