@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from rewardlab.studies.common import map_in_processes
+from rewardlab.pipelines.processes import map_in_processes
 from rewardlab.utils import RewardlabError
 
 

@@ -13,16 +13,11 @@ model, so ``configs/compare.yaml`` puts them all on one gold-vs-sqrt(KL) figure 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from queue import Empty
 from typing import Any
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rewardlab.config import PipelineConfig, revalidate
 from rewardlab.methods import ARM_STAGES, method
@@ -71,36 +66,9 @@ def run_arm(arm: PipelineConfig, methods: Sequence[str], wanted: set[str], reuse
     return times
 
 
-def _arm_worker(arm_json: str, methods: list[str], wanted: list[str], reuse: bool, queue: Any) -> None:
-    """Entry point of a worker process: one arm, its progress relayed to the parent through ``queue``."""
-    import signal
-
-    from rewardlab.runs import abandon_open_runs, as_os_error, describe_os_error, set_relay
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(
-        signal.SIGTERM, on_sigterm
-    )  # the parent stops workers with SIGTERM: leave status.json behind
-    arm = PipelineConfig.model_validate_json(arm_json)
-    set_relay(queue, arm.arm)
-    try:
-        times = run_arm(arm, methods, set(wanted), reuse, quiet=True)
-    except KeyboardInterrupt:
-        abandon_open_runs("interrupted", "stopped by Ctrl-C or SIGTERM")
-        raise SystemExit(130) from None
-    except BaseException as e:  # the parent names the arm and re-raises
-        if isinstance(e, RewardlabError):
-            msg = str(e)
-        elif (io := as_os_error(e)) is not None:
-            msg = describe_os_error(io)
-        else:
-            msg = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-        abandon_open_runs("failed", msg.splitlines()[0])
-        queue.put(("error", arm.arm, msg))
-        raise SystemExit(1) from None
-    queue.put(("done", arm.arm, times))
+def _run_arm_job(arm_json: str, methods: list[str], wanted: list[str], reuse: bool) -> dict[str, float]:
+    """One arm in a worker process (``map_in_processes``): its stages' wall seconds."""
+    return run_arm(PipelineConfig.model_validate_json(arm_json), methods, set(wanted), reuse, quiet=True)
 
 
 def run_arms_parallel(arms: Sequence[PipelineConfig], processes: int, methods: Sequence[str],
@@ -110,52 +78,15 @@ def run_arms_parallel(arms: Sequence[PipelineConfig], processes: int, methods: S
     Each arm's results equal those of the same arm run alone with the same ``threads``: arms share only
     the read-only pretrained and SFT models.
     """
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    pending = list(arms)
-    running: dict[str, Any] = {}
+    from rewardlab.pipelines.processes import JobError, map_in_processes
+
+    jobs = [(arm.arm, (arm.model_dump_json(), list(methods), sorted(wanted), reuse)) for arm in arms]
     times: dict[str, float] = {}
-    prog = Progress(TextColumn("[bold]{task.fields[arm]}[/] {task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
-                    console=console, disable=quiet)  # fmt: skip
-    bars: dict[str, Any] = {}
     try:
-        with prog:
-            while pending or running:
-                while pending and len(running) < processes:
-                    arm = pending.pop(0)
-                    proc = ctx.Process(target=_arm_worker, name=f"rewardlab-{arm.arm}", daemon=False,
-                                       args=(arm.model_dump_json(), list(methods), sorted(wanted), reuse, queue))  # fmt: skip
-                    proc.start()
-                    running[arm.arm] = proc
-                    bars[arm.arm] = prog.add_task("starting", total=None, arm=arm.arm, status="")
-                try:
-                    msg = queue.get(timeout=1.0)
-                except Empty:
-                    for name, proc in list(running.items()):
-                        if not proc.is_alive() and proc.exitcode != 0:
-                            raise RewardlabError(
-                                f"arm {name}: worker process died (exit code {proc.exitcode})"
-                            ) from None
-                    continue
-                kind, name = msg[0], msg[1]
-                if kind == "progress":
-                    _, _, stage, desc, done, total, status = msg
-                    prog.update(bars[name], description=f"{stage}: {desc}", completed=done, total=total,
-                                status=status)  # fmt: skip
-                elif kind == "info" and not quiet:
-                    prog.console.print(f"[bold]{name}[/] [cyan]{msg[2]}[/] {msg[3]}", highlight=False)
-                elif kind == "done":
-                    times.update(msg[2])
-                    running.pop(name).join()
-                    prog.update(bars[name], description="done", completed=1, total=1, status="")
-                elif kind == "error":
-                    raise RewardlabError(f"arm {name} failed: {msg[2]}")
-    finally:
-        for proc in running.values():
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
+        for _, arm_times in map_in_processes(_run_arm_job, jobs, processes, arms[0].threads, show=not quiet):
+            times.update(arm_times)
+    except JobError as e:
+        raise RewardlabError(f"arm {e.label} failed: {e.message}") from None
     return times
 
 

@@ -38,12 +38,12 @@ from pydantic import Field
 from rewardlab.config import PipelineConfig
 from rewardlab.feedback.records import load_comparisons, save_comparisons
 from rewardlab.pipelines.ppo import run_ppo
+from rewardlab.pipelines.processes import map_in_processes
 from rewardlab.pipelines.run import arm_processes, run_arm, run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 from rewardlab.studies.common import (
     BaseRunStudyConfig,
-    map_in_processes,
     read_rows,
     save_figure,
     take_base_models,

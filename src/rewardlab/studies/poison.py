@@ -43,13 +43,13 @@ from rewardlab.feedback.poison import PoisonConfig, PoisonMode, add_target, pois
 from rewardlab.feedback.records import Comparison, load_comparisons, save_comparisons
 from rewardlab.feedback.simulated import SimulatedRater
 from rewardlab.methods import method
+from rewardlab.pipelines.processes import map_in_processes
 from rewardlab.pipelines.run import arm_processes, run_arm, run_pipeline
 from rewardlab.rewards.model import RewardModel
 from rewardlab.runs import Run
 from rewardlab.studies.common import (
     BaseRunStudyConfig,
     final_samples,
-    map_in_processes,
     save_figure,
     take_base_models,
     write_table,
