@@ -7,8 +7,10 @@
 Both sides train the same local Llama models (~1M and ~11M params, saved once and loaded with
 ``from_pretrained``) on the same synthetic data (2,000 pairs, ~62 real tokens per sequence, see
 ``bench_assets.py``), fp32, 8 samples per optimizer step, no gradient checkpointing, each run in its
-own subprocess with the same torch thread count (``--threads``, default 1, set before any work), so
-each run's peak RSS (``getrusage`` in the child) is its own. The runs of a pair alternate
+own subprocess with the same torch thread count on both sides (set before any work), so each run's
+peak RSS (``getrusage`` in the child) is its own. ``--threads 1,2`` (the default) runs the whole table at
+one thread per run, then at two (this machine's cores, ``rewardlab``'s default here), and prints both
+tables and their median ratios side by side. The runs of a pair alternate
 (A B, B A, A B, ...) over ``--repeats`` so that drifts in machine load hit both sides alike; the
 ratio rewardlab/TRL is taken within each repeat and reported as min/median/max.
 
@@ -60,6 +62,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -698,7 +701,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="ABAB repeats per pair (>= 3 for the table)")
     ap.add_argument("--steps", type=int, default=None, help="offline steps (default 100; quick 30)")
     ap.add_argument("--onpolicy-steps", type=int, default=None, help="default 50; quick 20")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in every run, both sides")
+    ap.add_argument("--threads", default="1,2",
+                    help="torch threads in every run, both sides; a comma list runs the whole table once per "
+                    "count (default 1,2: one thread, then this machine's two)")  # fmt: skip
     ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
     ap.add_argument("--trl-ppo-python", default=str(TRL_PPO_PYTHON),
@@ -724,6 +729,7 @@ def main(argv: list[str] | None = None) -> None:
     on_steps = args.onpolicy_steps or (20 if args.quick else 50)
     only = [t.strip() for t in args.only.split(",") if t.strip()]
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    threads = parse_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "children.log"
@@ -732,67 +738,107 @@ def main(argv: list[str] | None = None) -> None:
     assets = Path(args.assets) if args.assets else Path(tempfile.mkdtemp(prefix="bench_assets_"))
     if not (assets / "pairs.jsonl").is_file():
         build_assets(assets)
-    print(f"assets in {assets} ({time.perf_counter() - t0:.1f} s); threads per run: {args.threads}; "
+    print(f"assets in {assets} ({time.perf_counter() - t0:.1f} s); threads per run: {threads}; "
           f"steps {steps} offline / {on_steps} on-policy, first {WARMUP} excluded; {args.repeats} repeats",
           flush=True)  # fmt: skip
     rl_env = dict(kv.split("=", 1) for kv in args.rl_env)
     results: dict[str, Any] = {"args": vars(args), "machine": machine_description(), "rows": []}
     print(f"machine: {results['machine']}", flush=True)
-    base = {"assets": str(assets), "threads": args.threads}
-    for trainer in only:
-        for size in sizes:
-            if trainer == "ppo-trl" and not Path(args.trl_ppo_python).is_file():
-                print(f"ppo-trl: no {args.trl_ppo_python} (make bench-trl-ppo-env); skipped", flush=True)
+    plan = Plan(only=only, sizes=sizes, repeats=args.repeats, steps=steps, on_steps=on_steps, quick=args.quick,
+                trl_ppo_python=args.trl_ppo_python, log=log, rl_env=rl_env)  # fmt: skip
+    for n in threads:
+        print(f"\n--- {n} thread(s) per run ---", flush=True)
+        base = {"assets": str(assets), "threads": n}
+        rows = run_rows(plan, base)
+        if args.profile:
+            profile_missed(rows, base, steps, on_steps, out, log, rl_env)
+        results["rows"] += rows
+    results["elapsed_s"] = time.perf_counter() - t0
+    table = render_tables(results["rows"])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    backends = sorted({r.get("cpu_linear", "?") for row in results["rows"] if isinstance(row["rewardlab"], list)
+                       for r in row["rewardlab"]})  # fmt: skip
+    print(f"\n{results['machine']}; rewardlab CPU linears: {backends}")
+    print(table)
+    print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
+
+
+@dataclass
+class Plan:
+    """What one thread count runs: the rows, sizes, repeats and step counts, and where children log."""
+
+    only: list[str]
+    sizes: list[str]
+    repeats: int
+    steps: int
+    on_steps: int
+    quick: bool
+    trl_ppo_python: str
+    log: Path
+    rl_env: dict[str, str]
+
+
+def run_rows(plan: Plan, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every requested row at ``base["threads"]`` torch threads per run; each row records that count."""
+    rows: list[dict[str, Any]] = []
+    n = base["threads"]
+    log, rl_env = plan.log, plan.rl_env
+    for trainer in plan.only:
+        for size in plan.sizes:
+            if trainer == "ppo-trl" and not Path(plan.trl_ppo_python).is_file():
+                print(f"ppo-trl: no {plan.trl_ppo_python} (make bench-trl-ppo-env); skipped", flush=True)
                 continue
             if trainer == "dpo" and not rewardlab_has_dpo():
                 print("dpo: rewardlab.optimize.dpo not available; skipped", flush=True)
                 continue
             if trainer == "sampler":
-                spec = {**base, "trainer": "sampler", "size": size, "repeats": max(args.repeats, 3),
-                        "sampler_calls": 3 if args.quick else 10}  # fmt: skip
+                spec = {**base, "trainer": "sampler", "size": size, "repeats": max(plan.repeats, 3),
+                        "sampler_calls": 3 if plan.quick else 10}  # fmt: skip
                 res = run_child(spec, log, rl_env)
                 ratios = [a / b for a, b in zip(res["times"]["trl"], res["times"]["rewardlab"])]
-                row = {"row": "sampler", "size": size, "ratios": ratios, "greedy_identical": res["greedy_identical"],
-                       "rewardlab": {"tokens_per_s": res["tokens_per_s"]["rewardlab"]},
-                       "trl": {"tokens_per_s": res["tokens_per_s"]["trl"]}}  # fmt: skip
-                results["rows"].append(row)
-                print(f"sampler {size}: ratio {_fmt_ratio(ratios)} greedy identical {res['greedy_identical']}",
-                      flush=True)  # fmt: skip
+                rows.append({"row": "sampler", "size": size, "threads": n, "ratios": ratios,
+                             "greedy_identical": res["greedy_identical"],
+                             "rewardlab": {"tokens_per_s": res["tokens_per_s"]["rewardlab"]},
+                             "trl": {"tokens_per_s": res["tokens_per_s"]["trl"]}})  # fmt: skip
+                print(f"sampler {size} ({n}t): ratio {_fmt_ratio(ratios)} greedy identical "
+                      f"{res['greedy_identical']}", flush=True)  # fmt: skip
                 continue
             sides = ["rewardlab/grpo", "rewardlab/ppo", "trl/grpo"] if trainer == "onpolicy" else \
                 [f"rewardlab/{trainer}", f"trl/{trainer}"]  # fmt: skip
-            n_steps = on_steps if trainer in ("onpolicy", "ppo-trl") else steps
-            commands = {"trl/ppo-trl": [args.trl_ppo_python, str(HERE / "bench_trl_ppo.py")]}
+            n_steps = plan.on_steps if trainer in ("onpolicy", "ppo-trl") else plan.steps
+            commands = {"trl/ppo-trl": [plan.trl_ppo_python, str(HERE / "bench_trl_ppo.py")]}
             if trainer == "ppo-trl":
-                build_ppo_reward_model(assets, size)
+                build_ppo_reward_model(Path(base["assets"]), size)
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
-            for r in range(args.repeats):
+            for r in range(plan.repeats):
                 order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate who goes first
                 for side in order:
                     who, what = side.split("/")
                     spec = {**base, "trainer": what, "side": who, "size": size, "steps": n_steps}
                     res = run_child(spec, log, rl_env if who == "rewardlab" else None, commands.get(side))
                     runs[side].append(res)
-                    print(f"  {side} {size} repeat {r}: {res['samples_per_s']:.1f} samples/s, "
+                    print(f"  {side} {size} ({n}t) repeat {r}: {res['samples_per_s']:.1f} samples/s, "
                           f"{res['peak_rss_mib']:.0f} MiB, setup {res['setup_s']:.1f} s", flush=True)  # fmt: skip
             trl_side = sides[-1]
             for side in sides[:-1]:
                 name = side.split("/")[1]
                 ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[side], runs[trl_side])]
-                results["rows"].append({"row": name, "size": size, "ratios": ratios, "rewardlab": runs[side],
-                                        "trl": runs[trl_side], "trl_name": trl_side})  # fmt: skip
-                print(f"{name} {size}: ratio {_fmt_ratio(ratios)}", flush=True)
-    if args.profile:
-        profile_missed(results["rows"], base, steps, on_steps, out, log, rl_env)
-    results["elapsed_s"] = time.perf_counter() - t0
-    table = render_table(results["rows"])
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(table + "\n")
-    backends = sorted({r.get("cpu_linear", "?") for row in results["rows"] if isinstance(row["rewardlab"], list)
-                       for r in row["rewardlab"]})  # fmt: skip
-    print(f"\n{results['machine']}; {args.threads} thread(s) per run; rewardlab CPU linears: {backends}")
-    print(table)
-    print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
+                rows.append({"row": name, "size": size, "threads": n, "ratios": ratios, "rewardlab": runs[side],
+                             "trl": runs[trl_side], "trl_name": trl_side})  # fmt: skip
+                print(f"{name} {size} ({n}t): ratio {_fmt_ratio(ratios)}", flush=True)
+    return rows
+
+
+def parse_threads(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``: each count >= 1, no repeats, in the order given."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--threads {text!r}: expected comma-separated integers, e.g. 1,2") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise SystemExit(f"--threads {text!r}: expected distinct counts >= 1, e.g. 1,2")
+    return counts
 
 
 def missed(row: dict[str, Any]) -> list[str]:
@@ -822,23 +868,27 @@ def profile_missed(rows: list[dict[str, Any]], base: dict[str, Any], steps: int,
         if "speed" not in missed(row):
             continue
         name, size = row["row"], row["size"]
-        stats_path = folder / f"{name}-{size}.prof"
+        stem = f"{name}-{size}" if base["threads"] == 1 else f"{name}-{size}-{base['threads']}t"
+        stats_path = folder / f"{stem}.prof"
         if name == "sampler":
             spec = {**base, "trainer": "sampler", "size": size, "repeats": 1, "sampler_calls": 1}
         else:
             spec = {**base, "trainer": name, "side": "rewardlab", "size": size,
                     "steps": on_steps if name in ("grpo", "ppo", "ppo-trl") else steps}  # fmt: skip
         run_child({**spec, "profile": str(stats_path)}, log, rl_env)
-        text = folder / f"{name}-{size}.txt"
+        text = folder / f"{stem}.txt"
         with text.open("w") as f:
             st = pstats.Stats(str(stats_path), stream=f)
             st.strip_dirs()
-            f.write(f"# rewardlab {name} {size}: cProfile of one run (rates under the profiler are lower)\n")
+            f.write(
+                f"# rewardlab {name} {size}, {base['threads']} thread(s): cProfile of one run "
+                "(rates under the profiler are lower)\n"
+            )
             f.write("\n## by own time\n")
             st.sort_stats("tottime").print_stats(25)
             f.write("\n## by cumulative time\n")
             st.sort_stats("cumulative").print_stats(25)
-        print(f"profile of {name} {size}: {text}", flush=True)
+        print(f"profile of {name} {size} ({base['threads']}t): {text}", flush=True)
 
 
 TRL_NAME = {"dpo": "DPOTrainer", "rm": "RewardTrainer", "sft": "SFTTrainer", "grpo": "GRPOTrainer",
@@ -887,6 +937,43 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{'**no**' if 'memory' in missed(row) else 'yes'} |"
         )
     return "\n".join(lines)
+
+
+def render_side_by_side(rows: list[dict[str, Any]]) -> str:
+    """One line per (row, size): the median ratio and whether the target is met at each thread count."""
+    counts = sorted({r.get("threads", 1) for r in rows})
+    keys = list(dict.fromkeys((r["row"], r["size"]) for r in rows))
+    by = {(r["row"], r["size"], r.get("threads", 1)): r for r in rows}
+    head = "| rewardlab vs TRL | size | target | " + " | ".join(f"{n} thread(s): median, met" for n in counts)
+    lines = [head + " | met at every count |", "|" + "---|" * (4 + len(counts))]
+    for name, size in keys:
+        target = TARGETS.get((name, size))
+        cells, met_all = [], target is not None
+        label = row_label(next(r for r in rows if (r["row"], r["size"]) == (name, size)))
+        for n in counts:
+            row = by.get((name, size, n))
+            if row is None:
+                cells.append("-")
+                met_all = False
+                continue
+            med = statistics.median(row["ratios"])
+            ok = target is not None and med >= target
+            met_all = met_all and ok
+            cells.append(f"{med:.2f}x, {'yes' if ok else '**no**'}" if target is not None else f"{med:.2f}x")
+        verdict = "-" if target is None else ("yes" if met_all else "**no**")
+        lines.append(f"| {label} | {size} | {target}x | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines)
+
+
+def render_tables(rows: list[dict[str, Any]]) -> str:
+    """The full table per thread count, then (with more than one count) the ratios side by side."""
+    counts = sorted({r.get("threads", 1) for r in rows})
+    if len(counts) <= 1:
+        return render_table(rows)
+    parts = [f"### {n} thread(s) per run\n\n" + render_table([r for r in rows if r.get("threads", 1) == n])
+             for n in counts]  # fmt: skip
+    parts.append("### Median ratios side by side\n\n" + render_side_by_side(rows))
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

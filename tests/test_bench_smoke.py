@@ -116,3 +116,28 @@ def test_table_marks_missed_speed_and_memory_targets() -> None:
     lines = bench_trl.render_table([fast_lean, slow_fat]).splitlines()
     assert lines[2].endswith("| 2.0x | yes | yes |") and "**2.20**" in lines[2]
     assert lines[3].endswith("| 1.5x | **no** | **no** |") and "1.20 / **1.30** / 1.60" in lines[3]
+
+
+def test_thread_counts_parse_and_the_side_by_side_table_needs_every_count() -> None:
+    assert bench_trl.parse_threads("1,2") == [1, 2] and bench_trl.parse_threads("2") == [2]
+    for bad in ("0", "1,1", "a", ""):
+        with pytest.raises(SystemExit, match="--threads"):
+            bench_trl.parse_threads(bad)
+
+    def row(name: str, threads: int, ratio: float) -> dict:
+        side = [{"samples_per_s": 1.0, "tokens_per_s": 60.0, "peak_rss_mib": 500.0, "setup_s": 1.0}] * 3
+        return {"row": name, "size": "1m", "threads": threads, "ratios": [ratio] * 3, "rewardlab": side,
+                "trl": side}  # fmt: skip
+
+    # dpo (target 2.0x) meets it at 1 thread only; sft (1.5x) at both
+    rows = [row("dpo", 1, 2.5), row("sft", 1, 1.6), row("dpo", 2, 1.9), row("sft", 2, 1.7)]
+    lines = bench_trl.render_side_by_side(rows).splitlines()
+    assert lines[0].startswith("| rewardlab vs TRL | size | target | 1 thread(s): median, met | 2 thread(s)")
+    assert lines[2] == "| dpo vs DPOTrainer | 1m | 2.0x | 2.50x, yes | 1.90x, **no** | **no** |"
+    assert lines[3] == "| sft vs SFTTrainer | 1m | 1.5x | 1.60x, yes | 1.70x, yes | yes |"
+    # a row measured at one count only is not "met at every count"
+    lines = bench_trl.render_side_by_side(rows[:3]).splitlines()
+    assert lines[3] == "| sft vs SFTTrainer | 1m | 1.5x | 1.60x, yes | - | **no** |"
+    tables = bench_trl.render_tables(rows)
+    assert "### 1 thread(s) per run" in tables and "### 2 thread(s) per run" in tables
+    assert tables.count("| dpo vs DPOTrainer | 1m | pairs/s |") == 2
