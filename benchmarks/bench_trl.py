@@ -10,7 +10,10 @@ Both sides train the same local Llama models (~1M and ~11M params, saved once an
 own subprocess with the same torch thread count on both sides (set before any work), so each run's
 peak RSS (``getrusage`` in the child) is its own. ``--threads 1,2`` (the default) runs the whole table at
 one thread per run, then at two (this machine's cores, ``rewardlab``'s default here), and prints both
-tables and their median ratios side by side. The runs of a pair alternate
+tables and their median ratios side by side. ``--dtype bfloat16`` loads every trained causal LM in bf16 on
+both sides (TRL also with ``bf16=True``, its CPU autocast); it is meant for CPUs with native bf16 (the machine
+line says), skips the reward-model and ``ppo-trl`` rows (rewardlab trains reward models in fp32), and accepts
+greedy differences between the sampler and ``generate`` (bf16 logits tie: top-2 gaps of 0 or 1 ulp). The runs of a pair alternate
 (A B, B A, A B, ...) over ``--repeats`` so that drifts in machine load hit both sides alike; the
 ratio rewardlab/TRL is taken within each repeat and reported as min/median/max.
 
@@ -75,6 +78,7 @@ GROUP = 4  # GRPO/PPO generations per prompt
 NEW_TOKENS = 48
 SIZES = ("1m", "11m")
 TRAINERS = ("sampler", "dpo", "rm", "sft", "onpolicy", "ppo-trl")
+FP32_ONLY = ("rm", "ppo-trl")  # rows that --dtype bfloat16 skips: rewardlab trains reward models in fp32
 TRL_PPO_PYTHON = HERE.parent / ".venv-trl-ppo" / "bin" / "python"  # benchmarks/trl_ppo_env.sh makes it
 
 # Targets: median ratio rewardlab / TRL, per (row, size).
@@ -115,10 +119,19 @@ def _threads(n: int) -> None:
     torch.set_num_interop_threads(1)
 
 
+def _dtype(spec: dict[str, Any]) -> Any:
+    """The weights' dtype of the trained causal LMs, both sides: float32 (the headline) or bfloat16."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec.get("dtype", "float32")]
+
+
 def _trl_common(spec: dict[str, Any], out: str) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL run (fp32, no checkpointing, no saving, no reporting)."""
+    """TrainingArguments shared by every TRL run (no checkpointing, no saving, no reporting); fp32, or with
+    ``--dtype bfloat16`` bf16 weights and ``bf16=True`` (autocast), as a bf16 TRL run on CPU is set up."""
+    bf16 = spec.get("dtype", "float32") == "bfloat16"
     return dict(output_dir=out, per_device_train_batch_size=BATCH, max_steps=spec["steps"],
-                learning_rate=LEARNING_RATE[spec["trainer"]], bf16=False, fp16=False,
+                learning_rate=LEARNING_RATE[spec["trainer"]], bf16=bf16, fp16=False, use_cpu=bf16,
                 gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to="none",
                 disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0)  # fmt: skip
 
@@ -176,7 +189,7 @@ def rl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
 
     assets = Path(spec["assets"])
     tok = load_tokenizer(assets / "tokenizer")
-    model = load_causal_lm(assets / "models" / spec["size"])
+    model = load_causal_lm(assets / "models" / spec["size"], _dtype(spec))
     rows = _pairs(spec)
     examples = encode_examples(tok, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
     pad = int(tok.pad_token_id)
@@ -201,7 +214,7 @@ def trl_sft(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
 
     assets = Path(spec["assets"])
     tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"], dtype=_dtype(spec))
     rows = _pairs(spec)
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
     cfg = SFTConfig(**_trl_common(spec, out), max_length=128, packing=False, completion_only_loss=True)
@@ -282,13 +295,13 @@ def rl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
     path = assets / "models" / spec["size"]
     tok = load_tokenizer(assets / "tokenizer")
     pad = int(tok.pad_token_id)
-    policy = load_causal_lm(path)
+    policy = load_causal_lm(path, _dtype(spec))
     rows = _pairs(spec)
     comps = [Comparison(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"]) for r in rows]
     dc = DPOConfig(loss="sigmoid", beta=0.1, steps=spec["steps"], batch_size=BATCH, optim=_rl_optim("dpo"),
                    reference="precomputed", packing="shared_prompt")  # fmt: skip
     data = PreferenceData(tokenize_comparisons(tok, comps))
-    ref = load_causal_lm(path).eval().requires_grad_(False)
+    ref = load_causal_lm(path, _dtype(spec)).eval().requires_grad_(False)
     # All 2,000 pairs, into a fresh cache folder: computed, never a cache hit (as TRL's precompute).
     data.ref_chosen, data.ref_rejected, _, hit = cached_reference_logps(
         ref, data.examples, pad, Path(out) / "cache", packing=dc.packing
@@ -312,7 +325,7 @@ def trl_dpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]:
 
     assets = Path(spec["assets"])
     tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"], dtype=_dtype(spec))
     rows = _pairs(spec)
     ds = Dataset.from_list(rows)
     cfg = DPOConfig(**_trl_common(spec, out), beta=0.1, loss_type=["sigmoid"], max_length=128,
@@ -359,7 +372,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
 
     tok = load_tokenizer(assets / "tokenizer")
     acc = Accelerator()
-    policy = load_causal_lm(path)
+    policy = load_causal_lm(path, _dtype(spec))
     critic: torch.nn.Module | None = None
     if advantage == "grpo":  # TRL GRPO's defaults: one update per rollout, beta = 0 (no reference)
         pc = PPOConfig(advantage="grpo", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
@@ -369,7 +382,7 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     else:  # PPO: value head on the policy's trunk, GAE, 2 epochs x 2 minibatches, KL 0.05 to a reference
         pc = PPOConfig(advantage="gae", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
                        value_model="shared", max_new_tokens=NEW_TOKENS, optim=_rl_optim("ppo"))  # fmt: skip
-        ref = load_causal_lm(path).eval().requires_grad_(False)
+        ref = load_causal_lm(path, _dtype(spec)).eval().requires_grad_(False)
         critic = SharedValueHead(policy.config.hidden_size)
     opt, _ = make_optimizer(
         torch.nn.ModuleList([policy, *([critic] if critic else [])]), pc.optim, spec["steps"]
@@ -460,8 +473,8 @@ def rl_ppo_trl(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, An
                    optim=_rl_optim("ppo"))  # fmt: skip
     tok = load_tokenizer(assets / "tokenizer")
     acc = Accelerator()
-    policy = load_causal_lm(path)
-    ref = load_causal_lm(path).eval().requires_grad_(False)
+    policy = load_causal_lm(path, _dtype(spec))
+    ref = load_causal_lm(path, _dtype(spec)).eval().requires_grad_(False)
     rm = RewardModel.load(rm_dir)
     for m in rm.members:
         m.requires_grad_(False)
@@ -484,7 +497,7 @@ def trl_grpo(spec: dict[str, Any], clock: StepClock, out: str) -> dict[str, Any]
     assets = Path(spec["assets"])
     tok = AutoTokenizer.from_pretrained(assets / "tokenizer")
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"])
+    model = AutoModelForCausalLM.from_pretrained(assets / "models" / spec["size"], dtype=_dtype(spec))
     rows = _pairs(spec)
     good = read_good_words(assets)
     prompt_len = {r["prompt"]: len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows}
@@ -519,7 +532,7 @@ def sampler_pair(spec: dict[str, Any], out: str) -> dict[str, Any]:
 
     assets = Path(spec["assets"])
     tok = load_tokenizer(assets / "tokenizer")
-    model = load_causal_lm(assets / "models" / spec["size"]).eval()
+    model = load_causal_lm(assets / "models" / spec["size"], _dtype(spec)).eval()
     rows = _pairs(spec)
     pad = int(tok.pad_token_id)
     prompts = [p for p in _step_prompts(rows, 1) for _ in range(GROUP)]  # the GRPO batch: 2 x 4
@@ -542,7 +555,7 @@ def sampler_pair(spec: dict[str, Any], out: str) -> dict[str, Any]:
         assert o.shape == (len(prompts), ids.shape[1] + NEW_TOKENS)
 
     check = greedy_outputs_identical(model, tok, [r["prompt"] for r in rows[:64]], NEW_TOKENS)
-    if not check:
+    if not check and spec.get("dtype", "float32") == "float32":  # bf16 logits tie often: argmax may differ
         raise AssertionError("sample(greedy=True) and model.generate(do_sample=False) differ")
     run_sample()
     run_generate()
@@ -704,6 +717,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", default="1,2",
                     help="torch threads in every run, both sides; a comma list runs the whole table once per "
                     "count (default 1,2: one thread, then this machine's two)")  # fmt: skip
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="weights of the trained causal LMs, both sides (fp32 is the headline; bf16 rows are for "
+                    "CPUs with native bf16, see the machine line; the reward-model and ppo-trl rows are fp32 only)")  # fmt: skip
     ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
     ap.add_argument("--trl-ppo-python", default=str(TRL_PPO_PYTHON),
@@ -748,7 +764,7 @@ def main(argv: list[str] | None = None) -> None:
                 trl_ppo_python=args.trl_ppo_python, log=log, rl_env=rl_env)  # fmt: skip
     for n in threads:
         print(f"\n--- {n} thread(s) per run ---", flush=True)
-        base = {"assets": str(assets), "threads": n}
+        base = {"assets": str(assets), "threads": n, "dtype": args.dtype}
         rows = run_rows(plan, base)
         if args.profile:
             profile_missed(rows, base, steps, on_steps, out, log, rl_env)
@@ -759,7 +775,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "table.md").write_text(table + "\n")
     backends = sorted({r.get("cpu_linear", "?") for row in results["rows"] if isinstance(row["rewardlab"], list)
                        for r in row["rewardlab"]})  # fmt: skip
-    print(f"\n{results['machine']}; rewardlab CPU linears: {backends}")
+    print(f"\n{results['machine']}; weights {args.dtype}; rewardlab CPU linears: {backends}")
     print(table)
     print(f"\ntotal {results['elapsed_s'] / 60:.1f} min; results in {out}/results.json")
 
@@ -786,6 +802,11 @@ def run_rows(plan: Plan, base: dict[str, Any]) -> list[dict[str, Any]]:
     log, rl_env = plan.log, plan.rl_env
     for trainer in plan.only:
         for size in plan.sizes:
+            if base.get("dtype", "float32") != "float32" and trainer in FP32_ONLY:
+                print(
+                    f"{trainer}: fp32 only (rewardlab's reward models / TRL 1.12's venv); skipped", flush=True
+                )
+                continue
             if trainer == "ppo-trl" and not Path(plan.trl_ppo_python).is_file():
                 print(f"ppo-trl: no {plan.trl_ppo_python} (make bench-trl-ppo-env); skipped", flush=True)
                 continue
@@ -797,7 +818,8 @@ def run_rows(plan: Plan, base: dict[str, Any]) -> list[dict[str, Any]]:
                         "sampler_calls": 3 if plan.quick else 10}  # fmt: skip
                 res = run_child(spec, log, rl_env)
                 ratios = [a / b for a, b in zip(res["times"]["trl"], res["times"]["rewardlab"])]
-                rows.append({"row": "sampler", "size": size, "threads": n, "ratios": ratios,
+                rows.append({"row": "sampler", "size": size, "threads": n, "dtype": base.get("dtype", "float32"),
+                             "ratios": ratios,
                              "greedy_identical": res["greedy_identical"],
                              "rewardlab": {"tokens_per_s": res["tokens_per_s"]["rewardlab"]},
                              "trl": {"tokens_per_s": res["tokens_per_s"]["trl"]}})  # fmt: skip
@@ -824,7 +846,8 @@ def run_rows(plan: Plan, base: dict[str, Any]) -> list[dict[str, Any]]:
             for side in sides[:-1]:
                 name = side.split("/")[1]
                 ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[side], runs[trl_side])]
-                rows.append({"row": name, "size": size, "threads": n, "ratios": ratios, "rewardlab": runs[side],
+                rows.append({"row": name, "size": size, "threads": n, "dtype": base.get("dtype", "float32"),
+                             "ratios": ratios, "rewardlab": runs[side],
                              "trl": runs[trl_side], "trl_name": trl_side})  # fmt: skip
                 print(f"{name} {size} ({n}t): ratio {_fmt_ratio(ratios)}", flush=True)
     return rows
@@ -921,6 +944,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             rl_tok = statistics.median(row["rewardlab"]["tokens_per_s"])
             trl_tok = statistics.median(row["trl"]["tokens_per_s"])
             same = "greedy identical" if row["greedy_identical"] else "GREEDY DIFFERS"
+            if not row["greedy_identical"] and row.get("dtype") == "bfloat16":
+                same = "greedy differs at bf16 ties"  # a top-2 gap of 0 or 1 ulp in bf16 logits
             lines.append(f"| {label} ({same}) | {size} | {UNIT[name]} | - | - | {rl_tok:,.0f} | {trl_tok:,.0f} | "
                          f"- | - | {_fmt_ratio(row['ratios'])} | {target}x | {met} | - |")  # fmt: skip
             continue

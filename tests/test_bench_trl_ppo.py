@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -68,3 +69,19 @@ def test_a_missing_trl_ppo_venv_skips_the_row_with_a_message(
     out = capsys.readouterr().out
     assert f"ppo-trl: no {tmp_path / 'nope' / 'python'} (make bench-trl-ppo-env); skipped" in out
     assert (tmp_path / "out" / "table.md").read_text().count("\n") == 2  # the header only
+
+
+def test_bf16_skips_the_rows_rewardlab_trains_in_fp32_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_trl, "machine_description", lambda: {})
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "pairs.jsonl").write_text("")
+    bench_trl.main(["--only", "rm,ppo-trl", "--dtype", "bfloat16", "--threads", "1", "--sizes", "1m",
+                    "--assets", str(tmp_path / "assets"), "--out", str(tmp_path / "out")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "rm: fp32 only" in out and "ppo-trl: fp32 only" in out and "weights bfloat16" in out
+    assert (tmp_path / "out" / "table.md").read_text().count("\n") == 2
+    assert bench_trl._dtype({}) == torch.float32 and bench_trl._dtype({"dtype": "bfloat16"}) == torch.bfloat16
+    assert bench_trl._trl_common({"dtype": "bfloat16", "steps": 5, "trainer": "sft"}, "o")["bf16"] is True
+    assert bench_trl._trl_common({"steps": 5, "trainer": "sft"}, "o")["bf16"] is False
