@@ -60,7 +60,10 @@ def test_resolve_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPa
     forced, line = resolve_precision("bf16-mixed")
     assert forced == torch.bfloat16 and "config precision: bf16-mixed" in line
     monkeypatch.setattr(models, "native_bf16", lambda device: (True, "native here"))
-    assert resolve_precision("auto") == (torch.bfloat16, "precision bf16-mixed (config precision: auto; native here)")
+    assert resolve_precision("auto") == (
+        torch.bfloat16,
+        "precision bf16-mixed (config precision: auto; native here)",
+    )
     monkeypatch.setattr(models, "native_bf16", lambda device: (False, "not here"))
     assert resolve_precision("auto") == (None, "precision float32 (config precision: auto; not here)")
     with pytest.raises(ValueError, match="bfloat16 or float16"):
