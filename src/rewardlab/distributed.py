@@ -28,6 +28,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from pydantic import BaseModel
 
+from rewardlab.kernels.precision import training_compute
 from rewardlab.runs import HealthWatch, Run, partial_dir
 
 P = ParamSpec("P")
@@ -148,7 +149,10 @@ def stage_run(acc: Accelerator | PartialState, out_dir: Path | str, stage: str, 
     """The stage's staged :class:`Run` on the main process (it commits the folder), a :class:`ReplicaRun` on the
     others (they read the same ``<name>.partial`` folder)."""
     if acc.is_main_process:
-        return Run(out_dir, stage, config, report_to, quiet, staged=True)
+        run = Run(out_dir, stage, config, report_to, quiet, staged=True)
+        if training_compute() is not None:
+            run.info(f"precision bf16-mixed: the training loop computes in {training_compute()} (autocast)")
+        return run
     return ReplicaRun(out_dir, stage)
 
 
