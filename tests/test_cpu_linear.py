@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,5 +76,35 @@ def test_backend_choice_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
         cpu_linear_backend.cache_clear()
         with pytest.raises(ValueError, match="REWARDLAB_CPU_LINEAR"):
             cpu_linear_backend()
+    finally:
+        cpu_linear_backend.cache_clear()
+
+
+def test_auto_decides_once_per_machine_and_keeps_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REWARDLAB_CPU_LINEAR", "auto")
+    monkeypatch.setenv("REWARDLAB_CACHE_DIR", str(tmp_path))
+    probes: list[str] = []
+
+    def probe(answer: str) -> None:
+        monkeypatch.setattr(cpu_linear, "_probe", lambda: probes.append(answer) or answer)
+
+    try:
+        probe("onednn")
+        cpu_linear_backend.cache_clear()
+        assert cpu_linear_backend() == "onednn" and probes == ["onednn"]
+        kept = json.loads((tmp_path / "cpu_linear.json").read_text())
+        assert kept == {cpu_linear.machine_key(): "onednn"}
+        probe("mkl")  # a later process whose timing would say otherwise reads the kept answer
+        cpu_linear_backend.cache_clear()
+        assert cpu_linear_backend() == "onednn" and probes == ["onednn"]
+        monkeypatch.setattr(cpu_linear, "machine_key", lambda: "another cpu")  # another machine probes anew
+        cpu_linear_backend.cache_clear()
+        assert cpu_linear_backend() == "mkl" and probes == ["onednn", "mkl"]
+        assert set(json.loads((tmp_path / "cpu_linear.json").read_text()).values()) == {"onednn", "mkl"}
+        (tmp_path / "cpu_linear.json").write_text("{not json")  # a damaged file: probe again
+        cpu_linear_backend.cache_clear()
+        assert cpu_linear_backend() == "mkl" and len(probes) == 3
     finally:
         cpu_linear_backend.cache_clear()

@@ -13,16 +13,24 @@ untouched. Results equal MKL's up to float rounding (~1e-6 relative), not bit fo
 uses one backend throughout. Whether to use it is decided once per process by
 :func:`cpu_linear_backend`: the ``REWARDLAB_CPU_LINEAR`` environment variable (``onednn``, ``mkl``
 or ``auto``, the default), where ``auto`` times one training-sized GEMM both ways and keeps oneDNN
-only if it is clearly faster (on CPUs where MKL is at its best nothing changes).
+only if it is clearly faster (on CPUs where MKL is at its best nothing changes). The two backends round
+differently, so ``auto`` decides once per machine: the answer is kept in ``cpu_linear.json`` under
+``REWARDLAB_CACHE_DIR`` (default ``~/.cache/rewardlab``), keyed by CPU model, core count and torch version,
+and every later process on that machine reads it. Without that, a CPU where the two are close (an AVX512-BF16
+EPYC: 100 vs 107 GFLOP/s) could pick either from one timing to the next, and the same seed would give
+different metrics. Delete the file to probe again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,7 +58,8 @@ def _mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
 
 @cache
 def cpu_linear_backend() -> str:
-    """``"onednn"`` or ``"mkl"``: from ``REWARDLAB_CPU_LINEAR``, or (``auto``) a one-off ~0.1 s probe."""
+    """``"onednn"`` or ``"mkl"``: from ``REWARDLAB_CPU_LINEAR``, or (``auto``) the machine's kept choice, made
+    by a one-off ~0.1 s probe the first time (:func:`machine_key`, ``cpu_linear.json``)."""
     choice = os.environ.get(_ENV, "auto").strip().lower()
     if choice not in ("auto", "onednn", "mkl"):
         raise ValueError(f"{_ENV} must be auto, onednn or mkl, got {choice!r}")
@@ -58,6 +67,49 @@ def cpu_linear_backend() -> str:
         return "mkl"
     if choice == "onednn":
         return "onednn"
+    path, key = _choice_file(), machine_key()
+    known = _read_choices(path)
+    if known.get(key) in ("mkl", "onednn"):
+        return str(known[key])
+    chosen = _probe()
+    try:  # atomically, so that concurrent first runs never read a half-written file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**_read_choices(path), key: chosen}, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: this process still uses its probe
+        pass
+    return chosen
+
+
+def machine_key() -> str:
+    """CPU model, logical cores and torch version: what the backend choice is kept for."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}|{os.cpu_count()} cpus|torch {torch.__version__}"
+
+
+def _choice_file() -> Path:
+    root = os.environ.get("REWARDLAB_CACHE_DIR") or Path.home() / ".cache" / "rewardlab"
+    return Path(root) / "cpu_linear.json"
+
+
+def _read_choices(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _probe() -> str:
+    """Time one training-sized GEMM both ways (best of 5, interleaved); oneDNN only if clearly faster."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 256, generator=gen)
     w = torch.randn(768, 256, generator=gen)
