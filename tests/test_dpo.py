@@ -501,23 +501,3 @@ def test_two_processes_give_the_single_process_trajectory(micro, tmp_path):
                     assert v == y[k], (name, k)
     files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(a) == files(b)
-
-
-def test_reference_logps_are_float32_inside_a_mixed_precision_block(tiny):
-    from rewardlab.kernels.precision import set_training_compute, training_linears
-    from rewardlab.optimize.dpo import compute_logps
-
-    tok, model = tiny
-    ex = _examples(tok)
-    pad = int(tok.pad_token_id)
-    plain = compute_logps(model, ex, pad)
-    set_training_compute(torch.bfloat16)
-    try:
-        with training_linears(model):
-            inside = compute_logps(model, ex, pad)
-            assert (
-                model(input_ids=torch.tensor([ex[0].prompt])).logits.dtype == torch.bfloat16
-            )  # autocast is on
-    finally:
-        set_training_compute(None)
-    assert torch.equal(inside[0], plain[0]) and torch.equal(inside[1], plain[1])

@@ -121,18 +121,3 @@ def test_a_stage_sets_the_configs_precision(tmp_path: Path, monkeypatch: pytest.
     assert training_compute() is None
     with pytest.raises(Exception, match="precision"):
         load_config(ROOT / "configs/micro.yaml", ["precision=bf16"])
-
-
-def test_a_mixed_precision_run_says_so_in_each_training_stages_log(tmp_path: Path) -> None:
-    from rewardlab.cli import main
-
-    run = tmp_path / "run"
-    assert main(["run", str(ROOT / "configs/micro.yaml"), "--run-dir", str(run), "--quiet", "--stages",
-                 "pretrain,sft", "--set", "threads=1", "--set", "precision=bf16-mixed"]) == 0  # fmt: skip
-    for stage in ("pretrain", "sft"):
-        log = (run / stage / "run.log").read_text()
-        assert "precision bf16-mixed: the training loop computes in torch.bfloat16 (autocast)" in log
-    plain = tmp_path / "plain"
-    assert main(["run", str(ROOT / "configs/micro.yaml"), "--run-dir", str(plain), "--quiet", "--stages",
-                 "pretrain", "--set", "threads=1"]) == 0  # fmt: skip
-    assert "precision bf16-mixed" not in (plain / "pretrain" / "run.log").read_text()

@@ -29,7 +29,6 @@ from accelerate import Accelerator, PartialState
 from pydantic import BaseModel
 
 from rewardlab.kernels.cpu_linear import cpu_linear_backend
-from rewardlab.kernels.precision import training_compute
 from rewardlab.runs import HealthWatch, Run, partial_dir
 
 P = ParamSpec("P")
@@ -152,8 +151,6 @@ def stage_run(acc: Accelerator | PartialState, out_dir: Path | str, stage: str, 
     if acc.is_main_process:
         run = Run(out_dir, stage, config, report_to, quiet, staged=True)
         run.info(f"CPU linear layers: {cpu_linear_backend()} (REWARDLAB_CPU_LINEAR, kernels/cpu_linear.py)")
-        if training_compute() is not None:
-            run.info(f"precision bf16-mixed: the training loop computes in {training_compute()} (autocast)")
         return run
     return ReplicaRun(out_dir, stage)
 
