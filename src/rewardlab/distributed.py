@@ -28,7 +28,6 @@ import torch
 from accelerate import Accelerator, PartialState
 from pydantic import BaseModel
 
-from rewardlab.kernels.cpu_linear import cpu_linear_backend
 from rewardlab.runs import HealthWatch, Run, partial_dir
 
 P = ParamSpec("P")
@@ -149,9 +148,7 @@ def stage_run(acc: Accelerator | PartialState, out_dir: Path | str, stage: str, 
     """The stage's staged :class:`Run` on the main process (it commits the folder), a :class:`ReplicaRun` on the
     others (they read the same ``<name>.partial`` folder)."""
     if acc.is_main_process:
-        run = Run(out_dir, stage, config, report_to, quiet, staged=True)
-        run.info(f"CPU linear layers: {cpu_linear_backend()} (REWARDLAB_CPU_LINEAR, kernels/cpu_linear.py)")
-        return run
+        return Run(out_dir, stage, config, report_to, quiet, staged=True)
     return ReplicaRun(out_dir, stage)
 
 
