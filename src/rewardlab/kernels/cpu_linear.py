@@ -23,6 +23,7 @@ different metrics. Delete the file to probe again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from rewardlab.utils import atomic_write_text
 
 _ENV = "REWARDLAB_CPU_LINEAR"
 #: ``auto`` keeps oneDNN only when it is at least this much faster than MKL on the probe GEMM.
@@ -72,13 +75,9 @@ def cpu_linear_backend() -> str:
     if known.get(key) in ("mkl", "onednn"):
         return str(known[key])
     chosen = _probe()
-    try:  # atomically, so that concurrent first runs never read a half-written file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**_read_choices(path), key: chosen}, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError:  # a read-only home: this process still uses its probe
-        pass
+    # atomically, so that concurrent first runs never read a half-written file; a read-only home: keep the probe
+    with contextlib.suppress(OSError):
+        atomic_write_text(path, json.dumps({**_read_choices(path), key: chosen}, indent=1) + "\n")
     return chosen
 
 
