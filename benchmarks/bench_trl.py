@@ -10,13 +10,14 @@ Both sides train the same local Llama models (~1M and ~11M params, saved once an
 own subprocess with the same torch thread count on both sides (set before any work), so each run's
 peak RSS (``getrusage`` in the child) is its own. ``--threads 1,2`` (the default) runs the whole table at
 one thread per run, then at two (this machine's cores, ``rewardlab``'s default here), and prints both
-tables and their median ratios side by side. ``--dtype bfloat16`` loads every trained causal LM in bf16 on
-both sides (TRL also with ``bf16=True``, its CPU autocast); it is meant for CPUs with native bf16 (the machine
-line says), skips the reward-model and ``ppo-trl`` rows (rewardlab trains reward models in fp32), and accepts
-greedy differences between the sampler and ``generate`` (bf16 logits tie: top-2 gaps of 0 or 1 ulp).
-
-The runs of a pair alternate (A B, B A, A B, ...) over ``--repeats`` so that drifts in machine load hit
-both sides alike; the ratio rewardlab/TRL is taken within each repeat and reported as min/median/max.
+tables and their median ratios side by side. For CPUs with native bf16 (the machine line says):
+``--dtype bf16-mixed`` keeps float32 weights and computes the training loops in bf16 (rewardlab's
+``precision: bf16-mixed``, TRL's ``bf16=True``: both autocast); ``--dtype bfloat16`` loads every trained
+causal LM in bf16 on both sides (TRL also with ``bf16=True``) and accepts greedy differences between the
+sampler and ``generate`` (bf16 logits tie: top-2 gaps of 0 or 1 ulp). Rows that do not apply are skipped
+with the reason (``SKIPPED``). The runs of a pair alternate
+(A B, B A, A B, ...) over ``--repeats`` so that drifts in machine load hit both sides alike; the
+ratio rewardlab/TRL is taken within each repeat and reported as min/median/max.
 
 Rates exclude warm-up: they run from the end of step ``--warmup`` to the end of the last step
 (TRL: ``on_step_end`` timestamps; rewardlab: the same points of its loops). A *sample* is a pair
@@ -79,7 +80,12 @@ GROUP = 4  # GRPO/PPO generations per prompt
 NEW_TOKENS = 48
 SIZES = ("1m", "11m")
 TRAINERS = ("sampler", "dpo", "rm", "sft", "onpolicy", "ppo-trl")
-FP32_ONLY = ("rm", "ppo-trl")  # rows that --dtype bfloat16 skips: rewardlab trains reward models in fp32
+#: Rows each --dtype skips, and why: rewardlab trains reward models in fp32 weights; TRL 1.12's script is fp32;
+#: under bf16-mixed both samplers run fp32 (autocast covers training only), so the row would repeat fp32's.
+SKIPPED = {"float32": {}, "bfloat16": {"rm": "reward models train in fp32 weights (use bf16-mixed)",
+                                      "ppo-trl": "TRL 1.12's script runs fp32"},
+           "bf16-mixed": {"sampler": "sampling stays fp32 under mixed precision",
+                          "ppo-trl": "TRL 1.12's script runs fp32"}}  # fmt: skip
 TRL_PPO_PYTHON = HERE.parent / ".venv-trl-ppo" / "bin" / "python"  # benchmarks/trl_ppo_env.sh makes it
 
 # Targets: median ratio rewardlab / TRL, per (row, size).
@@ -121,16 +127,17 @@ def _threads(n: int) -> None:
 
 
 def _dtype(spec: dict[str, Any]) -> Any:
-    """The weights' dtype of the trained causal LMs, both sides: float32 (the headline) or bfloat16."""
+    """The weights' dtype of the trained causal LMs, both sides: bfloat16 for ``--dtype bfloat16``, else float32
+    (the headline; ``bf16-mixed`` keeps float32 weights and autocasts)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec.get("dtype", "float32")]
+    return torch.bfloat16 if spec.get("dtype", "float32") == "bfloat16" else torch.float32
 
 
 def _trl_common(spec: dict[str, Any], out: str) -> dict[str, Any]:
     """TrainingArguments shared by every TRL run (no checkpointing, no saving, no reporting); fp32, or with
-    ``--dtype bfloat16`` bf16 weights and ``bf16=True`` (autocast), as a bf16 TRL run on CPU is set up."""
-    bf16 = spec.get("dtype", "float32") == "bfloat16"
+    ``--dtype bfloat16`` / ``bf16-mixed`` ``bf16=True`` (HF Trainer's autocast; bf16 or fp32 weights)."""
+    bf16 = spec.get("dtype", "float32") != "float32"
     return dict(output_dir=out, per_device_train_batch_size=BATCH, max_steps=spec["steps"],
                 learning_rate=LEARNING_RATE[spec["trainer"]], bf16=bf16, fp16=False, use_cpu=bf16,
                 gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to="none",
@@ -614,6 +621,10 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     _threads(spec["threads"])
     import torch
 
+    if spec.get("dtype") == "bf16-mixed" and spec.get("side") == "rewardlab":
+        from rewardlab.kernels.precision import set_training_compute
+
+        set_training_compute(torch.bfloat16)  # what `precision: bf16-mixed` sets in every stage
     sys.path.insert(0, str(HERE))
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
         if spec["trainer"] == "sampler":
@@ -718,9 +729,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", default="1,2",
                     help="torch threads in every run, both sides; a comma list runs the whole table once per "
                     "count (default 1,2: one thread, then this machine's two)")  # fmt: skip
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="weights of the trained causal LMs, both sides (fp32 is the headline; bf16 rows are for "
-                    "CPUs with native bf16, see the machine line; the reward-model and ppo-trl rows are fp32 only)")  # fmt: skip
+    ap.add_argument("--dtype", default="float32", choices=tuple(SKIPPED),
+                    help="float32 (the headline); bfloat16: bf16 weights, both sides; bf16-mixed: float32 weights "
+                    "and bf16 autocast (rewardlab's precision: bf16-mixed, TRL's bf16=True); for CPUs with native "
+                    "bf16 (the machine line says); rows that do not apply are skipped with the reason")  # fmt: skip
     ap.add_argument("--assets", default=None, help="reuse an assets folder (default: build a fresh temp one)")
     ap.add_argument("--out", default="runs/bench_trl", help="folder for results.json, table.md, child logs")
     ap.add_argument("--trl-ppo-python", default=str(TRL_PPO_PYTHON),
@@ -803,10 +815,9 @@ def run_rows(plan: Plan, base: dict[str, Any]) -> list[dict[str, Any]]:
     log, rl_env = plan.log, plan.rl_env
     for trainer in plan.only:
         for size in plan.sizes:
-            if dtype != "float32" and trainer in FP32_ONLY:
-                print(
-                    f"{trainer}: fp32 only (rewardlab's reward models / TRL 1.12's venv); skipped", flush=True
-                )
+            why = SKIPPED[dtype].get(trainer)
+            if why:
+                print(f"{trainer}: skipped under {base['dtype']} ({why})", flush=True)
                 continue
             if trainer == "ppo-trl" and not Path(plan.trl_ppo_python).is_file():
                 print(f"ppo-trl: no {plan.trl_ppo_python} (make bench-trl-ppo-env); skipped", flush=True)

@@ -80,8 +80,11 @@ def test_bf16_skips_the_rows_rewardlab_trains_in_fp32_only(
     bench_trl.main(["--only", "rm,ppo-trl", "--dtype", "bfloat16", "--threads", "1", "--sizes", "1m",
                     "--assets", str(tmp_path / "assets"), "--out", str(tmp_path / "out")])  # fmt: skip
     out = capsys.readouterr().out
-    assert "rm: fp32 only" in out and "ppo-trl: fp32 only" in out and "weights bfloat16" in out
+    assert "rm: skipped under bfloat16" in out and "ppo-trl: skipped under bfloat16" in out
+    assert "weights bfloat16" in out
     assert (tmp_path / "out" / "table.md").read_text().count("\n") == 2
     assert bench_trl._dtype({}) == torch.float32 and bench_trl._dtype({"dtype": "bfloat16"}) == torch.bfloat16
     assert bench_trl._trl_common({"dtype": "bfloat16", "steps": 5, "trainer": "sft"}, "o")["bf16"] is True
     assert bench_trl._trl_common({"steps": 5, "trainer": "sft"}, "o")["bf16"] is False
+    mixed = {"dtype": "bf16-mixed", "steps": 5, "trainer": "sft"}
+    assert bench_trl._dtype(mixed) == torch.float32 and bench_trl._trl_common(mixed, "o")["bf16"] is True

@@ -21,7 +21,7 @@ from rewardlab.feedback.judge import JudgeSourceConfig
 from rewardlab.feedback.simulated import RaterConfig
 from rewardlab.methods import METHODS, OPTIMIZERS
 from rewardlab.policies.lora import LoRAConfig
-from rewardlab.policies.models import DType, ModelConfig
+from rewardlab.policies.models import DType, ModelConfig, Precision
 from rewardlab.policies.tokenizer import Truncation
 from rewardlab.tasks.base import Task, validate_section
 from rewardlab.tasks.registry import TASKS, TaskSpec, build_task, with_default_kind
@@ -698,6 +698,12 @@ class PipelineConfig(_Strict):
         "float32",
         description="weights of the causal LMs the policy stages load: float32, bfloat16, or auto (bf16 only "
         "where the device computes it natively); losses and log-probs stay float32 (docs/models.md)",
+    )
+    precision: Precision = Field(
+        "float32",
+        description="what the training loops compute in: float32, bf16-mixed (autocast to bf16, float32 weights "
+        "and optimizer state; sampling stays float32), or auto (bf16-mixed only where the device computes bf16 "
+        "natively); docs/models.md",
     )
     arm_processes: int = Field(
         0,

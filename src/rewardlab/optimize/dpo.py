@@ -42,6 +42,7 @@ from rewardlab.config import DPOConfig
 from rewardlab.distributed import batch_share, reduce_sums
 from rewardlab.feedback.records import Comparison
 from rewardlab.kernels.cpu_linear import onednn_linears
+from rewardlab.kernels.precision import training_linears
 from rewardlab.losses import (
     PreferenceLoss,
     chosen_nll_loss,
@@ -220,7 +221,7 @@ def compute_logps(
     model.eval()
     chosen = torch.zeros(len(examples))
     rejected = torch.zeros(len(examples))
-    with onednn_linears(model):
+    with torch.autocast(torch.device(device).type, enabled=False), onednn_linears(model):  # float32 always
         for idx in length_sorted_batches([e.packed_length for e in examples], batch_size):
             batch = collate_pairs([examples[i] for i in idx], pad_id, packing).to(device)
             c, r = pair_logps(model, batch)
@@ -372,7 +373,7 @@ def train_dpo(trainee: Trainee, batches: PairStream, cfg: DPOConfig, run: Run, c
     pairs = float((stats or {}).get("pairs", 0.0))
     train_seconds = float((stats or {}).get("train_seconds", 0.0))
     policy.train()
-    with onednn_linears(policy, reference), run.progress(cadence.steps, f"{run.stage} steps") as prog:
+    with training_linears(policy, reference), run.progress(cadence.steps, f"{run.stage} steps") as prog:
         if cadence.start:
             advance(prog, n=cadence.start)
         for step in cadence.range():

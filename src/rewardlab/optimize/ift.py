@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rewardlab.config import IFTConfig
-from rewardlab.kernels.cpu_linear import onednn_linears
+from rewardlab.kernels.precision import training_linears
 from rewardlab.losses import ift_loss, ift_mixed_embeddings, selective_log_softmax
 from rewardlab.optimize.lm import IGNORE, LOG_EVERY
 from rewardlab.runs import Run, advance
@@ -108,7 +108,7 @@ def train_ift(trainee: Trainee, next_batch: Callable[[int], dict[str, Tensor]], 
     model, acc = trainee.model, trainee.acc
     tokens, train_seconds = 0, 0.0
     model.train()
-    with onednn_linears(model), run.progress(cadence.steps, "ift steps") as prog:
+    with training_linears(model), run.progress(cadence.steps, "ift steps") as prog:
         for step in cadence.range():
             t0 = time.perf_counter()
             batch = {k: v.to(acc.device) for k, v in next_batch(step).items()}

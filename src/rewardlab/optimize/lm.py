@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
-from rewardlab.kernels.cpu_linear import onednn_linears
+from rewardlab.kernels.precision import training_linears
 from rewardlab.runs import Run, advance
 from rewardlab.training import Cadence, Trainee, make_optimizer
 from rewardlab.utils import check_finite
@@ -163,7 +163,7 @@ def train_lm(model: PreTrainedModel, next_batch: Callable[[int], dict[str, torch
 
     cadence = dataclasses.replace(cadence, start=start, evaluate=evaluate_and_log if evaluate else None)
     model.train()
-    with onednn_linears(model), run.progress(cadence.steps, "training") as prog:
+    with training_linears(model), run.progress(cadence.steps, "training") as prog:
         if start:
             advance(prog, n=start)
         for step in cadence.range():

@@ -29,7 +29,7 @@ from transformers import AutoModel, PreTrainedModel
 from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
 from rewardlab.distributed import all_reduce_sum, batch_share
-from rewardlab.kernels.cpu_linear import onednn_linears
+from rewardlab.kernels.precision import training_linears
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -78,7 +78,7 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # fmt: skip
-        return self.head(h).squeeze(-1)
+        return self.head(h).squeeze(-1).float()  # float32 values under mixed precision too
 
 
 class SharedValueHead(nn.Module):
@@ -91,7 +91,9 @@ class SharedValueHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # a bf16 trunk, a float32 head
+        return (
+            self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+        )  # bf16 trunk or autocast: float32
 
 
 @dataclass
@@ -114,7 +116,7 @@ def policy_forward(
     # The LM head only where a response token is predicted (the last t + 1 positions, minus the last).
     inner = getattr(policy, "module", policy)  # DDP wraps the model
     keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(type(inner)) else {}
-    with onednn_linears(policy, critic):  # forward here, backward later: both through oneDNN
+    with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
         out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                      output_hidden_states=shared, **keep)  # fmt: skip
         p = batch.prompt_ids.shape[1]

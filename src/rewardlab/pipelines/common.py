@@ -12,8 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rewardlab.config import PipelineConfig
 from rewardlab.feedback.base import LabelFile, Rater
 from rewardlab.feedback.factory import make_source
+from rewardlab.kernels.precision import set_training_compute
 from rewardlab.policies.lora import LoRAConfig, PolicyModel, load_policy
-from rewardlab.policies.models import load_causal_lm, resolve_dtype
+from rewardlab.policies.models import load_causal_lm, resolve_dtype, resolve_precision
 from rewardlab.policies.sampling import sampler_path
 from rewardlab.runs import Run
 from rewardlab.tasks.base import Task
@@ -23,8 +24,11 @@ EVAL_SEED = 1_000_000_007  # the held-out prompts are the same for every stage, 
 
 
 def setup_stage(cfg: PipelineConfig, stage_offset: int = 0) -> Task:
-    """Threads and seeds for a stage, and its task; ``<run_dir>/task.json`` tells the report about the task."""
+    """Threads, seeds and training precision for a stage, and its task; ``<run_dir>/task.json`` tells the report
+    about the task."""
     set_threads(cfg.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the stage
+    set_training_compute(resolve_precision(cfg.precision, device)[0])
     seed_everything(cfg.seed * 1000 + stage_offset)
     task = cfg.build_task()
     if os.environ.get("RANK", "0") == "0":

@@ -154,6 +154,25 @@ def resolve_dtype(choice: DType, device: torch.device | str = "cpu") -> tuple[to
     return (torch.bfloat16 if native else torch.float32), f"dtype {'bfloat16' if native else 'float32'} (config dtype: auto; {why})"  # fmt: skip
 
 
+#: The ``precision`` config choice: what the training loops compute in (weights stay in ``dtype``).
+Precision = Literal["float32", "bf16-mixed", "auto"]
+
+
+def resolve_precision(
+    choice: Precision, device: torch.device | str = "cpu"
+) -> tuple[torch.dtype | None, str]:
+    """The training loops' compute dtype for the config's ``precision`` (``None``: float32) and why.
+
+    ``auto`` picks bf16-mixed only where ``device`` computes bf16 natively (:func:`native_bf16`);
+    ``bf16-mixed`` is honoured anywhere (emulated, slowly, without native support)."""
+    if choice == "float32":
+        return None, "precision float32 (config precision: float32)"
+    native, why = native_bf16(device)
+    if choice == "bf16-mixed" or native:
+        return torch.bfloat16, f"precision bf16-mixed (config precision: {choice}; {why})"
+    return None, f"precision float32 (config precision: auto; {why})"
+
+
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -355,7 +355,8 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
     model.eval()
     restore_attn = _use_eager_attention_on_cpu(model)
     try:
-        with torch.inference_mode():
+        # float32 even inside a mixed-precision training block (kernels/precision.py): small GEMMs are faster
+        with torch.inference_mode(), torch.autocast(prompt_ids.device.type, enabled=False):
             run = dataclasses.replace(d, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                                       temperature=1.0 if d.greedy else float(d.temperature), top_k=int(d.top_k),
                                       top_p=float(d.top_p))  # fmt: skip

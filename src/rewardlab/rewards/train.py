@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rewardlab.checkpoint import Checkpointer
 from rewardlab.distributed import batch_share, make_accelerator, reduce_sums
 from rewardlab.feedback.records import Comparison, Ranking
-from rewardlab.kernels.cpu_linear import onednn_linears
+from rewardlab.kernels.precision import training_linears
 from rewardlab.losses import bradley_terry_loss, expected_calibration_error, plackett_luce_loss
 from rewardlab.policies.packing import PackedRows
 from rewardlab.policies.tokenizer import Limits
@@ -254,6 +254,7 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         else:
             b = collate_sequences([tp.chosen[j] for j in idx] + [tp.rejected[j] for j in idx], pad)
             scores = scorer(b["input_ids"].to(acc.device), b["attention_mask"].to(acc.device), feat)
+        scores = scores.float()  # bf16 under mixed precision: the loss in float32
         r_c, r_r = scores[: len(idx)], scores[len(idx) :]
         loss = bradley_terry_loss(
             r_c, r_r, margin=tp.margin[idx].to(acc.device), target=tp.target[idx].to(acc.device),
@@ -262,7 +263,7 @@ def train_reward_member(model: PreTrainedModel, data: RewardData, cfg: RewardCon
         return loss, r_c, r_r
 
     # 3. the loop: this process's share of each batch, the update, metrics, evaluation, checkpoint
-    with onednn_linears(scorer), run.progress(total, f"reward model {member}") as prog:
+    with training_linears(scorer), run.progress(total, f"reward model {member}") as prog:
         if start:
             advance(prog, n=start)
         for step in range(start + 1, total + 1):
