@@ -90,6 +90,16 @@ def test_no_peak_when_b_not_positive(b):
         assert not fit.peak_in_range
 
 
+def test_rl_peak_too_far_for_a_float_kl_is_no_peak():
+    """b barely positive: d* = exp(a/b - 1) = exp(400) is a float, d*^2 is not (a report once crashed on it)."""
+    d = np.linspace(0.1, 1.0, 12)
+    fit = fit_rl_law(d, _rl(d, 1.0, 1.0 / 401))
+    assert fit.b > 0 and math.isfinite(math.exp(fit.a / fit.b - 1.0))
+    assert fit.d_peak is None and fit.kl_peak is None and fit.peak_value is None
+    assert not fit.peak_in_range
+    assert fit_law("rl", d**2, _rl(d, 1.0, 1.0 / 401)).kl_peak is None
+
+
 def test_bon_no_interior_peak_when_gold_falls_from_start():
     d = np.linspace(0, 2, 10)
     fit = fit_bon_law(d, _bon(d, -0.2, 0.3))

@@ -164,10 +164,13 @@ def fit_rl_law(d: Sequence[float] | np.ndarray, r: Sequence[float] | np.ndarray)
     return _make("rl", a, b, d_arr, r_arr, d_peak)
 
 
+_MAX_D = math.sqrt(1.7976931348623157e308)  # d beyond which d**2 (the KL) overflows
+
+
 def _make(kind: LawKind, a: float, b: float, d: np.ndarray, r: np.ndarray, d_peak: float | None) -> LawFit:
     r2 = _r2(r, _law(kind, a, b, d))
-    if d_peak is not None and not math.isfinite(d_peak):
-        d_peak = None
+    if d_peak is not None and not (math.isfinite(d_peak) and d_peak < _MAX_D):
+        d_peak = None  # a peak whose KL (d**2) overflows a float: none within any KL a run can reach
     kl_peak = d_peak**2 if d_peak is not None else None
     peak_value = float(_law(kind, a, b, np.asarray(d_peak))) if d_peak is not None else None
     return LawFit(kind, a, b, r2, d_peak, kl_peak, peak_value, n_points=int(d.size), d_max=float(d.max()))
