@@ -143,3 +143,32 @@ def test_mixed_precision_block_held_across_steps_sees_every_update() -> None:
                 fresh = model(input_ids=b["input_ids"]).logits
             assert (inside - fresh).abs().max() < 0.1
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "native", "says"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw avx512_vnni\n", False, "no avx512_bf16"),
+        ("flags\t: fpu avx512f avx512_bf16 avx512_vnni\nflags\t: fpu\n", True, "avx512_bf16 in"),
+        ("flags\t: fpu avx512f amx_tile amx_bf16\n", True, "amx_bf16 in"),
+        ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True, "bf16 in"),
+        ("Features\t: fp asimd\n", False, "no native bf16"),
+    ],
+)
+def test_native_bf16_on_cpu_reads_the_cpu_flags(tmp_path: Path, text: str, native: bool, says: str) -> None:
+    """AVX512 without AVX512-BF16 is not native (oneDNN emulates bf16 there, 5x slower than float32)."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(text, encoding="utf-8")
+    ok, why = models.native_bf16("cpu", cpuinfo=info)
+    assert ok is native and says in why
+
+
+def test_native_bf16_without_cpu_flags_asks_onednn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert models.cpu_flags(tmp_path / "absent") is None
+    (tmp_path / "noflags").write_text("processor\t: 0\n", encoding="utf-8")
+    assert models.cpu_flags(tmp_path / "noflags") is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert models.native_bf16("cpu", cpuinfo=tmp_path / "absent") == (
+        True,
+        "the CPU supports bf16 per oneDNN (no CPU flags to read)",
+    )
