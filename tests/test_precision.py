@@ -3,6 +3,7 @@ float32 sampling and DPO reference log-probs (kernels/precision.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,20 @@ def test_native_bf16_without_cpu_flags_asks_onednn(tmp_path: Path, monkeypatch: 
         True,
         "the CPU supports bf16 per oneDNN (no CPU flags to read)",
     )
+
+
+def test_pipeline_pretraining_learns_under_bf16_mixed_as_in_float32(tmp_path: Path) -> None:
+    """The stage as `rewardlab run` drives it (Accelerate, the chunked loss, evaluation inside the loop): the first
+    version of bf16-mixed stayed at loss 3.83 here while float32 reached 2.01."""
+    from rewardlab.pipelines.pretrain import run_pretrain
+
+    def final_loss(precision_choice: str) -> float:
+        run_dir = tmp_path / precision_choice
+        cfg = load_config(ROOT / "configs/micro.yaml", [f"run_dir={run_dir}", f"precision={precision_choice}",
+                                                         "pretrain.steps=60", "pretrain.eval_every=60"])  # fmt: skip
+        run_pretrain(cfg, quiet=True)
+        rows = [json.loads(x) for x in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        return [r["train/loss"] for r in rows if "train/loss" in r][-1]
+
+    fp32, mixed = final_loss("float32"), final_loss("bf16-mixed")
+    assert fp32 < 2.3 and abs(mixed - fp32) < 0.05  # from ~3.9 (uniform over the vocabulary)
