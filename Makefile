@@ -1,5 +1,5 @@
 # rewardlab: two commands on a fresh machine.
-#   make demo   create .venv, install torch (CPU wheel) then rewardlab, run the demonstration (configs/full-curve.yaml)
+#   make demo   create .venv, install torch (CPU wheel) then rewardlab, run the demonstration (configs/demo.yaml, ~6 min)
 #   make test   same install, then the test suite
 #   make bench  rewardlab vs TRL throughput, side by side (benchmarks/RESULTS.md)
 #   make mutation  mutation testing of the measuring code with mutmut (docs/testing.md; not in CI)
@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/rewardlab run configs/full-curve.yaml
+	$(VENV)/bin/rewardlab run configs/demo.yaml
 
 test: install
 	$(PY) -m pytest -m "not slow" -q

@@ -1,4 +1,4 @@
-"""Time `make demo`'s pipeline (configs/full-curve.yaml: time-pressed raters + unbiased control), stage by stage.
+"""Time `make demo`'s pipeline (configs/demo.yaml: time-pressed raters + unbiased control), stage by stage.
 
     python benchmarks/bench_demo.py [CONFIG] [--repeats 3] [--run-dir runs/bench] [--set key=value ...]
 
@@ -35,7 +35,7 @@ def one_run(config: str | None, run_dir: Path, overrides: list[str]) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", nargs="?", default="configs/full-curve.yaml")
+    ap.add_argument("config", nargs="?", default="configs/demo.yaml")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--set", dest="overrides", action="append", default=[])

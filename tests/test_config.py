@@ -20,6 +20,36 @@ def test_default_yaml_equals_builtin_defaults():
     assert cfg.stage_dir("reward") == Path("runs/default/time-pressed-s0/reward")
 
 
+def _leaves(d: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(d, dict):
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def test_make_demo_is_the_full_curve_demonstration_made_smaller():
+    """`make demo` runs configs/demo.yaml: full-curve.yaml's task, raters, SFT data and methods, with only the
+    documented sizes cut (README "The demonstration"); any other difference would change what it shows."""
+    assert "rewardlab run configs/demo.yaml" in (ROOT / "Makefile").read_text(encoding="utf-8")
+    demo = _leaves(load_config(ROOT / "configs/demo.yaml").model_dump())
+    full = _leaves(load_config(ROOT / "configs/full-curve.yaml").model_dump())
+    changed = {k: (full[k], demo[k]) for k in full if demo[k] != full[k]}
+    assert changed == {
+        "run_dir": ("runs/full-curve", "runs/demo"),
+        "pretrain.steps": (1000, 700),
+        "pretrain.eval_every": (250, 700),
+        "sft.steps": (400, 300),
+        "sft.eval_every": (100, 300),
+        "label.num_prompts": (12000, 6000),
+        "reward.epochs": (2, 1),
+        "ppo.prompts_per_step": (32, 16),
+        "ppo.eval_prompts": (1024, 384),
+        "bon.prompts": (512, 128),
+    }
+
+
 def test_overrides_typed_and_nested():
     cfg = load_config(None, ["pretrain.steps=7", "label.rater.preset=unbiased", "task.ops=['+']", "seed=3"])
     assert cfg.pretrain.steps == 7
