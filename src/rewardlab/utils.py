@@ -39,6 +39,20 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def cpuinfo_field(*keys: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The value of the first line of ``cpuinfo`` whose key is one of ``keys`` (e.g. ``"model name"``,
+    ``"flags"``); ``None`` where the file is absent or has no such line (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices cut into batches of ``batch_size`` after a stable sort by length, so that each padded batch
     wastes little compute on padding. Scoring functions batch with this and scatter results back."""

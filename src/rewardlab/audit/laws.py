@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -164,7 +165,7 @@ def fit_rl_law(d: Sequence[float] | np.ndarray, r: Sequence[float] | np.ndarray)
     return _make("rl", a, b, d_arr, r_arr, d_peak)
 
 
-_MAX_D = math.sqrt(1.7976931348623157e308)  # d beyond which d**2 (the KL) overflows
+_MAX_D = math.sqrt(sys.float_info.max)  # d beyond which d**2 (the KL) overflows
 
 
 def _make(kind: LawKind, a: float, b: float, d: np.ndarray, r: np.ndarray, d_peak: float | None) -> LawFit:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rewardlab.utils import atomic_write_text
+from rewardlab.utils import atomic_write_text, cpuinfo_field
 
 _ENV = "REWARDLAB_CPU_LINEAR"
 #: ``auto`` keeps oneDNN only when it is at least this much faster than MKL on the probe GEMM.
@@ -83,14 +83,7 @@ def cpu_linear_backend() -> str:
 
 def machine_key() -> str:
     """CPU model, logical cores and torch version: what the backend choice is kept for."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{model}|{os.cpu_count()} cpus|torch {torch.__version__}"
 
 

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from rewardlab.policies.tokenizer import context_limit
-from rewardlab.utils import RewardlabError, atomic_dir
+from rewardlab.utils import RewardlabError, atomic_dir, cpuinfo_field
 
 
 class ModelConfig(BaseModel):
@@ -132,15 +132,8 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
     """The CPU's feature flags (the first ``flags`` or ``Features`` line of ``cpuinfo``); ``None`` where the
     file is absent or has no such line (not Linux)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return None
+    value = cpuinfo_field("flags", "Features", cpuinfo=cpuinfo)
+    return None if value is None else set(value.split())
 
 
 def native_bf16(device: torch.device | str, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[bool, str]:
