@@ -126,3 +126,51 @@ def test_kl_is_zero_against_itself(models, monkeypatch) -> None:
     row, *_ = _audit((policy, policy), monkeypatch, None)
     for k in ("k1", "k2", "k3"):
         assert abs(row[f"kl/{k}"]) < 1e-4
+
+
+def test_the_policy_forward_runs_only_for_non_float32_weights(models, monkeypatch) -> None:
+    """A float32 policy's log-probs come from its sampler (the test above checks them against a separate
+    forward); with bf16 weights cached decoding and a full forward round differently, so the audit runs it."""
+    policy, ref = models
+    called: list[Any] = []
+    real = tracker.response_logprobs
+
+    def counted(model: Any, *args: Any, **kwargs: Any) -> Any:
+        called.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(tracker, "response_logprobs", counted)
+    _audit(models, monkeypatch, None)
+    assert len(called) == 3 and all(m is ref for m in called)  # one reference forward per batch
+    called.clear()
+    bf16 = copy.deepcopy(policy).to(torch.bfloat16)
+    _audit((bf16, ref), monkeypatch, None)
+    assert sum(m is bf16 for m in called) == 3 and sum(m is ref for m in called) == 3
+
+
+def test_chunked_response_logprobs_equal_one_untrimmed_block(models) -> None:
+    """Length-sorted chunks without their padding columns give a one-block forward's log-probs and entropies
+    (on real tokens), scattered back to their rows; trimming keeps every real token, its mask and position."""
+    policy, _ = models
+    problems = TASK.sample_items(40, seed=4, split="eval")
+    ids, mask = tracker.encode_prompts(TOK, [TASK.prompt(p) for p in problems], 8)
+    b = tracker.sample(policy, ids, mask, max_new_tokens=8, eos_token_id=int(TOK.eos_token_id),
+                       pad_token_id=int(TOK.pad_token_id), generator=torch.Generator().manual_seed(2))  # fmt: skip
+    lengths = (b.prompt_mask.sum(1) + b.response_mask.sum(1)).tolist()
+    assert len(set(lengths)) > 3 and b.prompt_mask[:, 0].sum() < len(
+        b
+    )  # rows of several lengths, left padding
+    with torch.no_grad():
+        whole, whole_ent = tracker._response_logprobs(policy, b, 0.9, True)
+        chunked, chunked_ent = tracker.response_logprobs(policy, b, 0.9, with_entropy=True, rows=7)
+    real = b.response_mask.bool()
+    assert whole_ent is not None and chunked_ent is not None
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)  # 0 on padding in both
+    torch.testing.assert_close(chunked_ent[real], whole_ent[real], atol=1e-5, rtol=0)
+    short = torch.argsort(torch.tensor(lengths))[:7]
+    part = b.select(short, trim=True)
+    assert part.prompt_ids.shape[1] < b.prompt_ids.shape[1] and bool(part.prompt_mask[:, 0].any())
+    assert part.response_ids.shape[1] == int(b.response_mask[short].sum(1).max())
+    for row, i in enumerate(short.tolist()):
+        kept = part.input_ids[row][part.attention_mask[row].bool()]
+        assert kept.tolist() == b.input_ids[i][b.attention_mask[i].bool()].tolist()

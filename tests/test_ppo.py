@@ -157,6 +157,7 @@ def test_one_update_per_rollout_skips_the_known_forwards(monkeypatch):
         return real_forward(*a, **k)
 
     monkeypatch.setattr(ppo, "policy_forward", counted)
+    monkeypatch.setattr(ppo, "old_logprobs_from_sampler", lambda _p: False)  # as under bf16-mixed
     updated = []
     for single in (True, False):
         monkeypatch.setattr(ppo, "single_update", lambda _c, s=single: s)
@@ -179,3 +180,49 @@ def test_one_update_per_rollout_skips_the_known_forwards(monkeypatch):
             assert stats["val/ratio"] == 1.0 and stats["val/ratio_var"] == 0.0
         updated.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
     torch.testing.assert_close(updated[0], updated[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_float32_rollout_takes_the_samplers_logprobs(monkeypatch, value_model):
+    """Float32 PPO with several updates per rollout: the old log-probs are the sampler's (a separate critic runs
+    alone for the values), equal to a training forward's up to rounding, so the first minibatch's ratio is 1
+    within 1e-5. A shared value head needs the policy's hidden states; mixed precision rounds the training
+    forward to bf16: both run the policy forward, as before."""
+    from rewardlab.kernels.precision import set_training_compute
+    from rewardlab.optimize import ppo
+
+    c = cfg(advantage="gae", kl_coef=0.1)
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+    calls = {"n": 0}
+    real_forward = ppo.policy_forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(ppo, "policy_forward", counted)
+    policy, ref = tiny_policy(0), tiny_policy(1)
+    critic = ValueModel(tiny_policy(3).model) if value_model == "separate" else SharedValueHead(32)
+
+    def rollout():
+        calls["n"] = 0
+        return make_rollout(Actors(policy, ref, critic, WordProxy("the"), TOK), prompts, c, 0.1,
+                            torch.Generator().manual_seed(0))  # fmt: skip
+
+    ro = rollout()
+    own = 1 if value_model == "shared" else 0
+    assert calls["n"] == own + 1  # the reference's forward, and the policy's only for a shared head
+    forward = real_forward(policy, critic, ro.batch, c.temperature)
+    mask = ro.mask
+    torch.testing.assert_close(ro.logprobs, forward.logprobs * mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.values, forward.values * mask, atol=1e-6, rtol=0)
+    if value_model == "separate":
+        assert torch.equal(ro.logprobs, ro.batch.logprobs)
+    ratio = torch.exp(forward.logprobs.detach() - ro.logprobs)[mask.bool()]
+    assert float((ratio - 1).abs().max()) < 1e-5
+    set_training_compute(torch.bfloat16)
+    try:
+        rollout()
+        assert calls["n"] == 2  # policy (with the values) and reference
+    finally:
+        set_training_compute(None)

@@ -29,7 +29,7 @@ from transformers import AutoModel, PreTrainedModel
 from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
 from rewardlab.distributed import all_reduce_sum, batch_share
-from rewardlab.kernels.precision import training_linears
+from rewardlab.kernels.precision import training_compute, training_linears
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -43,7 +43,13 @@ from rewardlab.losses import (
     rloo_advantages,
     selective_log_softmax,
 )
-from rewardlab.policies.sampling import SampleBatch, _accepts_logits_to_keep, encode_prompts, sample
+from rewardlab.policies.sampling import (
+    SampleBatch,
+    _accepts_logits_to_keep,
+    encode_prompts,
+    float32_weights,
+    sample,
+)
 from rewardlab.policies.tokenizer import decode_completion
 from rewardlab.rewards.proxy import Proxy
 from rewardlab.utils import RewardlabError, check_finite
@@ -127,8 +133,22 @@ def policy_forward(
         if shared:
             values = critic(out.hidden_states[-1][:, p - 1 : -1])  # type: ignore[misc]
         elif critic is not None:
-            values = critic(ids, mask)[:, p - 1 : -1]
+            values = critic_values(critic, batch)
     return PolicyOutput(logp, ent, values)
+
+
+def critic_values(critic: nn.Module, batch: SampleBatch) -> torch.Tensor:
+    """A separate critic's values [B, T] of the response tokens, each read at the position before it."""
+    p = batch.prompt_ids.shape[1]
+    with training_linears(critic):
+        return critic(batch.input_ids, batch.attention_mask)[:, p - 1 : -1]
+
+
+def old_logprobs_from_sampler(policy: nn.Module) -> bool:
+    """Whether the rollout's old log-probs may be the sampler's: float32 weights (:func:`float32_weights`)
+    and float32 training forwards (no ``precision: bf16-mixed``), so that the first update's ratio is 1 up
+    to float rounding. Under mixed precision the training forward rounds to bf16 and its own forward is run."""
+    return training_compute() is None and float32_weights(getattr(policy, "module", policy))
 
 
 @dataclass
@@ -187,11 +207,14 @@ def sample_and_score(
 ) -> RolloutSamples:
     """Sample one completion per prompt (prompts already repeated k times), with log-probs, values and scores.
 
-    Two forwards are skipped when their result is known: with ``ref=None`` (no reference, as TRL's
-    GRPO with ``beta=0``) the reference log-probs are the policy's (every KL term is 0); with a
-    single gradient step per rollout (:func:`single_update`) and no critic, the old log-probs are
-    the sampler's (same distribution, from its own forward) and :func:`ppo_update` takes the
-    ratio's denominator from its first forward, as TRL does.
+    Forwards are skipped when their result is known: with ``ref=None`` (no reference, as TRL's
+    GRPO with ``beta=0``) the reference log-probs are the policy's (every KL term is 0). The old
+    log-probs are the sampler's (the same distribution, from its own decoding forwards) when a
+    training forward would give them up to float rounding: float32 weights and float32 training
+    compute (:func:`old_logprobs_from_sampler`); a separate critic then runs alone for the values.
+    With a single gradient step per rollout (:func:`single_update`) and no critic they are the
+    sampler's whatever the precision, and :func:`ppo_update` takes the ratio's denominator from its
+    first forward, as TRL does.
     """
     policy, ref, critic, reward_model, tokenizer = actors
     device = next(policy.parameters()).device
@@ -200,9 +223,11 @@ def sample_and_score(
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
                    temperature=cfg.temperature, generator=generator)  # fmt: skip
     mask = batch.response_mask.float()
-    pol = None
-    if critic is not None or not single_update(cfg):
-        pol = policy_forward(policy, critic, batch, cfg.temperature)
+    shared = isinstance(critic, SharedValueHead)  # its values need the policy's hidden states
+    from_sampler = not shared and (
+        old_logprobs_from_sampler(policy) or (critic is None and single_update(cfg))
+    )
+    pol = None if from_sampler else policy_forward(policy, critic, batch, cfg.temperature)
     logp = (pol.logprobs if pol is not None else batch.logprobs.to(mask.device)) * mask
     ref_logp = logp if ref is None else policy_forward(ref, None, batch, cfg.temperature).logprobs * mask
     responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
@@ -210,7 +235,10 @@ def sample_and_score(
     alpha = cfg.score_alpha if cfg.score_alpha is not None else float(getattr(reward_model, "alpha", 1.0))
     raw = rm_scores.mean if cfg.score == "mean" else ensemble_score(rm_scores.members, cfg.score, alpha)
     raw = raw.to(device)
-    values = pol.values * mask if pol is not None and pol.values is not None else None
+    values = pol.values if pol is not None else None
+    if pol is None and critic is not None:
+        values = critic_values(critic, batch)
+    values = values * mask if values is not None else None
     dense = dense_proxy_rewards(reward_model, prompts, responses, batch.response_lengths, mask.shape[1], cfg)
     dense = None if dense is None else dense.to(device)
     return RolloutSamples(batch, logp, ref_logp, values, raw, responses, dense)
@@ -388,7 +416,7 @@ def ppo_update(
                 tokens_mb = float(ro.mask[idx].sum())
                 idx = idx[share.rows]
                 weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
-            mb = _slice_batch(ro.batch, idx)
+            mb = ro.batch.select(idx)
             m = ro.mask[idx]
             out = policy_forward(policy, critic, mb, cfg.temperature)
             # One step per rollout: the current policy is the one that sampled, so its own log-probs
@@ -472,8 +500,3 @@ def rollout_metrics(ro: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, fl
         "val/truncated_rate": float(1 - eos.mean()),
         "val/response_length": float(ro.mask.sum(1).mean()),
     }
-
-
-def _slice_batch(b: SampleBatch, idx: torch.Tensor) -> SampleBatch:
-    return SampleBatch(prompt_ids=b.prompt_ids[idx], prompt_mask=b.prompt_mask[idx], response_ids=b.response_ids[idx],
-                       response_mask=b.response_mask[idx], logprobs=b.logprobs[idx], finished=b.finished[idx])  # fmt: skip

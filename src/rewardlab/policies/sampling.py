@@ -168,6 +168,29 @@ class SampleBatch:
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])
 
+    def select(self, idx: Tensor, trim: bool = False) -> SampleBatch:
+        """Rows ``idx``; with ``trim``, without the prompt columns that are padding in every selected row (on
+        the left) and the response columns past the longest selected response (on the right): the same
+        tokens, masks and positions (:func:`~rewardlab.audit.tracker.position_ids_from_mask`), less padding."""
+        b = SampleBatch(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
+        if not trim or len(b) == 0:
+            return b
+        first = int(b.prompt_mask.bool().any(dim=0).long().argmax())  # the first column with a real token
+        width = max(int(b.response_mask.sum(dim=1).max()), 1)
+        return SampleBatch(b.prompt_ids[:, first:], b.prompt_mask[:, first:], b.response_ids[:, :width],
+                           b.response_mask[:, :width], b.logprobs[:, :width], b.finished)  # fmt: skip
+
+
+def float32_weights(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight of ``model`` is float32.
+
+    Then the log-probs :func:`sample` returns (from its cached decoding forwards, in float32) are those a
+    float32 forward over the finished sequences gives, up to float summation order (~1e-6): callers take
+    them instead of a second forward (the audit's KL, PPO's old log-probs). With bf16 weights the two
+    round differently (~1e-2 per token), and the callers run the forward.
+    """
+    return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+
 
 def _validate(prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding) -> None:
     max_new_tokens, temperature, top_k, top_p, greedy = (

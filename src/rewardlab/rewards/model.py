@@ -275,6 +275,13 @@ class RewardScores:
         return self.mean - alpha * self.std
 
 
+#: Rows per scoring forward (members and verifier). Padded batches of a few hundred rows run the masked
+#: forwards markedly slower than the same rows in batches of 128: scoring 384 PPO audit samples with the
+#: demo's ~1M member and verifier took 0.89 s in one batch of 512 and 0.51 s in batches of 128 (one thread;
+#: 0.51 vs 0.27 s with two), 4,096 best-of-n samples 6.8 vs 4.7 s.
+SCORE_BATCH = 128
+
+
 class RewardModel:
     """The proxy: one or more scalar-head members with normalization, scoring (prompt, completion) pairs."""
 
@@ -329,13 +336,17 @@ class RewardModel:
         )
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = 512,
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = SCORE_BATCH,
               normalized: bool = True) -> RewardScores:  # fmt: skip
         pad = int(self.tokenizer.pad_token_id)  # type: ignore[arg-type]
         for m in self.members:
             m.eval()
         ex = encode_for_reward(self.tokenizer, prompts, completions, self.backbone, self.scoring_limits())
-        feats = verifier_features(self.verifier, self.tokenizer, ex) if self.verifier is not None else None
+        feats = (
+            verifier_features(self.verifier, self.tokenizer, ex, batch_size)
+            if self.verifier is not None
+            else None
+        )
         members = torch.zeros(len(self.members), len(ex))
         for idx in length_sorted_batches([len(p) + len(c) for p, c in ex], batch_size):
             b = collate_sequences([ex[i][0] + ex[i][1] for i in idx], pad)
