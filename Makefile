@@ -1,5 +1,5 @@
 # rewardlab: two commands on a fresh machine.
-#   make demo   create .venv, install torch (CPU wheel) then rewardlab, run the demonstration (configs/demo.yaml, ~6 min)
+#   make demo   create .venv, install torch (CPU wheel) then rewardlab, run the demonstration (configs/demo.yaml, ~4 min)
 #   make test   same install, then the test suite
 #   make bench  rewardlab vs TRL throughput, side by side (benchmarks/RESULTS.md)
 #   make mutation  mutation testing of the measuring code with mutmut (docs/testing.md; not in CI)

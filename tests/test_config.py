@@ -38,13 +38,15 @@ def test_make_demo_is_the_full_curve_demonstration_made_smaller():
     changed = {k: (full[k], demo[k]) for k in full if demo[k] != full[k]}
     assert changed == {
         "run_dir": ("runs/full-curve", "runs/demo"),
-        "pretrain.steps": (1000, 700),
-        "pretrain.eval_every": (250, 700),
+        "pretrain.batch_size": (128, 48),
+        "pretrain.eval_every": (250, 1000),
         "sft.steps": (400, 300),
         "sft.eval_every": (100, 300),
         "label.num_prompts": (12000, 6000),
         "reward.epochs": (2, 1),
+        "reward.shared_prompt": (False, True),
         "ppo.prompts_per_step": (32, 16),
+        "ppo.value_model": ("separate", "shared"),
         "ppo.eval_prompts": (1024, 384),
         "bon.prompts": (512, 128),
     }
