@@ -51,6 +51,21 @@ def cfg(**kw):
     return PPOConfig(**base)
 
 
+def count_policy_forwards(monkeypatch):
+    """Count the calls of ``ppo.policy_forward`` (``calls["n"]``); returns the counter and the real function."""
+    from rewardlab.optimize import ppo
+
+    calls = {"n": 0}
+    real_forward = ppo.policy_forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(ppo, "policy_forward", counted)
+    return calls, real_forward
+
+
 @pytest.mark.parametrize("advantage", ["gae", "rloo", "grpo"])
 def test_rollout_rewards_structure(advantage):
     c = cfg(advantage=advantage, kl_coef=0.1)
@@ -149,14 +164,7 @@ def test_one_update_per_rollout_skips_the_known_forwards(monkeypatch):
 
     c = cfg(advantage="grpo", ppo_epochs=1, minibatches=1, kl_coef=0.0)
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
-    calls = {"n": 0}
-    real_forward = ppo.policy_forward
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return real_forward(*a, **k)
-
-    monkeypatch.setattr(ppo, "policy_forward", counted)
+    calls, _ = count_policy_forwards(monkeypatch)
     monkeypatch.setattr(ppo, "old_logprobs_from_sampler", lambda _p: False)  # as under bf16-mixed
     updated = []
     for single in (True, False):
@@ -189,18 +197,10 @@ def test_float32_rollout_takes_the_samplers_logprobs(monkeypatch, value_model):
     within 1e-5. A shared value head needs the policy's hidden states; mixed precision rounds the training
     forward to bf16: both run the policy forward, as before."""
     from rewardlab.kernels.precision import set_training_compute
-    from rewardlab.optimize import ppo
 
     c = cfg(advantage="gae", kl_coef=0.1)
     prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
-    calls = {"n": 0}
-    real_forward = ppo.policy_forward
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return real_forward(*a, **k)
-
-    monkeypatch.setattr(ppo, "policy_forward", counted)
+    calls, real_forward = count_policy_forwards(monkeypatch)
     policy, ref = tiny_policy(0), tiny_policy(1)
     critic = ValueModel(tiny_policy(3).model) if value_model == "separate" else SharedValueHead(32)
 
