@@ -236,7 +236,7 @@ def sample_and_score(
     raw = rm_scores.mean if cfg.score == "mean" else ensemble_score(rm_scores.members, cfg.score, alpha)
     raw = raw.to(device)
     values = pol.values if pol is not None else None
-    if pol is None and critic is not None:
+    if pol is None and critic is not None:  # the sampler gave the log-probs: a separate critic runs alone
         values = critic_values(critic, batch)
     values = values * mask if values is not None else None
     dense = dense_proxy_rewards(reward_model, prompts, responses, batch.response_lengths, mask.shape[1], cfg)

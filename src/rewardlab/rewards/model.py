@@ -36,7 +36,7 @@ from rewardlab.policies.tokenizer import (
     encode_examples,
 )
 from rewardlab.rewards.verifier import verifier_features
-from rewardlab.utils import RewardlabError, atomic_dir, length_sorted_batches
+from rewardlab.utils import SCORE_BATCH, RewardlabError, atomic_dir, length_sorted_batches
 
 
 def collate_sequences(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -273,13 +273,6 @@ class RewardScores:
 
     def conservative(self, alpha: float) -> torch.Tensor:
         return self.mean - alpha * self.std
-
-
-#: Rows per scoring forward (members and verifier). Padded batches of a few hundred rows run the masked
-#: forwards markedly slower than the same rows in batches of 128: scoring 384 PPO audit samples with the
-#: demo's ~1M member and verifier took 0.89 s in one batch of 512 and 0.51 s in batches of 128 (one thread;
-#: 0.51 vs 0.27 s with two), 4,096 best-of-n samples 6.8 vs 4.7 s.
-SCORE_BATCH = 128
 
 
 class RewardModel:

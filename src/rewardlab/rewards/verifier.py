@@ -29,7 +29,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.losses import selective_log_softmax
-from rewardlab.utils import length_sorted_batches
+from rewardlab.utils import SCORE_BATCH, length_sorted_batches
 
 FEATURE_CAP = 20.0
 
@@ -65,12 +65,11 @@ def verifier_features(
     verifier: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[tuple[list[int], list[int]]],
-    batch_size: int = 128,
+    batch_size: int = SCORE_BATCH,
 ) -> torch.Tensor:
     """f(x, y) for (prompt_ids, completion_ids) pairs: summed verifier log-prob of the answer and its end.
 
-    ``batch_size`` rows per forward, length-sorted (128, as :data:`rewardlab.rewards.model.SCORE_BATCH`: faster
-    than larger padded batches)."""
+    ``batch_size`` rows per forward, length-sorted (:data:`~rewardlab.utils.SCORE_BATCH`)."""
     digits = digit_token_ids(tokenizer)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     device = next(verifier.parameters()).device
