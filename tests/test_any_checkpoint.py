@@ -171,6 +171,10 @@ def test_both_sampler_paths_give_valid_samples_with_training_log_probs(checkpoin
         m = a.response_mask
         assert torch.allclose(lp * m, a.logprobs, atol=1e-5), (arch, greedy)
         assert bool((a.logprobs[m.bool()] < 0).all())
+    hidden = sample(model, ids, mask, max_new_tokens=10, eos_token_id=tok.eos_token_id, hidden_states=True,
+                    pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(3)).hidden  # fmt: skip
+    # generate records none: there PPO's shared value head runs the policy forward
+    assert (hidden is None) == (arch == "gpt2")
     if arch == "gpt2":  # generate's randomness comes from the generator, not the global RNG
         torch.manual_seed(0)
         first = sample(model, ids, mask, max_new_tokens=6, eos_token_id=tok.eos_token_id,

@@ -278,6 +278,51 @@ def test_logprobs_match_full_forward(
     assert (out.logprobs[real] <= 0).all()
 
 
+@pytest.mark.parametrize("path", ["fast", "fast-onednn", "loop", "one-prefill"])
+def test_hidden_states_match_full_forward(
+    llama: PreTrainedModel,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """``hidden_states=True`` records, for every response token, the final hidden state it was sampled from:
+    a training forward's ``hidden_states[-1]`` at the position before it (what PPO's shared value head reads),
+    on the fast decoder (exact MKL and oneDNN-packed), on transformers' forward, through deduplicated and
+    bucketed prefills (repeated prompts of different lengths) or one plain prefill, with rows compacted as
+    they finish; 0 at padding. Without the flag nothing is recorded."""
+    ids, mask = prompts
+    ids, mask = ids[:12].repeat(2, 1), mask[:12].repeat(2, 1)  # repeated prompts: the prefill dedups them
+    monkeypatch.setattr(sampling, "_COMPACT_FRACTION", 0.0)
+    monkeypatch.setattr(sampling, "_COMPACT_MIN", 1)
+    monkeypatch.setattr(sampling, "_BUCKET_OVERHEAD_TOKENS", 0)
+    monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", path == "fast-onednn")
+    if path == "fast-onednn":
+        monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)
+    monkeypatch.setattr(sampling, "_FAST_DECODE", path != "loop")
+    if path == "one-prefill":
+        monkeypatch.setattr(sampling, "_DEDUP_PROMPTS", False)
+        monkeypatch.setattr(sampling, "_MAX_PREFILL_BUCKETS", 1)
+    kw = dict(max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
+    out = sample(llama, ids, mask, generator=_gen(2), hidden_states=True, **kw)  # type: ignore[arg-type]
+    assert sampling.sampler_path(llama)[0] == ("loop" if path == "loop" else "fast")
+    real = out.response_mask.bool()
+    lengths = out.response_lengths
+    assert out.hidden is not None and int(lengths.min()) < out.response_ids.shape[1]  # rows finished early
+    am = out.attention_mask
+    with torch.no_grad():
+        states = llama(input_ids=out.input_ids, attention_mask=am, position_ids=(am.cumsum(1) - 1).clamp_min(0),
+                       output_hidden_states=True).hidden_states[-1]  # fmt: skip
+    p, t = out.prompt_ids.shape[1], out.response_ids.shape[1]
+    expected = states[:, p - 1 : p - 1 + t]
+    assert out.hidden.shape == expected.shape
+    torch.testing.assert_close(out.hidden[real], expected[real], atol=2e-5, rtol=1e-5)
+    assert out.hidden[~real].eq(0).all()
+    assert out.select(torch.tensor([3, 1]), trim=True).hidden.shape[1] == int(lengths[[3, 1]].max())
+    plain = sample(llama, ids, mask, generator=_gen(2), **kw)  # type: ignore[arg-type]
+    assert plain.hidden is None and torch.equal(plain.response_ids, out.response_ids)
+    assert plain.select(torch.tensor([0])).hidden is None
+
+
 def test_greedy_logprobs_use_temperature_one(
     llama: PreTrainedModel, prompts: tuple[torch.Tensor, torch.Tensor]
 ) -> None:

@@ -88,6 +88,7 @@ class FastDecoder:
         self.batch = batch
         self.lm_head = self._weights(head.weight, head.bias)
         param = self.embed
+        self.hidden = param.new_empty((0, param.shape[1]))  # the last step's final hidden state, [b, D]
         # a compiled step's mask: the caller's copied in, its slots past the caller's total_len masked
         self.mask = param.new_full(
             (batch, 1, 1, total_len if self.compiled else 0), torch.finfo(param.dtype).min
@@ -204,7 +205,8 @@ class FastDecoder:
                 "kv_heads": self.kv_heads, "head_dim": self.head_dim, "scaling": self.scaling}  # fmt: skip
 
     def step(self, tokens: Tensor, positions: Tensor, mask: Tensor, slot: int) -> Tensor:
-        """Logits ``[b, V]`` for one token per row at ``positions`` ``[b]``, written to cache ``slot``.
+        """Logits ``[b, V]`` for one token per row at ``positions`` ``[b]``, written to cache ``slot``; the final
+        (normed) hidden state ``[b, D]`` they came from, the LM head's input, is left in :attr:`hidden`.
 
         ``mask`` is the additive ``[b, 1, 1, total_len]`` attention mask (0 = attend); a compiled step
         masks the cache slots past ``total_len`` too.
@@ -219,19 +221,21 @@ class FastDecoder:
         args = (tokens, positions, mask, slot_idx, self.net())
         if self.compiled:
             try:
-                return _compiled_step()(*args)
+                logits, self.hidden = _compiled_step()(*args)
+                return logits
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran
                 _log.warning("compiled decode step: recompile limit hit; this call decodes eagerly")
                 self.compiled = False
-        return _decode_step(*args)
+        logits, self.hidden = _decode_step(*args)
+        return logits
 
 
 def _decode_step(
     tokens: Tensor, positions: Tensor, mask: Tensor, slot_idx: Tensor, net: dict[str, Any]
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """:meth:`FastDecoder.step` on plain arguments (tensors; ``net``: a dict of tensors, lists of them and
     Python numbers, see :meth:`FastDecoder.net`), so that ``torch.compile`` guards on shapes and values
-    only, not on one decoder's identity."""
+    only, not on one decoder's identity. Returns the logits ``[b, V]`` and the final hidden state ``[b, D]``."""
     heads, kv_heads, head_dim, scaling = net["heads"], net["kv_heads"], net["head_dim"], net["scaling"]
     layers, keys, values = net["layers"], net["keys"], net["values"]
     b = tokens.shape[0]
@@ -273,14 +277,14 @@ def _decode_step(
         else:
             gate, up = _linear(x, w["gate"]), _linear(x, w["up"])
         h = residual + _linear(w["act"](gate) * up, w["down"])
-    h = _rms_norm(h, *net["final_norm"])
-    return _linear(h[:, -1], net["lm_head"])
+    h = _rms_norm(h, *net["final_norm"])[:, -1]
+    return _linear(h, net["lm_head"]), h
 
 
-_COMPILED: list[Callable[..., Tensor]] = []
+_COMPILED: list[Callable[..., tuple[Tensor, Tensor]]] = []
 
 
-def _compiled_step() -> Callable[..., Tensor]:
+def _compiled_step() -> Callable[..., tuple[Tensor, Tensor]]:
     """``torch.compile(_decode_step)``, made once per process (dynamo caches its graphs per shape)."""
     if not _COMPILED:
         options = {"cpp_wrapper": True}  # the graph's kernel calls from C++: less Python per step

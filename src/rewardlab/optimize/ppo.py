@@ -211,7 +211,9 @@ def sample_and_score(
     GRPO with ``beta=0``) the reference log-probs are the policy's (every KL term is 0). The old
     log-probs are the sampler's (the same distribution, from its own decoding forwards) when a
     training forward would give them up to float rounding: float32 weights and float32 training
-    compute (:func:`old_logprobs_from_sampler`); a separate critic then runs alone for the values.
+    compute (:func:`old_logprobs_from_sampler`); a separate critic then runs alone for the values,
+    and a value head on the policy's trunk reads the final hidden states the sampler recorded
+    (:attr:`~rewardlab.policies.sampling.SampleBatch.hidden`), so the policy runs no forward at all.
     With a single gradient step per rollout (:func:`single_update`) and no critic they are the
     sampler's whatever the precision, and :func:`ppo_update` takes the ratio's denominator from its
     first forward, as TRL does.
@@ -219,14 +221,17 @@ def sample_and_score(
     policy, ref, critic, reward_model, tokenizer = actors
     device = next(policy.parameters()).device
     ids, pmask = encode_prompts(tokenizer, prompts, cfg.max_new_tokens)
+    shared = isinstance(critic, SharedValueHead)  # its values read the policy's final hidden states
+    exact = old_logprobs_from_sampler(policy)
     batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
-                   temperature=cfg.temperature, generator=generator)  # fmt: skip
+                   temperature=cfg.temperature, generator=generator,
+                   hidden_states=shared and exact)  # fmt: skip
     mask = batch.response_mask.float()
-    shared = isinstance(critic, SharedValueHead)  # its values need the policy's hidden states
-    from_sampler = not shared and (
-        old_logprobs_from_sampler(policy) or (critic is None and single_update(cfg))
-    )
+    if shared:  # the sampler's hidden states (None on the generate path) stand in for the forward's
+        from_sampler = exact and batch.hidden is not None
+    else:
+        from_sampler = exact or (critic is None and single_update(cfg))
     pol = None if from_sampler else policy_forward(policy, critic, batch, cfg.temperature)
     logp = (pol.logprobs if pol is not None else batch.logprobs.to(mask.device)) * mask
     ref_logp = logp if ref is None else policy_forward(ref, None, batch, cfg.temperature).logprobs * mask
@@ -236,7 +241,9 @@ def sample_and_score(
     raw = rm_scores.mean if cfg.score == "mean" else ensemble_score(rm_scores.members, cfg.score, alpha)
     raw = raw.to(device)
     values = pol.values if pol is not None else None
-    if pol is None and critic is not None:  # the sampler gave the log-probs: a separate critic runs alone
+    if pol is None and shared:  # the value head on the hidden states the sampler recorded
+        values = critic(batch.hidden)  # type: ignore[misc]
+    elif pol is None and critic is not None:  # the sampler gave the log-probs: a separate critic runs alone
         values = critic_values(critic, batch)
     values = values * mask if values is not None else None
     dense = dense_proxy_rewards(reward_model, prompts, responses, batch.response_lengths, mask.shape[1], cfg)

@@ -29,10 +29,11 @@ randomness drawn from ``generator`` and its log-probs from the unprocessed logit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -139,6 +140,10 @@ class SampleBatch:
             ``log_softmax(logits / temperature)`` of the unfiltered distribution (temperature 1
             for greedy); 0 at padding.
         finished: ``[B]`` bool, whether the row produced EOS.
+        hidden: ``[B, T, D]`` the final (normed) hidden state each response token was sampled from (the LM
+            head's input at the position before it, as ``output_hidden_states[-1]`` of a training forward
+            gives it there), when :func:`sample` was asked for it (``hidden_states=True``) and its path
+            records it; else ``None``. A value head on the policy's trunk reads it (PPO's rollout values).
     """
 
     prompt_ids: Tensor
@@ -147,6 +152,7 @@ class SampleBatch:
     response_mask: Tensor
     logprobs: Tensor
     finished: Tensor
+    hidden: Tensor | None = None
 
     @property
     def input_ids(self) -> Tensor:
@@ -172,13 +178,15 @@ class SampleBatch:
         """Rows ``idx``; with ``trim``, without the prompt columns that are padding in every selected row (on
         the left) and the response columns past the longest selected response (on the right): the same
         tokens, masks and positions (:func:`~rewardlab.audit.tracker.position_ids_from_mask`), less padding."""
-        b = SampleBatch(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        b = SampleBatch(*(x[idx] if x is not None else None for x in fields))
         if not trim or len(b) == 0:
             return b
         first = int(b.prompt_mask.bool().any(dim=0).long().argmax())  # the first column with a real token
         width = max(int(b.response_mask.sum(dim=1).max()), 1)
         return SampleBatch(b.prompt_ids[:, first:], b.prompt_mask[:, first:], b.response_ids[:, :width],
-                           b.response_mask[:, :width], b.logprobs[:, :width], b.finished)  # fmt: skip
+                           b.response_mask[:, :width], b.logprobs[:, :width], b.finished,
+                           None if b.hidden is None else b.hidden[:, :width])  # fmt: skip
 
 
 def float32_weights(model: torch.nn.Module) -> bool:
@@ -341,7 +349,8 @@ class Decoding:
 
 
 def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, decoding: Decoding | None = None, *,
-           generator: torch.Generator | None = None, **settings: Any) -> SampleBatch:  # fmt: skip
+           generator: torch.Generator | None = None, hidden_states: bool = False,
+           **settings: Any) -> SampleBatch:  # fmt: skip
     """Sample responses to a LEFT-padded prompt batch, with a KV cache, and return a :class:`SampleBatch`.
 
     The decoding settings are a :class:`Decoding`, or its fields as keywords (``max_new_tokens=...,
@@ -365,6 +374,8 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
             live on the model's device.
         cache_implementation: ``"static"`` (default, preallocated ``StaticCache``, faster on CPU)
             or ``"dynamic"`` (``DynamicCache``, for models without static cache support).
+        hidden_states: also record the final hidden state each token was sampled from
+            (:attr:`SampleBatch.hidden`; the ``fast`` and ``loop`` paths record it, ``generate`` does not).
 
     Returns:
         A :class:`SampleBatch` whose tensors are ordinary (not inference-mode) tensors, so they can
@@ -389,8 +400,11 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
                     _told.add(why)
                     _log.warning(why)
                 response_ids, logprobs = _hf_generate(model, prompt_ids, prompt_mask, run, generator)
+                hidden = None
             else:
-                response_ids, logprobs = _generate(model, prompt_ids, prompt_mask, run, generator)
+                response_ids, logprobs, hidden = _generate(
+                    model, prompt_ids, prompt_mask, run, generator, hidden_states
+                )
     finally:
         for m, was_training in modes:
             m.training = was_training
@@ -402,6 +416,8 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
     response_mask = _response_mask(response_ids, int(eos_token_id))
     response_ids = response_ids.masked_fill(response_mask == 0, int(pad_token_id))
     logprobs = logprobs.clone() * response_mask
+    if hidden is not None:
+        hidden = hidden.clone() * response_mask[..., None]
     return SampleBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -409,7 +425,24 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
         response_mask=response_mask,
         logprobs=logprobs,
         finished=(response_ids == int(eos_token_id)).logical_and(response_mask.bool()).any(dim=1),
+        hidden=hidden,
     )
+
+
+@contextlib.contextmanager
+def _lm_head_inputs(model: torch.nn.Module, enabled: bool) -> Iterator[list[Tensor]]:
+    """Within the block, every input of ``model``'s LM head (its output embedding: the final, normed hidden
+    states ``[b, s, D]``) is appended to the yielded list; nothing is recorded unless ``enabled``."""
+    seen: list[Tensor] = []
+    head = getattr(model, "module", model).get_output_embeddings() if enabled else None
+    if head is None:
+        yield seen
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def _plan_prefill_buckets(lengths: list[int], overhead: int, max_buckets: int) -> list[int]:
@@ -451,8 +484,10 @@ def _prefill(
     prompt_ids: Tensor,
     prompt_mask: Tensor,
     prompt_pos: Tensor,
-) -> Tensor:
-    """Run the prompts through ``model`` into ``cache``; return the last position's logits ``[B, V]``.
+    hidden_states: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Run the prompts through ``model`` into ``cache``; return the last position's logits ``[B, V]`` and, with
+    ``hidden_states``, its final hidden state ``[B, D]`` (the LM head's input; else ``None``).
 
     Two savings over one full-width forward, both exact up to float rounding:
 
@@ -487,17 +522,23 @@ def _prefill(
             rows = reps[members]
             cols = slice(prompt_len - width, prompt_len)
             sub = DynamicCache()
-            out = model(
-                input_ids=prompt_ids[rows, cols],
-                attention_mask=prompt_mask[rows, cols],
-                position_ids=prompt_pos[rows, cols],
-                cache=sub,
-                use_cache=True,
-                **extra,
-            )
+            with _lm_head_inputs(model, hidden_states) as seen:
+                out = model(
+                    input_ids=prompt_ids[rows, cols],
+                    attention_mask=prompt_mask[rows, cols],
+                    position_ids=prompt_pos[rows, cols],
+                    cache=sub,
+                    use_cache=True,
+                    **extra,
+                )
             if not all(type(layer) is DynamicLayer and layer.keys is not None for layer in sub.layers):
                 break  # not a plain full-attention KV cache: fall back to one full-width prefill
-            parts.append((members, cols, sub, out.logits[:, -1, :]))
+            # logits and final hidden state side by side, so that one assembly below places both
+            vocab = out.logits.shape[-1]
+            last = out.logits[:, -1, :]
+            if seen:
+                last = torch.cat([last, seen[-1][:, -1].to(last.dtype)], dim=1)
+            parts.append((members, cols, sub, last))
         else:
             logits = parts[0][3].new_empty((n_unique, parts[0][3].shape[-1]))
             for members, _, _, part_logits in parts:
@@ -514,21 +555,28 @@ def _prefill(
                 if inverse is not None:
                     keys, values = keys[inverse], values[inverse]
                 cache.update(keys, values, layer_idx)
-            return logits if inverse is None else logits[inverse]
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=prompt_pos,
-        cache=cache,
-        use_cache=True,
-        **extra,
-    )
-    return out.logits[:, -1, :]
+            logits = logits if inverse is None else logits[inverse]
+            if not hidden_states:
+                return logits, None
+            return logits[:, :vocab], logits[:, vocab:] if logits.shape[1] > vocab else None
+    with _lm_head_inputs(model, hidden_states) as seen:
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=prompt_pos,
+            cache=cache,
+            use_cache=True,
+            **extra,
+        )
+    return out.logits[:, -1, :], seen[-1][:, -1] if seen else None
 
 
 def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
-              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """The decoding loop (under inference mode); returns ``(response_ids, logprobs)`` of ``[B, steps]``."""
+              generator: torch.Generator | None,
+              hidden_states: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """The decoding loop (under inference mode); returns ``(response_ids, logprobs)`` of ``[B, steps]`` and,
+    with ``hidden_states``, the final hidden state each token was sampled from, ``[B, steps, D]`` (else
+    ``None``)."""
     max_new_tokens, eos_token_id, pad_token_id = d.max_new_tokens, d.eos_token_id, d.pad_token_id
     temperature, top_k, top_p, greedy, cache_implementation = (
         d.temperature,
@@ -579,7 +627,10 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
 
     prompt_mask = prompt_mask.long()
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits = _prefill(model, cache, prompt_ids, prompt_mask, prompt_pos)
+    logits, hidden = _prefill(model, cache, prompt_ids, prompt_mask, prompt_pos, hidden_states)
+    hiddens = None
+    if hidden is not None:
+        hiddens = hidden.new_zeros((batch, max_new_tokens, hidden.shape[-1]))
     if decoder is not None:
         decoder.load_prompt_cache(cache, prompt_len)  # type: ignore[arg-type]
     compacted = False
@@ -593,6 +644,8 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
         else:
             response_ids[:, t] = tokens
             logprobs[:, t] = logp
+        if hiddens is not None:
+            hiddens[rows, t] = hidden
         done = done | (tokens == eos_token_id)
         steps = t + 1
         if t + 1 == max_new_tokens:
@@ -630,16 +683,19 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
             step_mask = mask[:, :kv_len]
         if decoder is not None:
             logits = decoder.step(tokens, next_pos + t, step_mask, slot)
+            hidden = decoder.hidden
             continue
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=step_mask,
-            position_ids=(next_pos + t)[:, None],
-            cache=cache,
-            use_cache=True,
-        )
+        with _lm_head_inputs(model, hiddens is not None) as seen:
+            out = model(
+                input_ids=tokens[:, None],
+                attention_mask=step_mask,
+                position_ids=(next_pos + t)[:, None],
+                cache=cache,
+                use_cache=True,
+            )
         logits = out.logits[:, -1, :]
-    return response_ids[:, :steps], logprobs[:, :steps]
+        hidden = seen[-1][:, -1] if seen else None
+    return response_ids[:, :steps], logprobs[:, :steps], None if hiddens is None else hiddens[:, :steps]
 
 
 def _hf_generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
