@@ -16,7 +16,9 @@
   a short cache) and is switched back afterwards;
 * every sampled token's log-prob is taken under ``log_softmax(logits / temperature)`` of the
   *unfiltered* distribution (top-k / top-p only decide what can be drawn), which is what a
-  training forward recomputes, so the ratio ``pi_new / pi_old`` starts at 1.
+  training forward recomputes, so the ratio ``pi_new / pi_old`` starts at 1;
+* on request (``hidden_states=True``) the final hidden state each token was sampled from (the LM head's
+  input) is kept too, so that a value head on the policy's trunk needs no forward of its own (PPO).
 
 All randomness comes from the ``generator`` argument: the same seed gives the same samples.
 
