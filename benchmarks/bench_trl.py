@@ -34,7 +34,8 @@ Pairs: DPO (reference log-probs precomputed on both sides) vs ``DPOTrainer``; re
 ``RewardTrainer``; SFT (completion-only loss) vs ``SFTTrainer``; rewardlab GRPO (advantage
 ``grpo``, one update per rollout, no KL, like TRL's defaults) and full PPO (a value head on the
 policy's trunk, GAE, 2 epochs x 2 minibatches, KL to a reference) both vs ``GRPOTrainer`` (``beta=0``, same prompts per
-step); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
+step), both with ``ppo.shared_prompt: true`` (each prompt encoded once in the training and reference forwards,
+its 4 completions after it behind a block mask); the rollout sampler vs ``model.generate`` (both in one process, alternating calls, greedy
 outputs asserted identical).
 
 ``ppo-trl``: full PPO against a real ``PPOTrainer``. TRL 1.16 has none (moved to ``trl.experimental`` and
@@ -50,9 +51,9 @@ EOS stops, missing-EOS penalty 1.0, GAE (gamma 1, lambda 0.95), KL 0.05 (k1), 2 
 of 4, clip 0.2, vf_coef 0.1. rewardlab's critic is its ``value_model: separate`` option with
 ``value_init: reward`` (its own trunk, initialised from the reward model, as TRL's), not the shared
 value head of the ``ppo`` row. Both train policy and critic with one optimizer. What remains different is
-how each library does the same passes: TRL takes the old log-probs from ``generate``'s logits (rewardlab
-runs one more policy forward, as it does whenever a rollout feeds several updates), computes the LM head
-over the prompt positions too, and calls ``gc.collect()`` twice per step.
+how each library does the same passes: both take the old log-probs from the sampler (rewardlab when its
+weights and training compute are float32), TRL computes the LM head over the prompt positions too and calls
+``gc.collect()`` twice per step. (One sample per prompt: ``shared_prompt`` would change nothing here.)
 """
 
 from __future__ import annotations
@@ -384,12 +385,13 @@ def _rl_onpolicy(spec: dict[str, Any], clock: StepClock, out: str, advantage: st
     critic: torch.nn.Module | None = None
     if advantage == "grpo":  # TRL GRPO's defaults: one update per rollout, beta = 0 (no reference)
         pc = PPOConfig(advantage="grpo", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
-                       ppo_epochs=1, minibatches=1, kl_coef=0.0, missing_eos="none",
+                       ppo_epochs=1, minibatches=1, kl_coef=0.0, missing_eos="none", shared_prompt=True,
                        max_new_tokens=NEW_TOKENS, optim=_rl_optim("grpo"))  # fmt: skip
         ref = None
     else:  # PPO: value head on the policy's trunk, GAE, 2 epochs x 2 minibatches, KL 0.05 to a reference
         pc = PPOConfig(advantage="gae", prompts_per_step=BATCH // GROUP, samples_per_prompt=GROUP,
-                       value_model="shared", max_new_tokens=NEW_TOKENS, optim=_rl_optim("ppo"))  # fmt: skip
+                       value_model="shared", shared_prompt=True, max_new_tokens=NEW_TOKENS,
+                       optim=_rl_optim("ppo"))  # fmt: skip
         ref = load_causal_lm(path, _dtype(spec)).eval().requires_grad_(False)
         critic = SharedValueHead(policy.config.hidden_size)
     opt, _ = make_optimizer(

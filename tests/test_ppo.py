@@ -228,3 +228,108 @@ def test_float32_rollout_takes_the_samplers_logprobs(monkeypatch, value_model):
         assert calls["n"] == 2  # policy (with the values) and reference
     finally:
         set_training_compute(None)
+
+
+def _grouped_batch(policy):
+    """Two prompts x 4 samples plus a prompt seen once, left-padded, responses of different lengths."""
+    from rewardlab.policies.sampling import encode_prompts, sample
+
+    prompts = [p for p in PROMPTS for _ in range(4)] + ["what is 5 + 5 ?"]
+    ids, mask = encode_prompts(TOK, prompts, 8)
+    batch = sample(policy, ids, mask, max_new_tokens=8, eos_token_id=TOK.eos_token_id,
+                   pad_token_id=TOK.pad_token_id, generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert len(set(batch.response_lengths.tolist())) > 1 and batch.prompt_mask.eq(0).any()
+    return batch
+
+
+def test_pack_prompt_groups_layout():
+    """One row per distinct prompt: the prompt once, then each response; a response sees the prompt and its own
+    earlier tokens only; cols point at the position predicting each token; no repeated prompt: None."""
+    from rewardlab.policies.packing import pack_prompt_groups
+
+    b = _grouped_batch(tiny_policy(0))
+    packed = pack_prompt_groups(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 0)
+    assert packed is not None and packed.input_ids.shape[0] == 3
+    assert packed.rows.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    lengths = b.response_lengths.tolist()
+    allowed = packed.attention_mask[:, 0] == 0
+    for i in range(len(b)):
+        r, p = int(packed.rows[i]), int(b.prompt_mask[i].sum())
+        row = packed.input_ids[r]
+        assert row[:p].tolist() == b.prompt_ids[i, -p:].tolist()
+        n = lengths[i]
+        start = int(packed.cols[i, 1]) if n > 1 else None
+        assert int(packed.cols[i, 0]) == p - 1  # the first token is predicted at the prompt's last
+        if start is not None:
+            got = row[start : start + n].tolist()
+            assert got == b.response_ids[i, :n].tolist()
+            assert packed.position_ids[r, start : start + n].tolist() == list(range(p, p + n))
+            own = set(range(start, start + n))
+            sees = set(allowed[r, start + n - 1].nonzero().flatten().tolist())
+            assert sees == set(range(p)) | own  # the prompt and itself, no other response
+    none = pack_prompt_groups(
+        b.prompt_ids[3:5], b.prompt_mask[3:5], b.response_ids[3:5], b.response_mask[3:5], 0
+    )
+    assert none is None
+
+
+@pytest.mark.parametrize("value_model", ["shared", None])
+def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
+    """ppo.shared_prompt: the packed forward gives the same log-probs, entropies, values and gradients as one row
+    per sample, up to float rounding."""
+    from rewardlab.optimize.ppo import policy_forward
+
+    policy = tiny_policy(0)
+    critic = SharedValueHead(32) if value_model else None
+    if critic is not None:
+        torch.nn.init.normal_(critic.head.weight, std=1.0)
+    b = _grouped_batch(policy)
+    m = b.response_mask.float()
+    results = []
+    for shared_prompt in (False, True):
+        policy.zero_grad(set_to_none=True)
+        out = policy_forward(policy, critic, b, 0.7, shared_prompt)
+        loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
+        if critic is not None:
+            loss = loss + (out.values * m).sum()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
+        values = out.values.detach() * m if critic is not None else torch.zeros(())
+        results.append((out.logprobs.detach() * m, out.entropy.detach() * m, values, grads))
+    for a, c in zip(*results, strict=True):  # gradients: to 1e-6 of their largest entry (sums of ~1e3 terms)
+        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
+    assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
+
+
+def test_shared_prompt_training_matches(monkeypatch):
+    """GRPO and PPO with a value head on the trunk, a few steps with and without ppo.shared_prompt: the packed
+    forward runs (a training and a reference forward per step) and the weights end the same up to rounding."""
+    from rewardlab.optimize import ppo
+    from rewardlab.policies import packing
+
+    packs = {"n": 0}
+    real_pack = packing.pack_prompt_groups
+
+    def counted(*a, **k):
+        packs["n"] += 1
+        return real_pack(*a, **k)
+
+    monkeypatch.setattr(ppo, "pack_prompt_groups", counted)
+    for advantage in ("grpo", "gae"):
+        finals = []
+        for shared_prompt in (False, True):
+            c = cfg(advantage=advantage, kl_coef=0.1, value_model="shared", shared_prompt=shared_prompt,
+                    optim={"lr": 3e-3, "schedule": "constant"})  # fmt: skip
+            policy, ref = tiny_policy(0), tiny_policy(1)
+            critic = SharedValueHead(32) if advantage == "gae" else None
+            opt, _ = make_optimizer(torch.nn.ModuleList([policy, *([critic] if critic else [])]), c.optim, 10)
+            gen = torch.Generator().manual_seed(0)
+            prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+            packs["n"] = 0
+            for step in range(3):
+                ro = make_rollout(Actors(policy, ref, critic, WordProxy("the"), TOK), prompts, c, 0.1, gen)
+                ppo_update(policy, critic, opt, ro, c, gen, step)
+            updates = c.ppo_epochs * c.minibatches
+            assert packs["n"] == (3 * (1 + updates) if shared_prompt else 0)  # reference + every minibatch
+            finals.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+        torch.testing.assert_close(finals[0], finals[1], atol=1e-4, rtol=0)

@@ -307,6 +307,12 @@ class PPOConfig(_Strict):
         "separate", description="critic: own trunk or policy's"
     )
     value_init: Literal["reward", "policy"] = Field("reward", description="separate critic initialised from")
+    shared_prompt: bool = Field(
+        False,
+        description="training and reference forwards run one row per prompt: the prompt encoded once, each of its "
+        "samples after it behind a block mask (as DPO's packing); same log-probs up to float rounding; "
+        "Llama/Qwen/Mistral policies (others keep one row per sample)",
+    )
     missing_eos: Literal["penalty", "replace", "none"] = Field("penalty", description="responses without EOS")
     missing_eos_penalty: float = Field(1.0, description="subtracted from the score (penalty)")
     missing_eos_score: float = Field(-3.0, description="the score given (replace)")

@@ -43,6 +43,7 @@ from rewardlab.losses import (
     rloo_advantages,
     selective_log_softmax,
 )
+from rewardlab.policies.packing import PACKABLE_MODEL_TYPES, pack_prompt_groups
 from rewardlab.policies.sampling import (
     SampleBatch,
     _accepts_logits_to_keep,
@@ -110,28 +111,56 @@ class PolicyOutput:
 
 
 def policy_forward(
-    policy: nn.Module, critic: nn.Module | None, batch: SampleBatch, temperature: float
+    policy: nn.Module,
+    critic: nn.Module | None,
+    batch: SampleBatch,
+    temperature: float,
+    shared_prompt: bool = False,
 ) -> PolicyOutput:
     """Response-token log-probs and entropy under ``policy`` and, if a critic is given, values.
 
-    The value for token t is read at the position *before* it (the state the token was chosen in).
+    The value for token t is read at the position *before* it (the state the token was chosen in). With
+    ``shared_prompt`` (``ppo.shared_prompt``) rows that repeat a prompt run as one row, the prompt encoded once
+    and each response after it behind a block mask (:func:`~rewardlab.policies.packing.pack_prompt_groups`):
+    the same outputs up to float rounding, for packable model types (else, or when no prompt repeats, one row
+    per sample).
     """
-    ids, mask = batch.input_ids, batch.attention_mask
+    inner = getattr(policy, "module", policy)  # DDP wraps the model
+    packed = None
+    if shared_prompt and getattr(getattr(inner, "config", None), "model_type", None) in PACKABLE_MODEL_TYPES:
+        dtype = training_compute() or next(inner.parameters()).dtype  # the additive mask in the compute dtype
+        # pad id 0: padding is never attended to nor read
+        packed = pack_prompt_groups(
+            batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, 0, dtype
+        )
     shared = isinstance(critic, SharedValueHead)
     t = batch.response_ids.shape[1]
-    # The LM head only where a response token is predicted (the last t + 1 positions, minus the last).
-    inner = getattr(policy, "module", policy)  # DDP wraps the model
-    keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(type(inner)) else {}
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
-        out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                     output_hidden_states=shared, **keep)  # fmt: skip
-        p = batch.prompt_ids.shape[1]
-        logits = out.logits[:, -(t + 1) : -1].float() / temperature
+        if packed is None:
+            ids, mask = batch.input_ids, batch.attention_mask
+            # The LM head only where a response token is predicted (the last t + 1 positions, minus the last).
+            keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(type(inner)) else {}
+            out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                         output_hidden_states=shared, **keep)  # fmt: skip
+            p = batch.prompt_ids.shape[1]
+            logits = out.logits[:, -(t + 1) : -1]
+            hidden = out.hidden_states[-1][:, p - 1 : -1] if shared else None
+        else:
+            width = packed.input_ids.shape[1]
+            keep = (
+                {"logits_to_keep": width - packed.first_col} if _accepts_logits_to_keep(type(inner)) else {}
+            )
+            out = policy(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                         position_ids=packed.position_ids, output_hidden_states=shared, **keep)  # fmt: skip
+            rows = packed.rows[:, None]
+            logits = out.logits[rows, packed.cols - (width - out.logits.shape[1])]  # [B, T, V]
+            hidden = out.hidden_states[-1][rows, packed.cols] if shared else None
+        logits = logits.float() / temperature
         logp = selective_log_softmax(logits, batch.response_ids)
         ent = entropy_from_logits(logits)
         values = None
         if shared:
-            values = critic(out.hidden_states[-1][:, p - 1 : -1])  # type: ignore[misc]
+            values = critic(hidden)  # type: ignore[misc]
         elif critic is not None:
             values = critic_values(critic, batch)
     return PolicyOutput(logp, ent, values)
@@ -232,9 +261,13 @@ def sample_and_score(
         from_sampler = exact and batch.hidden is not None
     else:
         from_sampler = exact or (critic is None and single_update(cfg))
-    pol = None if from_sampler else policy_forward(policy, critic, batch, cfg.temperature)
+    pol = None if from_sampler else policy_forward(policy, critic, batch, cfg.temperature, cfg.shared_prompt)
     logp = (pol.logprobs if pol is not None else batch.logprobs.to(mask.device)) * mask
-    ref_logp = logp if ref is None else policy_forward(ref, None, batch, cfg.temperature).logprobs * mask
+    ref_logp = (
+        logp
+        if ref is None
+        else policy_forward(ref, None, batch, cfg.temperature, cfg.shared_prompt).logprobs * mask
+    )
     responses = [decode_completion(tokenizer, r.tolist()) for r in batch.response_ids.cpu()]
     rm_scores = reward_model.score(prompts, responses)
     alpha = cfg.score_alpha if cfg.score_alpha is not None else float(getattr(reward_model, "alpha", 1.0))
@@ -425,7 +458,7 @@ def ppo_update(
                 weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
             mb = ro.batch.select(idx)
             m = ro.mask[idx]
-            out = policy_forward(policy, critic, mb, cfg.temperature)
+            out = policy_forward(policy, critic, mb, cfg.temperature, cfg.shared_prompt)
             # One step per rollout: the current policy is the one that sampled, so its own log-probs
             # (detached) are the old ones and the ratio is exactly 1 (see sample_and_score).
             old = out.logprobs.detach() if single_update(cfg) else ro.logprobs[idx]

@@ -1,4 +1,5 @@
-"""Shared-prefix packing: two sequences that start alike become ONE row ``prefix + first + second``.
+"""Shared-prefix packing: sequences that start alike become ONE row (``prefix + first + second``; a prompt and
+all its sampled responses, :func:`pack_prompt_groups`).
 
 A 4D attention mask lets ``first`` tokens see the prefix and earlier ``first`` tokens, and ``second``
 tokens see the prefix and earlier ``second`` tokens (never ``first``); ``second``'s positions restart
@@ -6,7 +7,8 @@ at ``len(prefix)``. For a causal model every hidden state then equals the one of
 sequences ``prefix + first`` and ``prefix + second``, and the prefix is encoded once instead of twice.
 DPO packs prompt + chosen + rejected this way (:func:`rewardlab.optimize.dpo.collate_pairs`); a causal
 reward model packs the two sequences of a comparison by their longest common prefix
-(:func:`rewardlab.rewards.model.packed_pair_scores`).
+(:func:`rewardlab.rewards.model.packed_pair_scores`); PPO/GRPO/RLOO (``ppo.shared_prompt``) pack each prompt with
+all of its sampled responses (:func:`pack_prompt_groups`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+#: Model types whose decoder takes a 4D float attention mask with explicit positions (and whose outputs then equal
+#: the separate sequences' up to float rounding): the ones a shared prefix can be packed for.
+PACKABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
 
 @dataclass
@@ -81,3 +87,84 @@ def pack_shared_prefix(
         ~allowed[:, None], torch.finfo(dtype).min
     )
     return PackedRows(ids, pos, mask, first_last, second_last)
+
+
+@dataclass
+class PackedGroups:
+    """One right-padded row per distinct prompt: the prompt, then each of its responses after it. ``input_ids`` and
+    ``position_ids`` are [R, W], ``attention_mask`` the additive float mask [R, 1, W, W]; the original row ``i``
+    of a batch lives in packed row ``rows[i]``, and its response token ``t`` is predicted at column
+    ``cols[i, t]`` (the prompt's last token for ``t = 0``, its own previous token after that; for ``t`` past the
+    response, the prompt's last token: those entries are padding, masked by the caller)."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    attention_mask: Tensor
+    rows: Tensor
+    cols: Tensor
+
+    @property
+    def first_col(self) -> int:
+        """The first column any response token is predicted at: the LM head is needed from here on."""
+        return int(self.cols.min())
+
+
+def pack_prompt_groups(
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    pad_id: int,
+    dtype: torch.dtype = torch.float32,
+) -> PackedGroups | None:
+    """Pack a left-padded prompt batch and its right-padded responses (``[B, P]``, ``[B, T]``, as
+    :class:`~rewardlab.policies.sampling.SampleBatch` holds them) into one row per distinct prompt.
+
+    In a row, every response sees the prompt and its own earlier tokens, never another response's, and its
+    positions continue the prompt's, so each hidden state equals that of the response's own sequence up to
+    float rounding while the prompt is encoded once per group instead of once per response (GRPO/RLOO groups,
+    PPO's ``samples_per_prompt``). Returns ``None`` when no prompt repeats (nothing to save).
+    """
+    b, t_max = response_ids.shape
+    lengths = response_mask.sum(dim=1).tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    prompts = []
+    for i in range(b):
+        real = prompt_ids[i][prompt_mask[i].bool()].tolist()
+        prompts.append(real)
+        groups.setdefault(tuple(real), []).append(i)
+    if len(groups) == b:
+        return None
+    members = list(groups.values())
+    width = max(len(prompts[g[0]]) + sum(lengths[i] for i in g) for g in members)
+    r = len(members)
+    ids = torch.full((r, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((r, width), dtype=torch.long)
+    seg = torch.full((r, width), -1, dtype=torch.long)  # 0 prompt, j + 1 the group's j-th response, -1 pad
+    rows = torch.zeros(b, dtype=torch.long)
+    cols = torch.zeros((b, t_max), dtype=torch.long)
+    for g, group in enumerate(members):
+        prompt = prompts[group[0]]
+        p = len(prompt)
+        ids[g, :p] = torch.tensor(prompt, dtype=torch.long)
+        pos[g, :p] = torch.arange(p)
+        seg[g, :p] = 0
+        start = p
+        for j, i in enumerate(group):
+            n = int(lengths[i])
+            ids[g, start : start + n] = response_ids[i, :n]
+            pos[g, start : start + n] = torch.arange(p, p + n)
+            seg[g, start : start + n] = j + 1
+            rows[i] = g
+            cols[i, :] = p - 1
+            cols[i, 1:n] = torch.arange(start, start + n - 1)
+            start += n
+    q = torch.arange(width)
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    allowed = (q[:, None] >= q[None, :]) & (sk >= 0) & ((sk == 0) | (sk == sq))
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax row
+    mask = torch.zeros((r, 1, width, width), dtype=dtype).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min
+    )
+    device = response_ids.device
+    return PackedGroups(ids.to(device), pos.to(device), mask.to(device), rows.to(device), cols.to(device))

@@ -27,7 +27,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
-from rewardlab.policies.packing import PackedRows, pack_shared_prefix, split_common_prefix
+from rewardlab.policies.packing import (
+    PACKABLE_MODEL_TYPES,
+    PackedRows,
+    pack_shared_prefix,
+    split_common_prefix,
+)
 from rewardlab.policies.tokenizer import (
     Limits,
     Prompt,
@@ -129,17 +134,13 @@ def member_scores(
     return head(drop(pooled) if drop is not None else pooled)[:, 0]
 
 
-#: Sequence classifiers whose score is exactly ``.score(last_hidden_state)`` at the last non-pad token and
-#: whose decoder takes a 4D float attention mask with explicit positions: the ones a comparison can be packed for.
-_PACKABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
-
-
 def can_pack_pairs(model: PreTrainedModel) -> bool:
-    """Whether :func:`packed_pair_scores` applies: a causal member read at its last token, of a supported type."""
+    """Whether :func:`packed_pair_scores` applies: a causal member read at its last token (exactly
+    ``.score(last_hidden_state)`` at the last non-pad token), of a packable type."""
     return (
         backbone_of(model) == "causal"
         and pooling_of(model) == "last"
-        and getattr(model.config, "model_type", None) in _PACKABLE_MODEL_TYPES
+        and getattr(model.config, "model_type", None) in PACKABLE_MODEL_TYPES
         and isinstance(getattr(model, "score", None), torch.nn.Linear)
         and getattr(model, getattr(model, "base_model_prefix", ""), None) is not None
     )
