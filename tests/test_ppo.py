@@ -302,8 +302,9 @@ def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
 
 
 def test_shared_prompt_training_matches(monkeypatch):
-    """GRPO and PPO with a value head on the trunk, a few steps with and without ppo.shared_prompt: the packed
-    forward runs (a training and a reference forward per step) and the weights end the same up to rounding."""
+    """GRPO (one minibatch) and PPO with a value head on the trunk and one minibatch per epoch, a few steps with
+    and without ppo.shared_prompt: the packed forward runs (the reference's and every update's) and the weights
+    end the same up to rounding."""
     from rewardlab.optimize import ppo
     from rewardlab.policies import packing
 
@@ -319,17 +320,51 @@ def test_shared_prompt_training_matches(monkeypatch):
         finals = []
         for shared_prompt in (False, True):
             c = cfg(advantage=advantage, kl_coef=0.1, value_model="shared", shared_prompt=shared_prompt,
-                    optim={"lr": 3e-3, "schedule": "constant"})  # fmt: skip
+                    minibatches=1, optim={"lr": 3e-3, "schedule": "constant"})  # fmt: skip
             policy, ref = tiny_policy(0), tiny_policy(1)
             critic = SharedValueHead(32) if advantage == "gae" else None
             opt, _ = make_optimizer(torch.nn.ModuleList([policy, *([critic] if critic else [])]), c.optim, 10)
-            gen = torch.Generator().manual_seed(0)
+            gen, shuffle = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
             prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
             packs["n"] = 0
-            for step in range(3):
+            for step in range(
+                3
+            ):  # (the update shuffles groups, not rows: its own generator keeps samples equal)
                 ro = make_rollout(Actors(policy, ref, critic, WordProxy("the"), TOK), prompts, c, 0.1, gen)
-                ppo_update(policy, critic, opt, ro, c, gen, step)
+                ppo_update(policy, critic, opt, ro, c, shuffle, step)
             updates = c.ppo_epochs * c.minibatches
             assert packs["n"] == (3 * (1 + updates) if shared_prompt else 0)  # reference + every minibatch
             finals.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
         torch.testing.assert_close(finals[0], finals[1], atol=1e-4, rtol=0)
+
+
+def test_shared_prompt_minibatches_hold_whole_groups(monkeypatch):
+    """With ppo.shared_prompt PPO shuffles groups instead of rows: each minibatch holds whole groups (every prompt
+    packed once with all its samples), each row once per epoch."""
+    from rewardlab.optimize import ppo
+    from rewardlab.policies import packing
+
+    seen = []
+    real_pack = packing.pack_prompt_groups
+
+    def recorded(prompt_ids, prompt_mask, *a, **k):
+        seen.append(len(prompt_ids))
+        packed = real_pack(prompt_ids, prompt_mask, *a, **k)
+        assert packed is not None and len(prompt_ids) == 4 * packed.input_ids.shape[0]  # groups of 4, whole
+        return packed
+
+    monkeypatch.setattr(ppo, "pack_prompt_groups", recorded)
+    prompts3 = [*PROMPTS, "what is 5 + 5 ?", "what is 9 - 2 ?"]
+    c = cfg(advantage="gae", value_model="shared", shared_prompt=True, samples_per_prompt=4, prompts_per_step=4,
+            minibatches=2, ppo_epochs=2)  # fmt: skip
+    policy, ref, critic = tiny_policy(0), tiny_policy(1), SharedValueHead(32)
+    opt, _ = make_optimizer(torch.nn.ModuleList([policy, critic]), c.optim, 10)
+    gen = torch.Generator().manual_seed(0)
+    ro = make_rollout(Actors(policy, ref, critic, WordProxy("the"), TOK), [p for p in prompts3 for _ in range(4)],
+                      c, 0.1, gen)  # fmt: skip
+    seen.clear()
+    ppo_update(policy, critic, opt, ro, c, gen, 1)
+    assert seen == [8, 8, 8, 8]  # 2 epochs x 2 minibatches of 2 whole groups
+    groups = ppo.prompt_groups(ro.batch)
+    assert [g.tolist() for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert ppo.prompt_groups(ro.batch.select(torch.tensor([0, 4, 8]))) is None

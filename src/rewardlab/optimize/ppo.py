@@ -446,8 +446,12 @@ def ppo_update(
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approxkl", "vf_clipfrac",
                                                      "ratio", "entropy", "grad_norm")}  # fmt: skip
     ratios: list[torch.Tensor] = []
+    groups = prompt_groups(ro.batch) if cfg.shared_prompt else None
     for _epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=generator)
+        if groups is None:
+            perm = torch.randperm(n, generator=generator)
+        else:  # whole groups in each minibatch, so that its forward encodes each prompt once
+            perm = torch.cat([groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()])
         for i in range(0, n, mb_size):
             idx = perm[i : i + mb_size].to(ro.mask.device)
             weight = 1.0
@@ -518,6 +522,20 @@ def ppo_update(
         out_stats["loss/value_avg"] = avg("vf_loss")
         out_stats["val/clipfrac_avg"] = avg("vf_clipfrac")
     return out_stats
+
+
+def prompt_groups(batch: SampleBatch) -> list[torch.Tensor] | None:
+    """The rows of each distinct prompt (in order of first appearance), or ``None`` when no prompt repeats."""
+    keys = torch.cat([batch.prompt_ids * batch.prompt_mask, batch.prompt_mask], dim=1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    if n_groups == len(batch):
+        return None
+    rows = torch.arange(len(batch), device=inverse.device)
+    first = torch.full((n_groups,), len(batch), device=inverse.device).scatter_reduce(
+        0, inverse, rows, "amin"
+    )
+    return [rows[inverse == g] for g in first.argsort().tolist()]
 
 
 def rollout_metrics(ro: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
