@@ -310,8 +310,9 @@ class PPOConfig(_Strict):
     shared_prompt: bool = Field(
         False,
         description="training and reference forwards run one row per prompt: the prompt encoded once, each of its "
-        "samples after it behind a block mask (as DPO's packing); same log-probs up to float rounding; "
-        "Llama/Qwen/Mistral policies (others keep one row per sample)",
+        "samples after it behind a block mask (as DPO's packing), PPO's minibatches whole groups; same log-probs up "
+        "to float rounding; pays for long prompts and bigger models (docs/concepts.md); Llama/Qwen/Mistral policies "
+        "(others keep one row per sample)",
     )
     missing_eos: Literal["penalty", "replace", "none"] = Field("penalty", description="responses without EOS")
     missing_eos_penalty: float = Field(1.0, description="subtracted from the score (penalty)")
