@@ -104,14 +104,24 @@ def test_the_tiny_checkpoints_are_their_architectures_with_their_own_tokenizers(
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_policy_stage_runs_on_a_local_checkpoint(checkpoints: dict[str, Path], tmp_path: Path,
-                                                       arch: str) -> None:  # fmt: skip
+def test_every_policy_stage_runs_on_a_local_checkpoint(checkpoints: dict[str, Path], tmp_path: Path, arch: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from rewardlab.optimize import ppo
+
+    packed = []
+    real_pack = ppo.pack_prompt_groups
+    monkeypatch.setattr(
+        ppo, "pack_prompt_groups", lambda *a, **k: packed.append(real_pack(*a, **k)) or packed[-1]
+    )
     ck, run = checkpoints[arch], tmp_path / "run"
     rl = RL[arch]
     sets = [*SMALL, "--set", f"sft.model_path={ck}", "--set", f"label.policy_paths=[{run}/sft/model,{ck}]",
-            "--set", f"methods=[{rl},dpo,bon]", *(LORA if arch == "qwen2" else [])]  # fmt: skip
+            "--set", f"methods=[{rl},dpo,bon]", "--set", "ppo.shared_prompt=true",  # packed (Llama, Qwen2+LoRA)
+            *(LORA if arch == "qwen2" else [])]  # fmt: skip
     stages = f"sft,label,reward,{rl},dpo,bon"
     assert main(["run", str(MICRO), "--run-dir", str(run), "--quiet", "--stages", stages, *sets]) == 0
+    # ppo.shared_prompt packed the groups of Llama and Qwen2 (through its LoRA wrapper); GPT-2 is not packable
+    assert (arch != "gpt2") == any(p is not None for p in packed), arch
     start = load_causal_lm(ck)
     for stage in ("sft", "reward", rl, "dpo", "bon"):
         assert (_stage(run, stage) / "summary.json").is_file(), stage
