@@ -51,19 +51,24 @@ def cfg(**kw):
     return PPOConfig(**base)
 
 
-def count_policy_forwards(monkeypatch):
-    """Count the calls of ``ppo.policy_forward`` (``calls["n"]``); returns the counter and the real function."""
-    from rewardlab.optimize import ppo
-
+def count_calls(monkeypatch, module, name):
+    """Count the calls of ``module.name`` (``calls["n"]``); returns the counter and the real function."""
     calls = {"n": 0}
-    real_forward = ppo.policy_forward
+    real = getattr(module, name)
 
     def counted(*a, **k):
         calls["n"] += 1
-        return real_forward(*a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(ppo, "policy_forward", counted)
-    return calls, real_forward
+    monkeypatch.setattr(module, name, counted)
+    return calls, real
+
+
+def count_policy_forwards(monkeypatch):
+    """Count the calls of ``ppo.policy_forward``; returns the counter and the real function."""
+    from rewardlab.optimize import ppo
+
+    return count_calls(monkeypatch, ppo, "policy_forward")
 
 
 @pytest.mark.parametrize("advantage", ["gae", "rloo", "grpo"])
@@ -214,6 +219,7 @@ def test_float32_rollout_takes_the_samplers_logprobs(monkeypatch, value_model):
 
     ro = rollout()
     assert calls["n"] == 1  # the reference's forward only
+    assert ro.batch.hidden is None  # read for the values, not kept in the rollout
     forward = real_forward(policy, critic, ro.batch, c.temperature)
     mask = ro.mask
     torch.testing.assert_close(ro.logprobs, forward.logprobs * mask, atol=1e-5, rtol=0)
@@ -306,16 +312,8 @@ def test_shared_prompt_training_matches(monkeypatch):
     and without ppo.shared_prompt: the packed forward runs (the reference's and every update's) and the weights
     end the same up to rounding."""
     from rewardlab.optimize import ppo
-    from rewardlab.policies import packing
 
-    packs = {"n": 0}
-    real_pack = packing.pack_prompt_groups
-
-    def counted(*a, **k):
-        packs["n"] += 1
-        return real_pack(*a, **k)
-
-    monkeypatch.setattr(ppo, "pack_prompt_groups", counted)
+    packs, _ = count_calls(monkeypatch, ppo, "pack_prompt_groups")
     for advantage in ("grpo", "gae"):
         finals = []
         for shared_prompt in (False, True):

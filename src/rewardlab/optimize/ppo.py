@@ -16,6 +16,7 @@ Metric names follow TRL's PPOTrainer where the quantity is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,6 +277,7 @@ def sample_and_score(
     values = pol.values if pol is not None else None
     if pol is None and shared:  # the value head on the hidden states the sampler recorded
         values = critic(batch.hidden)  # type: ignore[misc]
+        batch = dataclasses.replace(batch, hidden=None)  # [B, T, D]: not kept in the rollout
     elif pol is None and critic is not None:  # the sampler gave the log-probs: a separate critic runs alone
         values = critic_values(critic, batch)
     values = values * mask if values is not None else None
