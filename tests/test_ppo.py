@@ -158,6 +158,7 @@ def test_training_raises_the_proxy(advantage, value_model):
         assert all(v == v for v in stats.values())  # finite, no NaN
     after = mean_score()
     assert after > before + 0.3, (before, after)
+    assert all(p.grad is None for p in mods.parameters())  # freed after the update, not held through sampling
     if advantage == "gae":
         assert "loss/value_avg" in stats
 
@@ -366,3 +367,22 @@ def test_shared_prompt_minibatches_hold_whole_groups(monkeypatch):
     groups = ppo.prompt_groups(ro.batch)
     assert [g.tolist() for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
     assert ppo.prompt_groups(ro.batch.select(torch.tensor([0, 4, 8]))) is None
+
+
+def test_value_model_from_a_reward_checkpoint_takes_its_score_head(tmp_path):
+    """value_init: reward: the trunk from the checkpoint and the head from its ``score.weight`` (read alone from the
+    safetensors file); a causal LM checkpoint (no score head) gives a fresh head."""
+    from transformers import LlamaForSequenceClassification
+
+    policy = tiny_policy(0)
+    config = policy.config.__class__(**{**policy.config.to_dict(), "num_labels": 1})
+    rm = LlamaForSequenceClassification(config)
+    torch.nn.init.normal_(rm.score.weight)
+    rm.save_pretrained(tmp_path / "rm")
+    policy.save_pretrained(tmp_path / "lm")
+    vm = ValueModel.from_pretrained(tmp_path / "rm")
+    assert torch.equal(vm.head.weight, rm.score.weight)
+    trunk = dict(rm.model.named_parameters())
+    assert all(torch.equal(p, trunk[n]) for n, p in vm.backbone.named_parameters())
+    fresh = ValueModel.from_pretrained(tmp_path / "lm")
+    assert fresh.head.weight.shape == (1, 32) and not torch.equal(fresh.head.weight, rm.score.weight)

@@ -77,10 +77,12 @@ class ValueModel(nn.Module):
         backbone = AutoModel.from_pretrained(str(path), dtype=torch.float32)
         head = None
         st = Path(path) / "model.safetensors"
-        if st.is_file():
-            from safetensors.torch import load_file
+        if st.is_file():  # only the score head's tensor is read (not a second copy of the whole checkpoint)
+            from safetensors import safe_open
 
-            head = load_file(str(st)).get("score.weight")
+            with safe_open(str(st), framework="pt") as f:
+                names = set(f.keys())
+                head = f.get_tensor("score.weight") if "score.weight" in names else None
         return cls(backbone, head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -502,6 +504,7 @@ def ppo_update(
             stats["grad_norm"].append(float(gn))
             if weight > 0:
                 ratios.append(torch.exp(out.logprobs.detach() - old)[m.bool()])
+    optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next rollout samples
     allr = torch.cat(ratios) if ratios else torch.zeros(1)
     if world > 1:
         from accelerate.utils import gather_object
