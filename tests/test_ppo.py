@@ -364,9 +364,10 @@ def test_shared_prompt_minibatches_hold_whole_groups(monkeypatch):
     seen.clear()
     ppo_update(policy, critic, opt, ro, c, gen, 1)
     assert seen == [8, 8, 8, 8]  # 2 epochs x 2 minibatches of 2 whole groups
-    groups = ppo.prompt_groups(ro.batch)
+    groups = ppo.prompt_groups(ro.batch.prompt_ids, ro.batch.prompt_mask)
     assert [g.tolist() for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
-    assert ppo.prompt_groups(ro.batch.select(torch.tensor([0, 4, 8]))) is None
+    three = ro.batch.select(torch.tensor([0, 4, 8]))
+    assert ppo.prompt_groups(three.prompt_ids, three.prompt_mask) is None
 
 
 def test_value_model_from_a_reward_checkpoint_takes_its_score_head(tmp_path):

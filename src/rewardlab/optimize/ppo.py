@@ -44,7 +44,7 @@ from rewardlab.losses import (
     rloo_advantages,
     selective_log_softmax,
 )
-from rewardlab.policies.packing import PACKABLE_MODEL_TYPES, pack_prompt_groups
+from rewardlab.policies.packing import PACKABLE_MODEL_TYPES, pack_prompt_groups, prompt_groups
 from rewardlab.policies.sampling import (
     SampleBatch,
     _accepts_logits_to_keep,
@@ -450,7 +450,7 @@ def ppo_update(
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approxkl", "vf_clipfrac",
                                                      "ratio", "entropy", "grad_norm")}  # fmt: skip
     ratios: list[torch.Tensor] = []
-    groups = prompt_groups(ro.batch) if cfg.shared_prompt else None
+    groups = prompt_groups(ro.batch.prompt_ids, ro.batch.prompt_mask) if cfg.shared_prompt else None
     for _epoch in range(cfg.ppo_epochs):
         if groups is None:
             perm = torch.randperm(n, generator=generator)
@@ -527,20 +527,6 @@ def ppo_update(
         out_stats["loss/value_avg"] = avg("vf_loss")
         out_stats["val/clipfrac_avg"] = avg("vf_clipfrac")
     return out_stats
-
-
-def prompt_groups(batch: SampleBatch) -> list[torch.Tensor] | None:
-    """The rows of each distinct prompt (in order of first appearance), or ``None`` when no prompt repeats."""
-    keys = torch.cat([batch.prompt_ids * batch.prompt_mask, batch.prompt_mask], dim=1)
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    n_groups = int(inverse.max()) + 1
-    if n_groups == len(batch):
-        return None
-    rows = torch.arange(len(batch), device=inverse.device)
-    first = torch.full((n_groups,), len(batch), device=inverse.device).scatter_reduce(
-        0, inverse, rows, "amin"
-    )
-    return [rows[inverse == g] for g in first.argsort().tolist()]
 
 
 def rollout_metrics(ro: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:

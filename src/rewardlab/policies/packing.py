@@ -78,15 +78,34 @@ def pack_shared_prefix(
         seg[i, :p], seg[i, p : p + f], seg[i, p + f : p + f + s] = 0, 1, 2
         first_last[i] = p + f - 1
         second_last[i] = p + f + s - 1 if s else p - 1
+    return PackedRows(ids, pos, segment_mask(seg, dtype), first_last, second_last)
+
+
+def segment_mask(seg: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive ``[R, 1, W, W]`` mask of packed rows whose columns are labelled ``seg`` [R, W]: 0 for the
+    shared prefix, ``k > 0`` for the k-th sequence after it, -1 for padding. A token attends causally to the
+    prefix and to its own sequence; padding attends only to itself, so no softmax row is empty."""
+    width = seg.shape[1]
     q = torch.arange(width)
-    causal = q[:, None] >= q[None, :]
     sq, sk = seg[:, :, None], seg[:, None, :]
-    allowed = causal & (sk >= 0) & ((sk == 0) | (sk == sq))
+    allowed = (q[:, None] >= q[None, :]) & (sk >= 0) & ((sk == 0) | (sk == sq))
     allowed |= torch.eye(width, dtype=torch.bool)
-    mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(
+    return torch.zeros((seg.shape[0], 1, width, width), dtype=dtype).masked_fill(
         ~allowed[:, None], torch.finfo(dtype).min
     )
-    return PackedRows(ids, pos, mask, first_last, second_last)
+
+
+def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> list[Tensor] | None:
+    """The rows of each distinct prompt of a left-padded batch (``[B, P]``), groups in order of first
+    appearance, or ``None`` when no prompt repeats."""
+    keys = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    if n_groups == len(keys):
+        return None
+    rows = torch.arange(len(keys), device=inverse.device)
+    first = torch.full((n_groups,), len(keys), device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
+    return [rows[inverse == g] for g in first.argsort().tolist()]
 
 
 @dataclass
@@ -125,17 +144,13 @@ def pack_prompt_groups(
     float rounding while the prompt is encoded once per group instead of once per response (GRPO/RLOO groups,
     PPO's ``samples_per_prompt``). Returns ``None`` when no prompt repeats (nothing to save).
     """
+    groups = prompt_groups(prompt_ids, prompt_mask)
+    if groups is None:
+        return None
     b, t_max = response_ids.shape
     lengths = response_mask.sum(dim=1).tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    prompts = []
-    for i in range(b):
-        real = prompt_ids[i][prompt_mask[i].bool()].tolist()
-        prompts.append(real)
-        groups.setdefault(tuple(real), []).append(i)
-    if len(groups) == b:
-        return None
-    members = list(groups.values())
+    members = [g.tolist() for g in groups]
+    prompts = {g[0]: prompt_ids[g[0]][prompt_mask[g[0]].bool()].tolist() for g in members}
     width = max(len(prompts[g[0]]) + sum(lengths[i] for i in g) for g in members)
     r = len(members)
     ids = torch.full((r, width), pad_id, dtype=torch.long)
@@ -159,12 +174,6 @@ def pack_prompt_groups(
             cols[i, :] = p - 1
             cols[i, 1:n] = torch.arange(start, start + n - 1)
             start += n
-    q = torch.arange(width)
-    sq, sk = seg[:, :, None], seg[:, None, :]
-    allowed = (q[:, None] >= q[None, :]) & (sk >= 0) & ((sk == 0) | (sk == sq))
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax row
-    mask = torch.zeros((r, 1, width, width), dtype=dtype).masked_fill(
-        ~allowed[:, None], torch.finfo(dtype).min
-    )
     device = response_ids.device
+    mask = segment_mask(seg, dtype)
     return PackedGroups(ids.to(device), pos.to(device), mask.to(device), rows.to(device), cols.to(device))
