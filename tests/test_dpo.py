@@ -495,7 +495,11 @@ def test_two_processes_give_the_single_process_trajectory(micro, tmp_path):
         for x, y in zip(ra, rb, strict=True):
             assert x.keys() == y.keys()
             for k, v in x.items():
-                if isinstance(v, float):
+                if k.endswith(
+                    "accuracies"
+                ):  # a count of margins > 0: a pair within rounding of a tie may flip
+                    assert abs(v - y[k]) <= 1 / 32 + 1e-9, (name, x["step"], k, v, y[k])  # one pair of 32
+                elif isinstance(v, float):
                     assert math.isclose(v, y[k], rel_tol=1e-4, abs_tol=2e-5), (name, x["step"], k, v, y[k])
                 else:
                     assert v == y[k], (name, k)
