@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from rewardlab.kernels.readout import hidden_at
 from rewardlab.policies.models import check_model_dir, load_causal_lm, load_tokenizer
 from rewardlab.policies.packing import (
     PACKABLE_MODEL_TYPES,
@@ -119,9 +120,13 @@ def member_scores(
 ) -> torch.Tensor:
     """A member's raw scalar reward [N] for right-padded sequences.
 
-    ``last``/``cls``: the sequence classifier's own logit (the last non-pad token's value for a causal LM; the
+    ``last``/``cls``: the sequence classifier's own logit (the last non-pad token's value for a causal LM, there
+    computed with the last layer at that token only where :func:`rewardlab.kernels.readout.hidden_at` can; the
     BERT pooler's ``tanh(W h_[CLS])`` then ``.classifier``). ``mean``: the masked mean of the base model's last
     hidden states (:func:`masked_mean`), then the model's dropout and ``.classifier`` (a linear layer)."""
+    if can_pack_pairs(model):  # the classifier's read, with its last layer at the read token only
+        return model.score(hidden_at(_decoder(model), last_non_pad_index(input_ids, model), input_ids=input_ids,
+                                     attention_mask=attention_mask))[:, 0, 0]  # fmt: skip
     if pooling_of(model) != "mean":
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     head = getattr(model, "classifier", None)
@@ -132,6 +137,20 @@ def member_scores(
     pooled = masked_mean(hidden, attention_mask)
     drop = getattr(model, "dropout", None)
     return head(drop(pooled) if drop is not None else pooled)[:, 0]
+
+
+def last_non_pad_index(input_ids: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
+    """Where transformers' sequence classifier reads each row [N, 1]: its rightmost token that is not the config's
+    ``pad_token_id`` (the last column without one)."""
+    pad = model.config.get_text_config().pad_token_id
+    if pad is None:
+        return torch.full((input_ids.shape[0], 1), input_ids.shape[1] - 1, device=input_ids.device)
+    cols = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
+    return (cols * (input_ids != pad).to(torch.int32)).argmax(-1, keepdim=True)
+
+
+def _decoder(model: PreTrainedModel) -> torch.nn.Module:
+    return getattr(model, model.base_model_prefix)  # type: ignore[no-any-return]
 
 
 def can_pack_pairs(model: PreTrainedModel) -> bool:
@@ -171,16 +190,15 @@ def pack_comparisons(
 
 def packed_pair_scores(model: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
     """Raw scores [2B] (chosen then rejected) of B packed comparisons (:func:`pack_comparisons`): one decoder pass
-    over ``prefix + chosen + rejected`` rows, the head on the two read positions of each row only. Equal, up to
+    over ``prefix + chosen + rejected`` rows, its last layer and the head on the two read positions of each row only
+    (:func:`rewardlab.kernels.readout.hidden_at`). Equal, up to
     float rounding, to :func:`member_scores` on the 2B sequences (a test checks it)."""
-    decoder = getattr(model, model.base_model_prefix)
-    hidden = decoder(
-        input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
-        use_cache=False,
-    ).last_hidden_state  # fmt: skip
-    rows = torch.arange(packed.input_ids.shape[0], device=hidden.device)
-    read = torch.cat([hidden[rows, packed.first_last], hidden[rows, packed.second_last]])
-    return model.score(read)[:, 0]
+    read = torch.stack([packed.first_last, packed.second_last], dim=1)
+    hidden = hidden_at(
+        _decoder(model), read, input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+        position_ids=packed.position_ids,
+    )  # fmt: skip
+    return model.score(torch.cat([hidden[:, 0], hidden[:, 1]]))[:, 0]
 
 
 def dialogue_text(prompt: Prompt) -> str:
