@@ -48,13 +48,18 @@ def _layouts() -> dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]]:
     mask[1, 7:] = 0
     mask[2, 10:] = 0
     read = torch.tensor([[11, 3, 0], [6, 6, 2], [9, 4, 8]])
-    packed = pack_shared_prefix([([1, 2, 3], [4, 5], [6, 7, 8]), ([1, 9], [4], [5, 6, 7, 8]), ([], [3], [4])], 0)
+    packed = pack_shared_prefix(
+        [([1, 2, 3], [4, 5], [6, 7, 8]), ([1, 9], [4], [5, 6, 7, 8]), ([], [3], [4])], 0
+    )
     return {
         "padded": ({"input_ids": ids, "attention_mask": mask}, read),
         "no mask": ({"input_ids": ids}, read),
         "packed": (
-            {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask,
-             "position_ids": packed.position_ids},  # fmt: skip
+            {
+                "input_ids": packed.input_ids,
+                "attention_mask": packed.attention_mask,
+                "position_ids": packed.position_ids,
+            },
             torch.stack([packed.first_last, packed.second_last], dim=1),
         ),
     }
@@ -95,7 +100,8 @@ def test_only_the_read_positions_reach_the_last_layers_mlp_and_no_hook_is_left()
         layer.mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
     inputs, read = _layouts()["padded"]
     hidden_at(decoder, read, **inputs)
-    assert seen == [(3, 12, 64), (3, 12, 64), (3, 3, 64)]  # lower layers everywhere, the last at 3 reads a row
+    # the lower layers at every position, the last one at the 3 read positions of each row
+    assert seen == [(3, 12, 64), (3, 12, 64), (3, 3, 64)]
     assert all(not layer._forward_pre_hooks for layer in decoder.layers)
 
 

@@ -38,7 +38,9 @@ def unsupported(decoder: nn.Module) -> str | None:
     """Why :func:`hidden_at` would run ``decoder``'s full forward (``None``: it replays the last layer)."""
     config: Any = getattr(decoder, "config", None)
     if getattr(config, "model_type", None) not in READOUT_MODEL_TYPES:
-        return f"model type {getattr(config, 'model_type', None)!r} is not one of {sorted(READOUT_MODEL_TYPES)}"
+        return (
+            f"model type {getattr(config, 'model_type', None)!r} is not one of {sorted(READOUT_MODEL_TYPES)}"
+        )
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0 or getattr(decoder, "norm", None) is None:
         return "no decoder layers or final norm"
@@ -100,7 +102,10 @@ def _last_layer_at(layer: nn.Module, h: Tensor, mask: Tensor | None, cos: Tensor
     if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm per head before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    q, k = _rope(q, _rows(cos, read), _rows(sin, read)), _rope(k, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
+    q, k = (
+        _rope(q, _rows(cos, read), _rows(sin, read)),
+        _rope(k, cos.expand(b, -1, -1), sin.expand(b, -1, -1)),
+    )
     groups = q.shape[1] // k.shape[1]
     if groups > 1:  # grouped-query attention: query head j reads key/value head j // groups (repeat_kv)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
