@@ -4,8 +4,10 @@ matmuls. Kernel choices live here and in :mod:`rewardlab.kernels.cpu_linear`, no
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,15 @@ ONEDNN_MIN_WEIGHT = 262_144
 COMPILE_DECODE = os.environ.get("REWARDLAB_COMPILE_DECODE", "0") == "1"
 # (Slots cost: at ~1M, batch 8, 68 -> 80 slots ~4% slower than 68, 68 -> 128 ~10%, at batch 64 ~20%.)
 COMPILE_LEN_MULTIPLE = 16
+# FastDecoder when sampling (not greedy) with neither packed nor compiled matmuls (~1M params): a leaner step
+# (:func:`_lean_step`) with half the ops of the eager replay and faster GEMMs, same arithmetic up to rounding
+# (logits within ~5e-7 of the eager step's). At batch 8 MKL multiplies by a weight stored [in, out] about 2x faster
+# than by transformers' [out, in] (``F.linear``): 25 vs 52 us for the ~1M LM head. The step keeps those copies; the
+# RMSNorm weights are folded into the matrices after them; q/k/v and gate/up are one matmul each, o and down add
+# the residual in the same call (``addmm``); RoPE is one flip and one ``addcmul`` for q and k together; the cache is
+# written through views; attention is one SDPA call over the slots written so far. ~1M, batch 8, one thread:
+# ~0.8 ms a step against ~1.15 ms.
+LEAN_SAMPLING = True
 _log = logging.getLogger(__name__)
 
 
@@ -82,6 +93,7 @@ class FastDecoder:
         packs = onednn and _largest_matmul(inner, head) >= ONEDNN_MIN_WEIGHT
         self.compiled = not exact and COMPILE_DECODE and not packs
         self.pack = onednn and not self.compiled
+        self.lean: dict[str, Any] | None = None  # the lean step's weights (LEAN_SAMPLING), built below
         if self.compiled:  # a cache length shared by nearby prompt lengths: fewer compiles
             total_len = -(-total_len // COMPILE_LEN_MULTIPLE) * COMPILE_LEN_MULTIPLE
         self.cache_len = total_len
@@ -124,6 +136,8 @@ class FastDecoder:
             shape = (batch, self.kv_heads, total_len, self.head_dim)
             self.keys.append(param.new_zeros(shape))
             self.values.append(param.new_zeros(shape))
+        if not exact and LEAN_SAMPLING and not self.compiled and not packs and _lean_applies(inner, head):
+            self.lean = _lean_net(inner, head, self.cos, self.sin)
 
     def _weights(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
         """``(weight, bias, packed)``: the weight as is, or prepacked for oneDNN when sampling."""
@@ -187,6 +201,19 @@ class FastDecoder:
             self.keys[i][:, :, :prompt_len] = layer.keys  # type: ignore[union-attr]
             self.values[i][:, :, :prompt_len] = layer.values  # type: ignore[union-attr]
 
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                cache: DynamicCache) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+        """With the lean step (:attr:`lean`), run left-padded prompt rows through the same weights: their keys and
+        values go into ``cache`` (one ``update`` per layer, as transformers' forward does) and the last position's
+        logits ``[n, V]`` and final hidden state ``[n, D]`` are returned; ``None`` without the lean step (the
+        caller runs the model's forward)."""
+        if self.lean is None:
+            return None
+        logits, hidden, kvs = _lean_prefill(self.lean, input_ids, attention_mask, position_ids)
+        for i, (k, v) in enumerate(kvs):
+            cache.update(k, v, i)
+        return logits, hidden
+
     def reorder(self, keep: Tensor) -> None:
         """Keep only the rows ``keep`` of the cache (finished rows leave the compute batch)."""
         self.keys = [k.index_select(0, keep) for k in self.keys]
@@ -211,6 +238,9 @@ class FastDecoder:
         ``mask`` is the additive ``[b, 1, 1, total_len]`` attention mask (0 = attend); a compiled step
         masks the cache slots past ``total_len`` too.
         """
+        if self.lean is not None:
+            logits, self.hidden = _lean_step(tokens, positions, mask, slot, self.keys, self.values, self.lean)
+            return logits
         slot_idx = torch.tensor([slot], device=tokens.device)
         if mask.shape[-1] < self.cache_len and mask.shape[0] == self.mask.shape[0]:
             self.mask[..., : mask.shape[-1]].copy_(mask)  # one copy, no new tensor
@@ -281,6 +311,164 @@ def _decode_step(
     return _linear(h, net["lm_head"]), h
 
 
+def _lean_applies(inner: Any, head: torch.nn.Linear) -> bool:
+    """The lean step's assumptions: SiLU MLPs, no biases but on q/k/v (Qwen2's), an even head size."""
+    if head.bias is not None or int(inner.layers[0].self_attn.head_dim) % 2:
+        return False
+    for layer in inner.layers:
+        a, m = layer.self_attn, layer.mlp
+        if any(x.bias is not None for x in (a.o_proj, m.gate_proj, m.up_proj, m.down_proj)):
+            return False
+        if _activation(m.act_fn) is not torch.nn.functional.silu:
+            return False
+    return True
+
+
+def _lean_net(inner: Any, head: torch.nn.Linear, cos: Tensor, sin: Tensor) -> dict[str, Any]:
+    """:func:`_lean_weights` plus this decoder's RoPE tables (``rotate_half``'s signs folded into the sine).
+
+    Built anew for every call: a cache keyed on the weights' version counters would miss fused AdamW's updates
+    (``torch._fused_adamw_`` leaves ``Tensor._version`` unchanged)."""
+    weights = _lean_weights(inner, head)
+    half = weights["head_dim"] // 2
+    signs = torch.cat([-torch.ones(half), torch.ones(half)]).to(sin)
+    return {**weights, "cos": cos, "sin": sin * signs}
+
+
+def _lean_weights(inner: Any, head: torch.nn.Linear) -> dict[str, Any]:
+    """The matrices :func:`_lean_step` reads: stored [in, out] (contiguous) with each RMSNorm's weight folded into
+    the matrix after it (``norm(x) W^T = (x * rsqrt(...)) (W diag(w))^T``), q/k/v and gate/up concatenated, and
+    the shape numbers."""
+    attn0 = inner.layers[0].self_attn
+    head_dim = int(attn0.head_dim)
+    buffers = _LEAN_BUFFERS.setdefault(inner, {})
+    layers = []
+    for i, layer in enumerate(inner.layers):
+        a, m = layer.self_attn, layer.mlp
+        n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+        projections = (a.q_proj, a.k_proj, a.v_proj)
+        bias = None
+        if any(x.bias is not None for x in projections):
+            bias = torch.cat(
+                [x.bias if x.bias is not None else x.weight.new_zeros(x.out_features) for x in projections]
+            )
+        layers.append({
+            "eps1": float(n1.variance_epsilon), "eps2": float(n2.variance_epsilon),
+            "qkv": _in_out(buffers, f"{i}.qkv", [x.weight for x in projections], n1.weight), "qkv_bias": bias,
+            "o": _in_out(buffers, f"{i}.o", [a.o_proj.weight]),
+            "gate_up": _in_out(buffers, f"{i}.gate_up", [m.gate_proj.weight, m.up_proj.weight], n2.weight),
+            "down": _in_out(buffers, f"{i}.down", [m.down_proj.weight]),
+        })  # fmt: skip
+    config: Any = inner.config
+    return {
+        "layers": layers, "embed": inner.embed_tokens.weight,
+        "final_norm": (inner.norm.weight, float(inner.norm.variance_epsilon)),
+        "lm_head": _in_out(buffers, "lm_head", [head.weight]), "heads": int(config.num_attention_heads),
+        "kv_heads": int(config.num_key_value_heads), "head_dim": head_dim, "scaling": float(attn0.scaling),
+    }  # fmt: skip
+
+
+# Per model, the lean step's [in, out] matrices of its last call, refilled (``copy_``) by the next one: the values
+# are always recomputed, the memory is reused (a fresh ~3 MB allocation per call page-faults: 0.57 ms to transpose
+# the ~1M LM head into new memory, 0.19 ms into an old buffer). Weak keys: the buffers go with the model.
+_LEAN_BUFFERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _in_out(
+    buffers: dict[str, Tensor], name: str, weights: list[Tensor], norm: Tensor | None = None
+) -> Tensor:
+    """``[W1; W2; ...]`` (transformers' ``[out, in]`` matrices stacked) as one contiguous ``[in, out]`` matrix, its rows
+    scaled by ``norm`` (the weight of the RMSNorm before it) if given, written into ``buffers[name]`` (reused when its
+    shape and dtype still fit)."""
+    rows, cols = weights[0].shape[1], sum(w.shape[0] for w in weights)
+    out = buffers.get(name)
+    if (
+        out is None
+        or out.shape != (rows, cols)
+        or out.dtype != weights[0].dtype
+        or out.device != weights[0].device
+    ):
+        out = buffers[name] = weights[0].new_empty((rows, cols))
+    start = 0
+    for w in weights:
+        out[:, start : start + w.shape[0]].copy_(w.detach().t())
+        start += w.shape[0]
+    return out if norm is None else out.mul_(norm.detach()[:, None])
+
+
+def _rms_scale(x: Tensor, eps: float) -> Tensor:
+    """``x / sqrt(mean(x^2) + eps)``: RMSNorm without its weight (folded into the next matrix)."""
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), None, eps)
+
+
+def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys: list[Tensor],
+               values: list[Tensor], net: dict[str, Any]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One decoding step of :class:`FastDecoder` with the lean weights ``net`` (:func:`_lean_weights`): the logits
+    ``[b, V]`` and the final (normed) hidden state ``[b, D]``. The same arithmetic as :func:`_decode_step` up to
+    rounding; attention reads the slots ``0..slot`` only (the later ones are masked there)."""
+    heads, kv_heads, head_dim = net["heads"], net["kv_heads"], net["head_dim"]
+    b, half, n = tokens.shape[0], head_dim // 2, heads + kv_heads
+    nqk = n * head_dim
+    h = torch.nn.functional.embedding(tokens, net["embed"])  # [b, D]
+    cos, sin = net["cos"][positions][:, None], net["sin"][positions][:, None]  # [b, 1, head_dim]
+    step_mask = mask[..., : slot + 1]
+    for i, w in enumerate(net["layers"]):
+        x = _rms_scale(h, w["eps1"])
+        qkv = torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+        qk = qkv[:, :nqk].view(b, n, 2, half)  # rotate_half(v) * sin == (v's halves swapped) * signed sin
+        qk = torch.addcmul(qk.view(b, n, head_dim) * cos, qk.flip(2).view(b, n, head_dim), sin)
+        keys[i].select(2, slot).copy_(qk[:, heads:])
+        values[i].select(2, slot).copy_(qkv[:, nqk:].view(b, kv_heads, head_dim))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            qk[:, :heads, None], keys[i][:, :, : slot + 1], values[i][:, :, : slot + 1], attn_mask=step_mask,
+            scale=net["scaling"], enable_gqa=heads != kv_heads,
+        )  # fmt: skip
+        h = torch.addmm(h, out.view(b, -1), w["o"])
+        gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
+        h = torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"])
+    weight, eps = net["final_norm"]
+    h = weight * _rms_scale(h, eps)
+    return torch.mm(h, net["lm_head"]), h
+
+
+def _lean_prefill(net: dict[str, Any], input_ids: Tensor, attention_mask: Tensor,
+                  position_ids: Tensor) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:  # fmt: skip
+    """Left-padded prompts ``[n, P]`` through the lean weights (:func:`_lean_step`'s arithmetic over P positions):
+    the last position's logits ``[n, V]`` and final hidden state ``[n, D]``, and each layer's keys (rotated) and
+    values ``[n, kv_heads, P, head_dim]``. A position attends to the real positions up to itself (a padding
+    position to itself too, so that no softmax row is empty; padding is never attended to by a real token)."""
+    heads, kv_heads, head_dim = net["heads"], net["kv_heads"], net["head_dim"]
+    (b, width), half, n = input_ids.shape, head_dim // 2, heads + kv_heads
+    nqk = n * head_dim
+    h = torch.nn.functional.embedding(input_ids, net["embed"])  # [b, P, D]
+    cos, sin = net["cos"][position_ids][:, None], net["sin"][position_ids][:, None]  # [b, 1, P, head_dim]
+    causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril()
+    allowed = (causal & attention_mask.bool()[:, None, :]) | torch.eye(
+        width, dtype=torch.bool, device=h.device
+    )
+    allowed = allowed[:, None]  # [b, 1, P, P]
+    kvs = []
+    for w in net["layers"]:
+        x = _rms_scale(h, w["eps1"]).view(b * width, -1)
+        qkv = torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+        qk = qkv[:, :nqk].reshape(b, width, n, 2, half).transpose(1, 2)  # [b, n, P, 2, half]
+        qk = torch.addcmul(
+            qk.reshape(b, n, width, head_dim) * cos, qk.flip(3).reshape(b, n, width, head_dim), sin
+        )
+        k = qk[:, heads:]
+        v = qkv[:, nqk:].reshape(b, width, kv_heads, head_dim).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            qk[:, :heads], k, v, attn_mask=allowed, scale=net["scaling"], enable_gqa=heads != kv_heads
+        )
+        h = torch.addmm(h.view(b * width, -1), out.transpose(1, 2).reshape(b * width, -1), w["o"])
+        gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
+        h = torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"]).view(b, width, -1)
+        kvs.append((k.contiguous(), v.contiguous()))
+    weight, eps = net["final_norm"]
+    last = weight * _rms_scale(h[:, -1], eps)
+    return torch.mm(last, net["lm_head"]), last, kvs
+
+
 _COMPILED: list[Callable[..., tuple[Tensor, Tensor]]] = []
 
 
@@ -346,13 +534,19 @@ def _onednn_available(like: Tensor) -> bool:
     """oneDNN's prepacked fp32 linear (the op inductor uses on CPU) is there and works."""
     if like.dtype != torch.float32 or like.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
+    return _onednn_linear_works()
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    """The probe behind :func:`_onednn_available`, once per process (it costs ~0.7 ms, a tenth of a ~1M sample)."""
     try:
-        w = like.new_ones((2, 3))
+        w = torch.ones((2, 3))
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
-        y = torch.ops.mkldnn._linear_pointwise(like.new_ones((1, 3)), packed, None, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones((1, 3)), packed, None, "none", [], "")
     except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without these ops
         return False
-    return bool(torch.equal(y, like.new_full((1, 2), 3.0)))
+    return bool(torch.equal(y, torch.full((1, 2), 3.0)))
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -267,7 +267,8 @@ def _choose(
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     """Pick one token per row from ``[b, V]`` logits; return ``(tokens [b], logprobs [b])``."""
-    logits = logits.float()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
     if greedy:
         tokens = logits.argmax(dim=-1)
         logp_all = logits.log_softmax(dim=-1)
@@ -487,9 +488,11 @@ def _prefill(
     prompt_mask: Tensor,
     prompt_pos: Tensor,
     hidden_states: bool = False,
+    decoder: FastDecoder | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run the prompts through ``model`` into ``cache``; return the last position's logits ``[B, V]`` and, with
-    ``hidden_states``, its final hidden state ``[B, D]`` (the LM head's input; else ``None``).
+    ``hidden_states``, its final hidden state ``[B, D]`` (the LM head's input; else ``None``). A ``decoder`` with a
+    lean sampling step runs them through its own weights instead (:meth:`FastDecoder.prefill`).
 
     Two savings over one full-width forward, both exact up to float rounding:
 
@@ -502,6 +505,24 @@ def _prefill(
     positions do not depend on padding, so this is the cache a single full-width prefill gives).
     """
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(type(model)) else {}
+
+    def forward(
+        ids: Tensor, mask: Tensor, pos: Tensor, into: DynamicCache | StaticCache
+    ) -> tuple[Tensor, Tensor | None]:
+        """The last position's logits and (with ``hidden_states``) final hidden state, the keys/values into ``into``."""
+        lean = (
+            decoder.prefill(ids, mask, pos, into)
+            if decoder is not None and isinstance(into, DynamicCache)
+            else None
+        )
+        if lean is not None:
+            return lean[0], lean[1] if hidden_states else None
+        with _lm_head_inputs(model, hidden_states) as seen:
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=into, use_cache=True, **extra
+            )
+        return out.logits[:, -1, :], seen[-1][:, -1] if seen else None
+
     batch, prompt_len = prompt_ids.shape
     lengths = prompt_mask.sum(dim=1)
     if _DEDUP_PROMPTS and batch > 1:
@@ -524,22 +545,15 @@ def _prefill(
             rows = reps[members]
             cols = slice(prompt_len - width, prompt_len)
             sub = DynamicCache()
-            with _lm_head_inputs(model, hidden_states) as seen:
-                out = model(
-                    input_ids=prompt_ids[rows, cols],
-                    attention_mask=prompt_mask[rows, cols],
-                    position_ids=prompt_pos[rows, cols],
-                    cache=sub,
-                    use_cache=True,
-                    **extra,
-                )
+            last, last_hidden = forward(
+                prompt_ids[rows, cols], prompt_mask[rows, cols], prompt_pos[rows, cols], sub
+            )
             if not all(type(layer) is DynamicLayer and layer.keys is not None for layer in sub.layers):
                 break  # not a plain full-attention KV cache: fall back to one full-width prefill
             # logits and final hidden state side by side, so that one assembly below places both
-            vocab = out.logits.shape[-1]
-            last = out.logits[:, -1, :]
-            if seen:
-                last = torch.cat([last, seen[-1][:, -1].to(last.dtype)], dim=1)
+            vocab = last.shape[-1]
+            if last_hidden is not None:
+                last = torch.cat([last, last_hidden.to(last.dtype)], dim=1)
             parts.append((members, cols, sub, last))
         else:
             logits = parts[0][3].new_empty((n_unique, parts[0][3].shape[-1]))
@@ -561,16 +575,7 @@ def _prefill(
             if not hidden_states:
                 return logits, None
             return logits[:, :vocab], logits[:, vocab:] if logits.shape[1] > vocab else None
-    with _lm_head_inputs(model, hidden_states) as seen:
-        out = model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=prompt_pos,
-            cache=cache,
-            use_cache=True,
-            **extra,
-        )
-    return out.logits[:, -1, :], seen[-1][:, -1] if seen else None
+    return forward(prompt_ids, prompt_mask, prompt_pos, cache)
 
 
 def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
@@ -629,17 +634,18 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
 
     prompt_mask = prompt_mask.long()
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits, hidden = _prefill(model, cache, prompt_ids, prompt_mask, prompt_pos, hidden_states)
+    logits, hidden = _prefill(model, cache, prompt_ids, prompt_mask, prompt_pos, hidden_states, decoder)
     hiddens = None
     if hidden is not None:
         hiddens = hidden.new_zeros((batch, max_new_tokens, hidden.shape[-1]))
     if decoder is not None:
         decoder.load_prompt_cache(cache, prompt_len)  # type: ignore[arg-type]
     compacted = False
-    steps = 0
+    steps = n_done = 0
     for t in range(max_new_tokens):
         tokens, logp = _choose(logits, **choose)
-        tokens = tokens.masked_fill(done, pad_token_id)
+        if n_done:
+            tokens = tokens.masked_fill(done, pad_token_id)
         if compacted:
             response_ids[rows, t] = tokens
             logprobs[rows, t] = logp
@@ -674,7 +680,10 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
                 additive = additive[keep]
             compacted = True
         slot = prompt_len + t
-        mask[:, slot] = True
+        if (
+            mask_kind != "additive"
+        ):  # (the additive mask is the step's mask then; this one only follows the rows)
+            mask[:, slot] = True
         kv_len = total_len if cache_implementation == "static" or decoder is not None else slot + 1
         if mask_kind == "bool":
             step_mask = mask[:, None, None, :kv_len]
