@@ -310,6 +310,24 @@ def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
+class _EagerAttention:
+    """:func:`_use_eager_attention_on_cpu` when a sampling path will run transformers' forward (:meth:`on`, before
+    the step's mask kind is chosen), undone by :meth:`restore`; a path that never does (the lean fast decoder)
+    skips the two switches (~0.5 ms a call)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.switched, self.restore_to = model, False, None
+
+    def on(self) -> None:
+        if not self.switched:
+            self.switched, self.restore_to = True, _use_eager_attention_on_cpu(self.model)
+
+    def restore(self) -> None:
+        if self.restore_to is not None:
+            self.model.set_attn_implementation(self.restore_to)  # type: ignore[operator]
+            self.restore_to = None
+
+
 def _use_eager_attention_on_cpu(model: torch.nn.Module) -> str | None:
     """Switch a CPU model from SDPA to eager attention; return the implementation to restore, if any."""
     config = getattr(model, "config", None)
@@ -390,7 +408,7 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
     eos_token_id, pad_token_id = int(d.eos_token_id), int(d.pad_token_id)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    restore_attn = _use_eager_attention_on_cpu(model)
+    eager = _EagerAttention(model)
     try:
         # float32 even inside a mixed-precision training block (kernels/precision.py): small GEMMs are faster
         with torch.inference_mode(), torch.autocast(prompt_ids.device.type, enabled=False):
@@ -402,17 +420,18 @@ def sample(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, deco
                 if why not in _told:  # once per architecture and process; stages also log it in run.log
                     _told.add(why)
                     _log.warning(why)
+                eager.on()
                 response_ids, logprobs = _hf_generate(model, prompt_ids, prompt_mask, run, generator)
                 hidden = None
             else:
+                fast = path == "fast" and getattr(model, "module", model) is model  # (DDP: the loop)
                 response_ids, logprobs, hidden = _generate(
-                    model, prompt_ids, prompt_mask, run, generator, hidden_states
+                    model, prompt_ids, prompt_mask, run, generator, hidden_states, fast=fast, eager=eager
                 )
     finally:
         for m, was_training in modes:
             m.training = was_training
-        if restore_attn is not None:
-            model.set_attn_implementation(restore_attn)  # type: ignore[operator]
+        eager.restore()
     # Clone out of inference mode: inference tensors cannot be saved for backward (e.g. as
     # embedding indices), which a training forward over these ids would need.
     response_ids = response_ids.clone()
@@ -579,11 +598,12 @@ def _prefill(
 
 
 def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d: Decoding,
-              generator: torch.Generator | None,
-              hidden_states: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
+              generator: torch.Generator | None, hidden_states: bool = False, *, fast: bool = True,
+              eager: _EagerAttention | None = None) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
     """The decoding loop (under inference mode); returns ``(response_ids, logprobs)`` of ``[B, steps]`` and,
     with ``hidden_states``, the final hidden state each token was sampled from, ``[B, steps, D]`` (else
-    ``None``)."""
+    ``None``). ``fast``: the model is one :class:`FastDecoder` replays (:func:`sampler_path` said so); ``eager``
+    is switched on unless no transformers forward will run."""
     max_new_tokens, eos_token_id, pad_token_id = d.max_new_tokens, d.eos_token_id, d.pad_token_id
     temperature, top_k, top_p, greedy, cache_implementation = (
         d.temperature,
@@ -597,7 +617,9 @@ def _generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, d
     total_len = prompt_len + max_new_tokens
     config: Any = model.config  # type: ignore[union-attr]
     cache: StaticCache | DynamicCache
-    decoder = FastDecoder.build(model, batch, total_len, exact=greedy) if _FAST_DECODE else None
+    decoder = FastDecoder(model, batch, total_len, exact=greedy) if fast and _FAST_DECODE else None
+    if eager is not None and (decoder is None or decoder.lean is None):
+        eager.on()  # before the attention implementation is read below
     if decoder is not None:
         cache = DynamicCache(config=config)  # the prefill's; then copied into the decoder's own
     elif cache_implementation == "static":
