@@ -308,6 +308,40 @@ def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
     assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
 
 
+@pytest.mark.parametrize("value_model", [False, True])
+def test_readout_forward_equals_the_models_own(monkeypatch, value_model):
+    """The training/reference forward runs its last layer, LM head and value head at the response positions only
+    (kernels/readout): the same log-probs, entropies, values and gradients as the model's own forward."""
+    import rewardlab.optimize.ppo as ppo_mod
+
+    policy = tiny_policy(0)
+    critic = SharedValueHead(32) if value_model else None
+    if critic is not None:
+        torch.nn.init.normal_(critic.head.weight, std=1.0)
+    b = _grouped_batch(policy)
+    m = b.response_mask.float()
+    seen: list[tuple[int, ...]] = []
+    policy.model.layers[-1].mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    results = []
+    for readout in (True, False):
+        if not readout:
+            monkeypatch.setattr(ppo_mod, "causal_lm_parts", lambda model: None)
+        policy.zero_grad(set_to_none=True)
+        out = ppo_mod.policy_forward(policy, critic, b, 0.7)
+        loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
+        if critic is not None:
+            loss = loss + (out.values * m).sum()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
+        values = out.values.detach() * m if critic is not None else torch.zeros(())
+        results.append((out.logprobs.detach() * m, out.entropy.detach() * m, values, grads))
+    t, width = b.response_ids.shape[1], b.input_ids.shape[1]
+    assert seen[0][1] == t and seen[1][1] == width  # the readout's last layer ran at the t response positions
+    for a, c in zip(*results, strict=True):
+        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
+    assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
+
+
 def test_shared_prompt_training_matches(monkeypatch):
     """GRPO (one minibatch) and PPO with a value head on the trunk and one minibatch per epoch, a few steps with
     and without ppo.shared_prompt: the packed forward runs (the reference's and every update's) and the weights

@@ -157,3 +157,15 @@ def hidden_at(decoder: nn.Module, read: Tensor, **inputs: Any) -> Tensor:
     read = read.to(hidden.device)
     cos, sin = rope
     return decoder.norm(_last_layer_at(last, hidden, mask, cos, sin, read))
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """``(decoder, lm_head)`` of a plain causal LM whose decoder :func:`hidden_at` replays (its logits at a few
+    positions are then ``lm_head(hidden_at(decoder, ...))``), else ``None``: another architecture, a wrapper (DDP,
+    PEFT) whose own forward must run, or an LM head that is not an ``nn.Linear``."""
+    prefix = getattr(model, "base_model_prefix", None)
+    decoder = getattr(model, prefix, None) if isinstance(prefix, str) else None
+    head = getattr(model, "lm_head", None)
+    if decoder is None or type(head) is not nn.Linear or not type(model).__name__.endswith("ForCausalLM"):
+        return None
+    return (decoder, head) if unsupported(decoder) is None else None

@@ -31,6 +31,7 @@ from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
 from rewardlab.distributed import all_reduce_sum, batch_share
 from rewardlab.kernels.precision import training_compute, training_linears
+from rewardlab.kernels.readout import causal_lm_parts, hidden_at
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -139,7 +140,16 @@ def policy_forward(
     shared = isinstance(critic, SharedValueHead)
     t = batch.response_ids.shape[1]
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
-        if packed is None:
+        parts = causal_lm_parts(policy) if packed is None and policy is inner else None
+        if (
+            parts is not None
+        ):  # the last layer, the LM head and the value head only where a response token is chosen
+            ids, mask, p = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+            read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
+            final = hidden_at(parts[0], read, input_ids=ids, attention_mask=mask,
+                              position_ids=position_ids_from_mask(mask))  # fmt: skip
+            logits, hidden = parts[1](final), final if shared else None
+        elif packed is None:
             ids, mask = batch.input_ids, batch.attention_mask
             # The LM head only where a response token is predicted (the last t + 1 positions, minus the last).
             keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(type(inner)) else {}
