@@ -280,32 +280,43 @@ def test_pack_prompt_groups_layout():
     assert none is None
 
 
-@pytest.mark.parametrize("value_model", ["shared", None])
-def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
-    """ppo.shared_prompt: the packed forward gives the same log-probs, entropies, values and gradients as one row
-    per sample, up to float rounding."""
-    from rewardlab.optimize.ppo import policy_forward
+def _forward_results(policy, critic, b, **kw):
+    """policy_forward's masked log-probs, entropies and values and the policy's gradient of their sum."""
+    from rewardlab.optimize import ppo as ppo_mod
 
+    m = b.response_mask.float()
+    policy.zero_grad(set_to_none=True)
+    out = ppo_mod.policy_forward(policy, critic, b, 0.7, **kw)
+    loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
+    if critic is not None:
+        loss = loss + (out.values * m).sum()
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    values = out.values.detach() * m if critic is not None else torch.zeros(())
+    return out.logprobs.detach() * m, out.entropy.detach() * m, values, grads
+
+
+def _assert_same_results(results):
+    for a, c in zip(*results, strict=True):  # gradients: to 1e-6 of their largest entry (sums of ~1e3 terms)
+        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
+    assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
+
+
+def _policy_and_critic(value_model):
     policy = tiny_policy(0)
     critic = SharedValueHead(32) if value_model else None
     if critic is not None:
         torch.nn.init.normal_(critic.head.weight, std=1.0)
+    return policy, critic
+
+
+@pytest.mark.parametrize("value_model", ["shared", None])
+def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
+    """ppo.shared_prompt: the packed forward gives the same log-probs, entropies, values and gradients as one row
+    per sample, up to float rounding."""
+    policy, critic = _policy_and_critic(value_model)
     b = _grouped_batch(policy)
-    m = b.response_mask.float()
-    results = []
-    for shared_prompt in (False, True):
-        policy.zero_grad(set_to_none=True)
-        out = policy_forward(policy, critic, b, 0.7, shared_prompt)
-        loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
-        if critic is not None:
-            loss = loss + (out.values * m).sum()
-        loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
-        values = out.values.detach() * m if critic is not None else torch.zeros(())
-        results.append((out.logprobs.detach() * m, out.entropy.detach() * m, values, grads))
-    for a, c in zip(*results, strict=True):  # gradients: to 1e-6 of their largest entry (sums of ~1e3 terms)
-        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
-    assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
+    _assert_same_results([_forward_results(policy, critic, b, shared_prompt=sp) for sp in (False, True)])
 
 
 @pytest.mark.parametrize("value_model", [False, True])
@@ -314,32 +325,16 @@ def test_readout_forward_equals_the_models_own(monkeypatch, value_model):
     (kernels/readout): the same log-probs, entropies, values and gradients as the model's own forward."""
     import rewardlab.optimize.ppo as ppo_mod
 
-    policy = tiny_policy(0)
-    critic = SharedValueHead(32) if value_model else None
-    if critic is not None:
-        torch.nn.init.normal_(critic.head.weight, std=1.0)
+    policy, critic = _policy_and_critic(value_model)
     b = _grouped_batch(policy)
-    m = b.response_mask.float()
     seen: list[tuple[int, ...]] = []
     policy.model.layers[-1].mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
-    results = []
-    for readout in (True, False):
-        if not readout:
-            monkeypatch.setattr(ppo_mod, "causal_lm_parts", lambda model: None)
-        policy.zero_grad(set_to_none=True)
-        out = ppo_mod.policy_forward(policy, critic, b, 0.7)
-        loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
-        if critic is not None:
-            loss = loss + (out.values * m).sum()
-        loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
-        values = out.values.detach() * m if critic is not None else torch.zeros(())
-        results.append((out.logprobs.detach() * m, out.entropy.detach() * m, values, grads))
+    results = [_forward_results(policy, critic, b)]
+    monkeypatch.setattr(ppo_mod, "causal_lm_parts", lambda model: None)
+    results.append(_forward_results(policy, critic, b))
     t, width = b.response_ids.shape[1], b.input_ids.shape[1]
     assert seen[0][1] == t and seen[1][1] == width  # the readout's last layer ran at the t response positions
-    for a, c in zip(*results, strict=True):
-        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
-    assert float(results[0][3].abs().max()) > 1.0  # a real gradient was compared
+    _assert_same_results(results)
 
 
 def test_shared_prompt_training_matches(monkeypatch):

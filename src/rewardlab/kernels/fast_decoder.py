@@ -401,6 +401,18 @@ def _rms_scale(x: Tensor, eps: float) -> Tensor:
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), None, eps)
 
 
+def _lean_qkv(x: Tensor, w: dict[str, Any]) -> Tensor:
+    """``[N, D] -> [N, q + k + v]``: the normed rows times the lean q/k/v matrix (plus Qwen2's biases)."""
+    x = _rms_scale(x, w["eps1"])
+    return torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+
+
+def _lean_mlp(h: Tensor, w: dict[str, Any]) -> Tensor:
+    """``h + down(silu(gate) * up)`` of the normed rows ``h`` [N, D], the residual added inside ``addmm``."""
+    gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
+    return torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"])
+
+
 def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys: list[Tensor],
                values: list[Tensor], net: dict[str, Any]) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One decoding step of :class:`FastDecoder` with the lean weights ``net`` (:func:`_lean_weights`): the logits
@@ -413,8 +425,7 @@ def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys:
     cos, sin = net["cos"][positions][:, None], net["sin"][positions][:, None]  # [b, 1, head_dim]
     step_mask = mask[..., : slot + 1]
     for i, w in enumerate(net["layers"]):
-        x = _rms_scale(h, w["eps1"])
-        qkv = torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+        qkv = _lean_qkv(h, w)
         qk = qkv[:, :nqk].view(b, n, 2, half)  # rotate_half(v) * sin == (v's halves swapped) * signed sin
         qk = torch.addcmul(qk.view(b, n, head_dim) * cos, qk.flip(2).view(b, n, head_dim), sin)
         keys[i].select(2, slot).copy_(qk[:, heads:])
@@ -423,9 +434,7 @@ def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys:
             qk[:, :heads, None], keys[i][:, :, : slot + 1], values[i][:, :, : slot + 1], attn_mask=step_mask,
             scale=net["scaling"], enable_gqa=heads != kv_heads,
         )  # fmt: skip
-        h = torch.addmm(h, out.view(b, -1), w["o"])
-        gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
-        h = torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"])
+        h = _lean_mlp(torch.addmm(h, out.view(b, -1), w["o"]), w)
     weight, eps = net["final_norm"]
     h = weight * _rms_scale(h, eps)
     return torch.mm(h, net["lm_head"]), h
@@ -449,8 +458,7 @@ def _lean_prefill(net: dict[str, Any], input_ids: Tensor, attention_mask: Tensor
     allowed = allowed[:, None]  # [b, 1, P, P]
     kvs = []
     for w in net["layers"]:
-        x = _rms_scale(h, w["eps1"]).view(b * width, -1)
-        qkv = torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+        qkv = _lean_qkv(h.view(b * width, -1), w)
         qk = qkv[:, :nqk].reshape(b, width, n, 2, half).transpose(1, 2)  # [b, n, P, 2, half]
         qk = torch.addcmul(
             qk.reshape(b, n, width, head_dim) * cos, qk.flip(3).reshape(b, n, width, head_dim), sin
@@ -461,8 +469,7 @@ def _lean_prefill(net: dict[str, Any], input_ids: Tensor, attention_mask: Tensor
             qk[:, :heads], k, v, attn_mask=allowed, scale=net["scaling"], enable_gqa=heads != kv_heads
         )
         h = torch.addmm(h.view(b * width, -1), out.transpose(1, 2).reshape(b * width, -1), w["o"])
-        gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
-        h = torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"]).view(b, width, -1)
+        h = _lean_mlp(h, w).view(b, width, -1)
         kvs.append((k.contiguous(), v.contiguous()))
     weight, eps = net["final_norm"]
     last = weight * _rms_scale(h[:, -1], eps)

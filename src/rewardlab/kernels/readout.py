@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rewardlab.kernels.fast_decoder import _rotate_half
+
 #: Decoders whose layers are ``input_layernorm -> self_attn(q/k/v/o, RoPE) -> + -> post_attention_layernorm -> mlp
 #: -> +`` with a final ``norm`` (Qwen3 adds per-head ``q_norm``/``k_norm``): the ones the last layer is replayed for.
 READOUT_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
@@ -60,11 +62,6 @@ def unsupported(decoder: nn.Module) -> str | None:
     if attn.training and float(getattr(attn, "attention_dropout", 0.0) or 0.0) > 0:
         return "attention dropout in training"
     return None
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -118,6 +115,12 @@ def _last_layer_at(layer: nn.Module, h: Tensor, mask: Tensor | None, cos: Tensor
     return h_read + layer.mlp(layer.post_attention_layernorm(h_read))
 
 
+def _full_forward_at(decoder: nn.Module, read: Tensor, inputs: dict[str, Any]) -> Tensor:
+    """The decoder's whole forward, its final hidden states gathered at ``read``."""
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    return _rows(hidden, read.to(hidden.device))
+
+
 def hidden_at(decoder: nn.Module, read: Tensor, **inputs: Any) -> Tensor:
     """The final (normed) hidden states [B, K, D] of ``decoder`` (a transformers base model, e.g. ``LlamaModel``)
     at the positions ``read`` [B, K] of its rows, for the keyword ``inputs`` of its forward (``input_ids``,
@@ -126,8 +129,7 @@ def hidden_at(decoder: nn.Module, read: Tensor, **inputs: Any) -> Tensor:
     :func:`unsupported` allows, else the full forward runs."""
     read = read.long()
     if unsupported(decoder) is not None:
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state
-        return _rows(hidden, read.to(hidden.device))
+        return _full_forward_at(decoder, read, inputs)
     config: Any = decoder.config
     layers: Any = decoder.layers
     last = layers[int(config.num_hidden_layers) - 1]
@@ -152,8 +154,7 @@ def hidden_at(decoder: nn.Module, read: Tensor, **inputs: Any) -> Tensor:
         or not (mask is None or (isinstance(mask, Tensor) and mask.ndim == 4))
     ):  # fmt: skip
         # a decoder whose layer inputs are not as expected (another transformers version): the full forward
-        out = decoder(**inputs, use_cache=False).last_hidden_state
-        return _rows(out, read.to(out.device))
+        return _full_forward_at(decoder, read, inputs)
     read = read.to(hidden.device)
     cos, sin = rope
     return decoder.norm(_last_layer_at(last, hidden, mask, cos, sin, read))

@@ -140,10 +140,9 @@ def policy_forward(
     shared = isinstance(critic, SharedValueHead)
     t = batch.response_ids.shape[1]
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
+        # a plain causal LM: its last layer, LM head and value head only where a response token is chosen
         parts = causal_lm_parts(policy) if packed is None and policy is inner else None
-        if (
-            parts is not None
-        ):  # the last layer, the LM head and the value head only where a response token is chosen
+        if parts is not None:
             ids, mask, p = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
             read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
             final = hidden_at(parts[0], read, input_ids=ids, attention_mask=mask,
