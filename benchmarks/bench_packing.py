@@ -43,8 +43,10 @@ def time_layouts(model: torch.nn.Module, batch: SampleBatch, repeats: int) -> di
 
     def step(shared_prompt: bool) -> float:
         t0 = time.perf_counter()
-        out = policy_forward(model, critic, batch, 1.0, shared_prompt)
-        (out.logprobs.sum() + out.entropy.sum() + out.values.sum()).backward()  # type: ignore[union-attr]
+        out = policy_forward(
+            model, critic, batch, 1.0, shared_prompt, entropy=True
+        )  # as ppo_update's forward
+        (out.logprobs.sum() + out.values.sum()).backward()  # type: ignore[operator]
         model.zero_grad(set_to_none=True)
         critic.zero_grad(set_to_none=True)
         return time.perf_counter() - t0

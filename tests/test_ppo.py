@@ -274,6 +274,11 @@ def test_pack_prompt_groups_layout():
             own = set(range(start, start + n))
             sees = set(allowed[r, start + n - 1].nonzero().flatten().tolist())
             assert sees == set(range(p)) | own  # the prompt and itself, no other response
+    read, at = packed.reads()  # the packed readout's positions: each row's samples' cols, one after another
+    t = b.response_ids.shape[1]
+    assert read.shape == (3, 4 * t) and at.shape == (len(b), t)
+    assert torch.equal(read[packed.rows[:, None], at], packed.cols)
+    assert at[:4, 0].tolist() == [0, t, 2 * t, 3 * t] and at[8, 0] == 0  # the lone sample's row, padded
     none = pack_prompt_groups(
         b.prompt_ids[3:5], b.prompt_mask[3:5], b.response_ids[3:5], b.response_mask[3:5], 0
     )
@@ -281,13 +286,15 @@ def test_pack_prompt_groups_layout():
 
 
 def _forward_results(policy, critic, b, **kw):
-    """policy_forward's masked log-probs, entropies and values and the policy's gradient of their sum."""
+    """policy_forward's masked log-probs, entropies and values and the policy's gradient of the log-probs' and
+    values' sum."""
     from rewardlab.optimize import ppo as ppo_mod
 
     m = b.response_mask.float()
     policy.zero_grad(set_to_none=True)
-    out = ppo_mod.policy_forward(policy, critic, b, 0.7, **kw)
-    loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
+    out = ppo_mod.policy_forward(policy, critic, b, 0.7, entropy=True, **kw)
+    assert out.entropy is not None and not out.entropy.requires_grad  # a statistic: no graph kept for it
+    loss = (out.logprobs * m).sum()
     if critic is not None:
         loss = loss + (out.values * m).sum()
     loss.backward()
@@ -319,21 +326,30 @@ def test_shared_prompt_forward_equals_one_row_per_sample(value_model):
     _assert_same_results([_forward_results(policy, critic, b, shared_prompt=sp) for sp in (False, True)])
 
 
+@pytest.mark.parametrize("shared_prompt", [False, True])
 @pytest.mark.parametrize("value_model", [False, True])
-def test_readout_forward_equals_the_models_own(monkeypatch, value_model):
+def test_readout_forward_equals_the_models_own(monkeypatch, value_model, shared_prompt):
     """The training/reference forward runs its last layer, LM head and value head at the response positions only
-    (kernels/readout): the same log-probs, entropies, values and gradients as the model's own forward."""
+    (kernels/readout), one row per sample or packed (ppo.shared_prompt): the same log-probs, entropies, values
+    and gradients as the model's own forward."""
     import rewardlab.optimize.ppo as ppo_mod
 
     policy, critic = _policy_and_critic(value_model)
     b = _grouped_batch(policy)
     seen: list[tuple[int, ...]] = []
     policy.model.layers[-1].mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
-    results = [_forward_results(policy, critic, b)]
+    results = [_forward_results(policy, critic, b, shared_prompt=shared_prompt)]
     monkeypatch.setattr(ppo_mod, "causal_lm_parts", lambda model: None)
-    results.append(_forward_results(policy, critic, b))
+    results.append(_forward_results(policy, critic, b, shared_prompt=shared_prompt))
     t, width = b.response_ids.shape[1], b.input_ids.shape[1]
-    assert seen[0][1] == t and seen[1][1] == width  # the readout's last layer ran at the t response positions
+    if (
+        shared_prompt
+    ):  # 3 packed rows, the largest holding 4 samples: 4t reads; the full forward: every column
+        packed = ppo_mod.pack_prompt_groups(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 0)
+        assert packed is not None
+        assert seen[0][:2] == (3, 4 * t) and seen[1][:2] == tuple(packed.input_ids.shape)
+    else:  # the readout's last layer ran at the t response positions
+        assert seen[0][1] == t and seen[1][1] == width
     _assert_same_results(results)
 
 

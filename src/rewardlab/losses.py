@@ -278,12 +278,7 @@ def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
         raise ValueError(f"index shape {tuple(index.shape)} does not match logits {tuple(logits.shape)}")
     index = index.long()
     if logits.dtype in (torch.float32, torch.float64):
-        selected = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        if logits.ndim >= 2:
-            lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
-        else:
-            lse = torch.logsumexp(logits, dim=-1)
-        return selected - lse
+        return _SelectedLogProb.apply(logits, index)
     if logits.ndim < 2:
         return F.log_softmax(logits, dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
     rows = [
@@ -291,6 +286,39 @@ def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
         for row, row_index in zip(logits, index)
     ]
     return torch.stack(rows)
+
+
+class _SelectedLogProb(torch.autograd.Function):
+    """``logits.gather(index) - logsumexp(logits)`` row by row (float32/float64), with the backward in one pass:
+    ``d/dlogits = g * (onehot(index) - softmax(logits))``, written into one ``[.., V]`` tensor (row by row, from
+    the saved logits and log-normalizers), instead of autograd's zero-filled gather gradient, per-row softmax
+    gradients, their concatenation and their sum."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, index: Tensor) -> Tensor:
+        selected = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        if logits.ndim >= 2:
+            lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        else:
+            lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, index, lse)
+        return selected - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, index, lse = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.contiguous()
+        out = torch.empty_like(logits)
+        if logits.ndim >= 2:
+            rows = zip(logits, lse, grad, out, strict=True)
+        else:
+            rows = iter([(logits, lse, grad, out)])
+        for x, norm, g, o in rows:  # o = -g * softmax(x)
+            torch.sub(x, norm.unsqueeze(-1), out=o)
+            o.exp_().mul_(g.unsqueeze(-1).neg())
+        out.scatter_add_(-1, index.unsqueeze(-1), grad.unsqueeze(-1))
+        return out, None
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

@@ -110,7 +110,7 @@ class SharedValueHead(nn.Module):
 @dataclass
 class PolicyOutput:
     logprobs: torch.Tensor  # [B, T]
-    entropy: torch.Tensor  # [B, T]
+    entropy: torch.Tensor | None  # [B, T], detached (a logged statistic), when asked for
     values: torch.Tensor | None  # [B, T]
 
 
@@ -120,8 +120,10 @@ def policy_forward(
     batch: SampleBatch,
     temperature: float,
     shared_prompt: bool = False,
+    entropy: bool = False,
 ) -> PolicyOutput:
-    """Response-token log-probs and entropy under ``policy`` and, if a critic is given, values.
+    """Response-token log-probs under ``policy``, their entropy if asked (``entropy``: computed without a graph,
+    since no objective here takes its gradient) and, if a critic is given, values.
 
     The value for token t is read at the position *before* it (the state the token was chosen in). With
     ``shared_prompt`` (``ppo.shared_prompt``) rows that repeat a prompt run as one row, the prompt encoded once
@@ -141,12 +143,17 @@ def policy_forward(
     t = batch.response_ids.shape[1]
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
         # a plain causal LM: its last layer, LM head and value head only where a response token is chosen
-        parts = causal_lm_parts(policy) if packed is None and policy is inner else None
-        if parts is not None:
+        parts = causal_lm_parts(policy) if policy is inner else None
+        if parts is not None and packed is None:
             ids, mask, p = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
             read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
             final = hidden_at(parts[0], read, input_ids=ids, attention_mask=mask,
                               position_ids=position_ids_from_mask(mask))  # fmt: skip
+            logits, hidden = parts[1](final), final if shared else None
+        elif parts is not None and packed is not None:
+            read, at = packed.reads()
+            final = hidden_at(parts[0], read, input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                              position_ids=packed.position_ids)[packed.rows[:, None], at]  # fmt: skip
             logits, hidden = parts[1](final), final if shared else None
         elif packed is None:
             ids, mask = batch.input_ids, batch.attention_mask
@@ -167,9 +174,12 @@ def policy_forward(
             rows = packed.rows[:, None]
             logits = out.logits[rows, packed.cols - (width - out.logits.shape[1])]  # [B, T, V]
             hidden = out.hidden_states[-1][rows, packed.cols] if shared else None
-        logits = logits.float() / temperature
+        logits = logits.float() if temperature == 1.0 else logits.float() / temperature
         logp = selective_log_softmax(logits, batch.response_ids)
-        ent = entropy_from_logits(logits)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits)
         values = None
         if shared:
             values = critic(hidden)  # type: ignore[misc]
@@ -475,7 +485,7 @@ def ppo_update(
                 weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
             mb = ro.batch.select(idx)
             m = ro.mask[idx]
-            out = policy_forward(policy, critic, mb, cfg.temperature, cfg.shared_prompt)
+            out = policy_forward(policy, critic, mb, cfg.temperature, cfg.shared_prompt, entropy=True)
             # One step per rollout: the current policy is the one that sampled, so its own log-probs
             # (detached) are the old ones and the ratio is exactly 1 (see sample_and_score).
             old = out.logprobs.detach() if single_update(cfg) else ro.logprobs[idx]
@@ -501,7 +511,7 @@ def ppo_update(
             optimizer.step()
             mb_stats = {"pg_loss": pg_loss.item(), "clipfrac": float(pg["clipfrac"]),
                         "approxkl": float(pg["approxkl"]), "ratio": float(pg["ratio"]),
-                        "entropy": float(masked_mean(out.entropy.detach(), m))}  # fmt: skip
+                        "entropy": float(masked_mean(out.entropy, m))}  # fmt: skip
             if vf_loss is not None and vf is not None:
                 mb_stats.update(vf_loss=vf_loss.item(), vf_clipfrac=float(vf["clipfrac"]))
             if world > 1:

@@ -127,6 +127,19 @@ class PackedGroups:
         """The first column any response token is predicted at: the LM head is needed from here on."""
         return int(self.cols.min())
 
+    def reads(self) -> tuple[Tensor, Tensor]:
+        """The columns each packed row is read at, ``read`` [R, K] (its rows' ``cols`` one after another, ``K`` the
+        largest group's count times ``T``, shorter rows padded with column 0, the prompt's first token), and
+        ``at`` [B, T], where row ``i``'s token ``t`` is among them: ``read[rows[i], at[i, t]] == cols[i, t]``."""
+        t = self.cols.shape[1]
+        r = self.input_ids.shape[0]
+        member = torch.nn.functional.one_hot(self.rows, r)  # [B, R]
+        rank = (member.cumsum(0) - 1).gather(1, self.rows[:, None])[:, 0]  # i's index within its packed row
+        at = rank[:, None] * t + torch.arange(t, device=self.cols.device)
+        read = torch.zeros((r, int(member.sum(0).max()) * t), dtype=torch.long, device=self.cols.device)
+        read[self.rows[:, None], at] = self.cols
+        return read, at
+
 
 def pack_prompt_groups(
     prompt_ids: Tensor,
