@@ -353,6 +353,36 @@ def test_readout_forward_equals_the_models_own(monkeypatch, value_model, shared_
     _assert_same_results(results)
 
 
+def test_separate_critic_reads_values_at_the_response_positions():
+    """A separate ValueModel's values (kernels/readout: last layer and head at the response positions only) equal
+    its own forward's, read at the position before each response token, and so do the gradients; the last
+    layer's MLP saw t positions per row."""
+    from rewardlab.optimize.ppo import critic_values
+
+    critic = ValueModel(tiny_policy(3).model)
+    torch.nn.init.normal_(critic.head.weight, std=1.0)
+    b = _grouped_batch(tiny_policy(0))
+    p, t = b.prompt_ids.shape[1], b.response_ids.shape[1]
+    m = b.response_mask.float()
+    seen: list[tuple[int, ...]] = []
+    critic.backbone.layers[-1].mlp.register_forward_hook(
+        lambda _m, args, _o: seen.append(tuple(args[0].shape))
+    )
+    results = []
+    for values_of in (
+        lambda: critic_values(critic, b),
+        lambda: critic(b.input_ids, b.attention_mask)[:, p - 1 : -1],
+    ):
+        critic.zero_grad(set_to_none=True)
+        values = values_of()
+        (values * m).sum().backward()
+        results.append((values.detach() * m, torch.cat([q.grad.flatten() for q in critic.parameters()])))
+    assert seen[0][1] == t and seen[1][1] == b.input_ids.shape[1]
+    for a, c in zip(*results, strict=True):
+        torch.testing.assert_close(a, c, atol=max(1e-5, 1e-6 * float(a.abs().max())), rtol=1e-5)
+    assert float(results[0][1].abs().max()) > 0.1
+
+
 def test_shared_prompt_training_matches(monkeypatch):
     """GRPO (one minibatch) and PPO with a value head on the trunk and one minibatch per epoch, a few steps with
     and without ppo.shared_prompt: the packed forward runs (the reference's and every update's) and the weights

@@ -31,7 +31,7 @@ from rewardlab.audit.tracker import position_ids_from_mask
 from rewardlab.config import PPOConfig
 from rewardlab.distributed import all_reduce_sum, batch_share
 from rewardlab.kernels.precision import training_compute, training_linears
-from rewardlab.kernels.readout import causal_lm_parts, hidden_at
+from rewardlab.kernels.readout import causal_lm_parts, hidden_at, unsupported
 from rewardlab.losses import (
     entropy_from_logits,
     gae,
@@ -189,9 +189,17 @@ def policy_forward(
 
 
 def critic_values(critic: nn.Module, batch: SampleBatch) -> torch.Tensor:
-    """A separate critic's values [B, T] of the response tokens, each read at the position before it."""
-    p = batch.prompt_ids.shape[1]
+    """A separate critic's values [B, T] of the response tokens, each read at the position before it. A
+    :class:`ValueModel` on a decoder :func:`~rewardlab.kernels.readout.hidden_at` replays (not under a DDP
+    wrapper) runs its last layer and head at those positions only."""
+    p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     with training_linears(critic):
+        if isinstance(critic, ValueModel) and unsupported(critic.backbone) is None:
+            ids, mask = batch.input_ids, batch.attention_mask
+            read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
+            hidden = hidden_at(critic.backbone, read, input_ids=ids, attention_mask=mask,
+                               position_ids=position_ids_from_mask(mask))  # fmt: skip
+            return critic.head(hidden).squeeze(-1).float()
         return critic(batch.input_ids, batch.attention_mask)[:, p - 1 : -1]
 
 
