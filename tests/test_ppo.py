@@ -383,6 +383,47 @@ def test_separate_critic_reads_values_at_the_response_positions():
     assert float(results[0][1].abs().max()) > 0.1
 
 
+def test_separate_critic_runs_after_the_policys_backward():
+    """With a separate critic, ppo_update runs the critic's forward after the policy's backward (one model's
+    activations held at a time), and the (clipped) gradients it steps with equal one backward of the summed loss."""
+    import copy
+
+    from rewardlab.losses import ppo_policy_loss, ppo_value_loss
+    from rewardlab.optimize.ppo import critic_values, policy_forward
+
+    c = cfg(advantage="gae", value_model="separate", minibatches=1, ppo_epochs=1, kl_coef=0.1)
+    policy, ref, critic = tiny_policy(0), tiny_policy(1), ValueModel(tiny_policy(3).model)
+    opt, _ = make_optimizer(torch.nn.ModuleList([policy, critic]), c.optim, 10)
+    prompts = [p for p in PROMPTS for _ in range(c.samples_per_prompt)]
+    ro = make_rollout(Actors(policy, ref, critic, WordProxy("the"), TOK), prompts, c, 0.1, torch.Generator())
+    before = copy.deepcopy((policy, critic))
+    events: list[str] = []
+    policy.lm_head.weight.register_hook(lambda g: events.append("policy backward"))
+    critic.register_forward_pre_hook(lambda *_: events.append("critic forward"))
+    critic.backbone.register_forward_pre_hook(lambda *_: events.append("critic forward"))
+    stepped: list[torch.Tensor] = []
+    real_step = opt.step
+
+    def step(*a, **k):
+        stepped.append(torch.cat([p.grad.flatten() for m in (policy, critic) for p in m.parameters()]))
+        return real_step(*a, **k)
+
+    opt.step = step  # type: ignore[method-assign]
+    ppo_update(policy, critic, opt, ro, c, torch.Generator().manual_seed(0), 0)
+    assert events[0] == "policy backward" and "critic forward" in events
+    p0, c0 = before  # one backward of pg + vf_coef * vf, from the same weights, on the same tokens
+    p0.train(), c0.train()
+    out = policy_forward(p0, None, ro.batch, c.temperature)
+    pg, _ = ppo_policy_loss(out.logprobs, ro.logprobs, ro.advantages, ro.mask, c.cliprange)
+    vf, _ = ppo_value_loss(critic_values(c0, ro.batch), ro.values, ro.returns, ro.mask, c.cliprange_value)
+    (pg + c.vf_coef * vf).backward()
+    torch.nn.utils.clip_grad_norm_([p for m in (p0, c0) for p in m.parameters()], c.optim.max_grad_norm)
+    want = torch.cat([p.grad.flatten() for m in (p0, c0) for p in m.parameters()])
+    (got,) = stepped
+    torch.testing.assert_close(got, want, atol=1e-6 * float(want.abs().max()), rtol=1e-5)
+    assert float(want.abs().max()) > 1e-3
+
+
 def test_shared_prompt_training_matches(monkeypatch):
     """GRPO (one minibatch) and PPO with a value head on the trunk and one minibatch per epoch, a few steps with
     and without ppo.shared_prompt: the packed forward runs (the reference's and every update's) and the weights

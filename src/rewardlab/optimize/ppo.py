@@ -107,6 +107,11 @@ class SharedValueHead(nn.Module):
         )  # bf16 trunk or autocast: float32
 
 
+def is_shared_head(critic: nn.Module | None) -> bool:
+    """Whether ``critic`` (or the module a DDP wrapper holds) is a :class:`SharedValueHead` on the policy's trunk."""
+    return isinstance(getattr(critic, "module", critic), SharedValueHead)
+
+
 @dataclass
 class PolicyOutput:
     logprobs: torch.Tensor  # [B, T]
@@ -139,7 +144,7 @@ def policy_forward(
         packed = pack_prompt_groups(
             batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, 0, dtype
         )
-    shared = isinstance(critic, SharedValueHead)
+    shared = is_shared_head(critic)
     t = batch.response_ids.shape[1]
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
         # a plain causal LM: its last layer, LM head and value head only where a response token is chosen
@@ -280,7 +285,7 @@ def sample_and_score(
     policy, ref, critic, reward_model, tokenizer = actors
     device = next(policy.parameters()).device
     ids, pmask = encode_prompts(tokenizer, prompts, cfg.max_new_tokens)
-    shared = isinstance(critic, SharedValueHead)  # its values read the policy's final hidden states
+    shared = is_shared_head(critic)  # its values read the policy's final hidden states
     exact = old_logprobs_from_sampler(policy)
     batch = sample(policy, ids.to(device), pmask.to(device), max_new_tokens=cfg.max_new_tokens,
                    eos_token_id=int(tokenizer.eos_token_id), pad_token_id=int(tokenizer.pad_token_id),
@@ -493,28 +498,32 @@ def ppo_update(
                 weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
             mb = ro.batch.select(idx)
             m = ro.mask[idx]
-            out = policy_forward(policy, critic, mb, cfg.temperature, cfg.shared_prompt, entropy=True)
+            value_targets = ro.values is not None and ro.returns is not None
+            # A separate critic runs its forward and backward after the policy's backward, so that one model's
+            # activations are held at a time (the two losses share no parameter: the same gradients).
+            separate = critic is not None and not is_shared_head(critic)
+            optimizer.zero_grad(set_to_none=True)
+            out = policy_forward(policy, None if separate else critic, mb, cfg.temperature, cfg.shared_prompt,
+                                 entropy=True)  # fmt: skip
             # One step per rollout: the current policy is the one that sampled, so its own log-probs
             # (detached) are the old ones and the ratio is exactly 1 (see sample_and_score).
             old = out.logprobs.detach() if single_update(cfg) else ro.logprobs[idx]
             pg_loss, pg = ppo_policy_loss(out.logprobs, old, ro.advantages[idx], m, cfg.cliprange)
             loss = pg_loss
             vf_loss, vf = None, None
-            if (
-                critic is not None
-                and out.values is not None
-                and ro.values is not None
-                and ro.returns is not None
-            ):
+            if out.values is not None and value_targets:  # a value head on the policy's trunk
                 vf_loss, vf = ppo_value_loss(
                     out.values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value
                 )
                 loss = loss + cfg.vf_coef * vf_loss
-            if world > 1:
-                loss = loss * (world * weight)
             check_finite(loss, "PPO loss", step, "ppo")
-            optimizer.zero_grad(set_to_none=True)
-            backward(loss)
+            backward(loss * (world * weight) if world > 1 else loss)
+            if separate and value_targets:
+                values = critic_values(critic, mb)  # type: ignore[arg-type]
+                vf_loss, vf = ppo_value_loss(values, ro.values[idx], ro.returns[idx], m, cfg.cliprange_value)
+                check_finite(vf_loss, "PPO value loss", step, "ppo")
+                loss = cfg.vf_coef * vf_loss
+                backward(loss * (world * weight) if world > 1 else loss)
             gn = clip_grad(params, cfg.optim.max_grad_norm)
             optimizer.step()
             mb_stats = {"pg_loss": pg_loss.item(), "clipfrac": float(pg["clipfrac"]),
