@@ -144,15 +144,18 @@ def test_sampling_with_the_switch_and_one_compile_per_shape(
 
 
 def test_past_the_recompile_limit_it_decodes_eagerly(
-    model: PreTrainedModel, prompts: tuple[torch.Tensor, torch.Tensor], compiled: None
-) -> None:
-    """A shape past dynamo's recompile limit (fullgraph=True raises there) falls back to the eager step."""
+    model: PreTrainedModel, prompts: tuple[torch.Tensor, torch.Tensor], compiled: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A shape past dynamo's recompile limit (fullgraph=True raises there) falls back to the eager step (the exact
+    replay, not the lean sampling step that an uncompiled call of this small model would take)."""
     ids, mask = prompts
     kw: dict[str, Any] = dict(max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
     sample(model, ids, mask, generator=torch.Generator().manual_seed(1), **kw)  # compiled at least once
     with torch._dynamo.config.patch(recompile_limit=1):
         out = sample(model, ids[:5], mask[:5], generator=torch.Generator().manual_seed(1), **kw)  # new batch
     fast_decoder.COMPILE_DECODE = False  # restored by the fixture's monkeypatch
+    monkeypatch.setattr(fast_decoder, "LEAN_SAMPLING", False)
     eager = sample(model, ids[:5], mask[:5], generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(out.response_ids, eager.response_ids)
     assert torch.equal(out.logprobs, eager.logprobs)  # the eager step's own bits
