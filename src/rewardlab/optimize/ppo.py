@@ -149,16 +149,13 @@ def policy_forward(
     with training_linears(policy, critic):  # oneDNN (backward later, too) or mixed-precision autocast
         # a plain causal LM: its last layer, LM head and value head only where a response token is chosen
         parts = causal_lm_parts(policy) if policy is inner else None
-        if parts is not None and packed is None:
-            ids, mask, p = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
-            read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
-            final = hidden_at(parts[0], read, input_ids=ids, attention_mask=mask,
-                              position_ids=position_ids_from_mask(mask))  # fmt: skip
-            logits, hidden = parts[1](final), final if shared else None
-        elif parts is not None and packed is not None:
-            read, at = packed.reads()
-            final = hidden_at(parts[0], read, input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                              position_ids=packed.position_ids)[packed.rows[:, None], at]  # fmt: skip
+        if parts is not None:
+            if packed is None:
+                final = _response_hidden(parts[0], batch)
+            else:
+                read, at = packed.reads()
+                final = hidden_at(parts[0], read, input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                                  position_ids=packed.position_ids)[packed.rows[:, None], at]  # fmt: skip
             logits, hidden = parts[1](final), final if shared else None
         elif packed is None:
             ids, mask = batch.input_ids, batch.attention_mask
@@ -193,19 +190,25 @@ def policy_forward(
     return PolicyOutput(logp, ent, values)
 
 
+def _response_hidden(decoder: nn.Module, batch: SampleBatch) -> torch.Tensor:
+    """``decoder``'s final hidden states [B, T, D] where each response token is chosen (the position before it),
+    its last layer run there only (:func:`~rewardlab.kernels.readout.hidden_at`)."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
+    return hidden_at(
+        decoder, read, input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+    )
+
+
 def critic_values(critic: nn.Module, batch: SampleBatch) -> torch.Tensor:
     """A separate critic's values [B, T] of the response tokens, each read at the position before it. A
     :class:`ValueModel` on a decoder :func:`~rewardlab.kernels.readout.hidden_at` replays (not under a DDP
     wrapper) runs its last layer and head at those positions only."""
-    p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     with training_linears(critic):
         if isinstance(critic, ValueModel) and unsupported(critic.backbone) is None:
-            ids, mask = batch.input_ids, batch.attention_mask
-            read = torch.arange(p - 1, p - 1 + t, device=ids.device).expand(ids.shape[0], t)
-            hidden = hidden_at(critic.backbone, read, input_ids=ids, attention_mask=mask,
-                               position_ids=position_ids_from_mask(mask))  # fmt: skip
-            return critic.head(hidden).squeeze(-1).float()
-        return critic(batch.input_ids, batch.attention_mask)[:, p - 1 : -1]
+            return critic.head(_response_hidden(critic.backbone, batch)).squeeze(-1).float()
+        return critic(batch.input_ids, batch.attention_mask)[:, batch.prompt_ids.shape[1] - 1 : -1]
 
 
 def old_logprobs_from_sampler(policy: nn.Module) -> bool:
@@ -483,6 +486,10 @@ def ppo_update(
                                                      "ratio", "entropy", "grad_norm")}  # fmt: skip
     ratios: list[torch.Tensor] = []
     groups = prompt_groups(ro.batch.prompt_ids, ro.batch.prompt_mask) if cfg.shared_prompt else None
+    value_targets = ro.values is not None and ro.returns is not None
+    # A separate critic runs its forward and backward after the policy's backward, so that one model's
+    # activations are held at a time (the two losses share no parameter: the same gradients).
+    separate = critic is not None and not is_shared_head(critic)
     for _epoch in range(cfg.ppo_epochs):
         if groups is None:
             perm = torch.randperm(n, generator=generator)
@@ -498,10 +505,6 @@ def ppo_update(
                 weight = float(ro.mask[idx].sum()) / tokens_mb if share.real else 0.0
             mb = ro.batch.select(idx)
             m = ro.mask[idx]
-            value_targets = ro.values is not None and ro.returns is not None
-            # A separate critic runs its forward and backward after the policy's backward, so that one model's
-            # activations are held at a time (the two losses share no parameter: the same gradients).
-            separate = critic is not None and not is_shared_head(critic)
             optimizer.zero_grad(set_to_none=True)
             out = policy_forward(policy, None if separate else critic, mb, cfg.temperature, cfg.shared_prompt,
                                  entropy=True)  # fmt: skip
