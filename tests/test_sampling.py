@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 from transformers import PreTrainedModel
 
-from rewardlab.kernels import fast_decoder
+from rewardlab.kernels import fast_decoder, skinny
 from rewardlab.policies import sampling
 from rewardlab.policies.models import ModelConfig, build_causal_lm
 from rewardlab.policies.sampling import SampleBatch, encode_prompts, sample
@@ -212,6 +215,7 @@ def test_onednn_sampling_matches_the_exact_decoder(
     """Sampling with oneDNN-packed matmuls gives the exact path's samples up to last-bit rounding."""
     ids, mask = prompts
     monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)  # pack even this tiny model's matrices
+    monkeypatch.setattr(fast_decoder, "SKINNY_SAMPLING", False)  # which would take oneDNN's place
     kw = dict(max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9)
     decoder = fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + 4, exact=False)
     assert decoder is not None and decoder.pack == fast_decoder._onednn_available(model.lm_head.weight)
@@ -244,26 +248,40 @@ def _gqa_llama() -> PreTrainedModel:
     return model.eval()
 
 
+_NO_CC = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+
+
+@pytest.mark.parametrize("gemm", ["mkl", pytest.param("skinny", marks=_NO_CC)])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gqa"])
 def test_lean_sampling_step_matches_the_exact_decoder(
-    arch: str, prompts: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+    arch: str, gemm: str, prompts: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lean sampling step (folded norms, [in, out] matrices, one SDPA over the written slots) gives the exact
     eager replay's samples, log-probs up to rounding and hidden states up to rounding, with rows compacted as they
-    finish; it is what sampling uses on an unpacked model, greedy decoding never."""
+    finish; it is what sampling uses on an unpacked model, greedy decoding never. Its products run on MKL below the
+    packing threshold and on the skinny GEMM's panels above it (here: the threshold at 0)."""
     model = _gqa_llama() if arch == "gqa" else _model(arch)
     if arch == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None  # the q/k/v biases are exercised
     ids, mask = prompts
-    monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)
+    if gemm == "skinny":
+        monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)
+    else:
+        monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)
     monkeypatch.setattr(sampling, "_COMPACT_FRACTION", 0.0)
     monkeypatch.setattr(sampling, "_COMPACT_MIN", 1)
     decoder = fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW, exact=False)
-    assert decoder is not None and decoder.lean is not None
+    assert decoder is not None and decoder.lean is not None and not decoder.pack
+    matrices = [decoder.lean["lm_head"]] + [
+        w[n] for w in decoder.lean["layers"] for n in ("qkv", "o", "down")
+    ]
+    kind = skinny.Panels if gemm == "skinny" else torch.Tensor
+    assert all(isinstance(m, kind) for m in matrices)
     assert fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW, exact=True).lean is None
     kw = dict(max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9, hidden_states=True)
     lean = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(fast_decoder, "LEAN_SAMPLING", False)
+    monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)
     exact = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]
     assert torch.equal(lean.response_ids, exact.response_ids)
     assert 0 < int(lean.finished.sum()) < ids.shape[0]  # some rows finished early: the cache was compacted
@@ -369,6 +387,7 @@ def test_hidden_states_match_full_forward(
     monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", path == "fast-onednn")
     if path == "fast-onednn":
         monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)
+        monkeypatch.setattr(fast_decoder, "SKINNY_SAMPLING", False)
     monkeypatch.setattr(sampling, "_FAST_DECODE", path != "loop")
     if path == "one-prefill":
         monkeypatch.setattr(sampling, "_DEDUP_PROMPTS", False)

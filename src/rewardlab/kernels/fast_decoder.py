@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from rewardlab.kernels import skinny
+
 # FastDecoder: one matmul for q/k/v and one for gate/up (weights concatenated once per call).
 # With MKL it is no faster on CPU (11M params, batch 8: 880 vs 790 ms per 48 tokens), so it is
 # forced only by this flag; with oneDNN (below) groups big enough to be packed are fused.
@@ -51,6 +53,12 @@ COMPILE_LEN_MULTIPLE = 16
 # written through views; attention is one SDPA call over the slots written so far. ~1M, batch 8, one thread:
 # ~0.8 ms a step against ~1.15 ms.
 LEAN_SAMPLING = True
+# The lean step with every matrix product through rewardlab's skinny GEMM (:mod:`rewardlab.kernels.skinny`: the
+# matrices packed into column panels once per call, read front to back feeding every row's accumulator) wherever
+# that kernel compiled here and the model is big enough for packing to pay (ONEDNN_MIN_WEIGHT): there it replaces
+# oneDNN packing. ~11M, batch 8, 48 tokens, on this project's Intel Xeon: 296 vs 419 ms a call at one thread,
+# 195 vs 286 at two (~1M: 40 vs 38 ms, so ~1M keeps MKL).
+SKINNY_SAMPLING = True
 _log = logging.getLogger(__name__)
 
 
@@ -87,10 +95,15 @@ class FastDecoder:
         self.embed = inner.embed_tokens.weight
         self.final_norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
         head: Any = model.get_output_embeddings()  # type: ignore[operator]
-        onednn = not exact and ONEDNN_SAMPLING and _onednn_available(self.embed)
+        big = _largest_matmul(inner, head) >= ONEDNN_MIN_WEIGHT  # where packing a matrix pays
+        lean = not exact and LEAN_SAMPLING and not COMPILE_DECODE and _lean_applies(inner, head)
+        skinny_gemm = (
+            lean and big and SKINNY_SAMPLING and self.embed.dtype == torch.float32 and skinny.available()
+        )
+        onednn = not exact and ONEDNN_SAMPLING and not skinny_gemm and _onednn_available(self.embed)
         # Inductor cannot take oneDNN-packed weights, and where they pay (~11M params) the compiled step
         # on MKL GEMMs is no faster than the eager one on packed ones: compile only where none would be.
-        packs = onednn and _largest_matmul(inner, head) >= ONEDNN_MIN_WEIGHT
+        packs = onednn and big
         self.compiled = not exact and COMPILE_DECODE and not packs
         self.pack = onednn and not self.compiled
         self.lean: dict[str, Any] | None = None  # the lean step's weights (LEAN_SAMPLING), built below
@@ -136,8 +149,8 @@ class FastDecoder:
             shape = (batch, self.kv_heads, total_len, self.head_dim)
             self.keys.append(param.new_zeros(shape))
             self.values.append(param.new_zeros(shape))
-        if not exact and LEAN_SAMPLING and not self.compiled and not packs and _lean_applies(inner, head):
-            self.lean = _lean_net(inner, head, self.cos, self.sin)
+        if lean and (skinny_gemm or not packs):
+            self.lean = _lean_net(inner, head, self.cos, self.sin, skinny_gemm)
 
     def _weights(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
         """``(weight, bias, packed)``: the weight as is, or prepacked for oneDNN when sampling."""
@@ -324,24 +337,28 @@ def _lean_applies(inner: Any, head: torch.nn.Linear) -> bool:
     return True
 
 
-def _lean_net(inner: Any, head: torch.nn.Linear, cos: Tensor, sin: Tensor) -> dict[str, Any]:
+def _lean_net(
+    inner: Any, head: torch.nn.Linear, cos: Tensor, sin: Tensor, skinny_gemm: bool
+) -> dict[str, Any]:
     """:func:`_lean_weights` plus this decoder's RoPE tables (``rotate_half``'s signs folded into the sine).
 
     Built anew for every call: a cache keyed on the weights' version counters would miss fused AdamW's updates
     (``torch._fused_adamw_`` leaves ``Tensor._version`` unchanged)."""
-    weights = _lean_weights(inner, head)
+    weights = _lean_weights(inner, head, skinny_gemm)
     half = weights["head_dim"] // 2
     signs = torch.cat([-torch.ones(half), torch.ones(half)]).to(sin)
     return {**weights, "cos": cos, "sin": sin * signs}
 
 
-def _lean_weights(inner: Any, head: torch.nn.Linear) -> dict[str, Any]:
-    """The matrices :func:`_lean_step` reads: stored [in, out] (contiguous) with each RMSNorm's weight folded into
-    the matrix after it (``norm(x) W^T = (x * rsqrt(...)) (W diag(w))^T``), q/k/v and gate/up concatenated, and
-    the shape numbers."""
+def _lean_weights(inner: Any, head: torch.nn.Linear, skinny_gemm: bool = False) -> dict[str, Any]:
+    """The matrices :func:`_lean_step` reads: [in, out] with each RMSNorm's weight folded into the matrix after it
+    (``norm(x) W^T = (x * rsqrt(...)) (W diag(w))^T``), q/k/v and gate/up concatenated, and the shape numbers. Each
+    matrix is a contiguous tensor, or with ``skinny_gemm`` the skinny GEMM's :class:`~rewardlab.kernels.skinny.Panels`
+    (:func:`_lean_mm` multiplies by either)."""
     attn0 = inner.layers[0].self_attn
     head_dim = int(attn0.head_dim)
     buffers = _LEAN_BUFFERS.setdefault(inner, {})
+    _in_out = _in_out_panels if skinny_gemm else _in_out_tensor
     layers = []
     for i, layer in enumerate(inner.layers):
         a, m = layer.self_attn, layer.mlp
@@ -371,11 +388,11 @@ def _lean_weights(inner: Any, head: torch.nn.Linear) -> dict[str, Any]:
 # Per model, the lean step's [in, out] matrices of its last call, refilled (``copy_``) by the next one: the values
 # are always recomputed, the memory is reused (a fresh ~3 MB allocation per call page-faults: 0.57 ms to transpose
 # the ~1M LM head into new memory, 0.19 ms into an old buffer). Weak keys: the buffers go with the model.
-_LEAN_BUFFERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Tensor]] = weakref.WeakKeyDictionary()
+_LEAN_BUFFERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def _in_out(
-    buffers: dict[str, Tensor], name: str, weights: list[Tensor], norm: Tensor | None = None
+def _in_out_tensor(
+    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None
 ) -> Tensor:
     """``[W1; W2; ...]`` (transformers' ``[out, in]`` matrices stacked) as one contiguous ``[in, out]`` matrix, its rows
     scaled by ``norm`` (the weight of the RMSNorm before it) if given, written into ``buffers[name]`` (reused when its
@@ -396,6 +413,30 @@ def _in_out(
     return out if norm is None else out.mul_(norm.detach()[:, None])
 
 
+def _in_out_panels(
+    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None
+) -> skinny.Panels:
+    """:func:`_in_out_tensor`'s matrix packed for the skinny GEMM, written straight from the ``[out, in]`` weights
+    into ``buffers["panels." + name]`` (reused when its shape still fits: the padding columns stay zero)."""
+    rows, cols = weights[0].shape[1], sum(w.shape[0] for w in weights)
+    out = buffers.get("panels." + name)
+    if out is None or out.shape != (rows, cols):
+        out = buffers["panels." + name] = skinny.empty_panels(rows, cols)
+    start = 0
+    for w in weights:
+        skinny.pack_into(out, w, start, transposed=True, scale=norm)
+        start += w.shape[0]
+    return out
+
+
+def _lean_mm(x: Tensor, w: Tensor | skinny.Panels, add: Tensor | None = None) -> Tensor:
+    """``add + x @ w`` for the lean step's ``[N, in]`` rows and ``[in, out]`` matrix (a tensor: MKL; panels: the
+    skinny GEMM); ``add`` is ``[N, out]`` or a bias ``[out]``."""
+    if isinstance(w, skinny.Panels):
+        return skinny.matmul(x, w, None if add is None else add.expand(x.shape[0], w.n))
+    return torch.mm(x, w) if add is None else torch.addmm(add, x, w)
+
+
 def _rms_scale(x: Tensor, eps: float) -> Tensor:
     """``x / sqrt(mean(x^2) + eps)``: RMSNorm without its weight (folded into the next matrix)."""
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), None, eps)
@@ -403,14 +444,13 @@ def _rms_scale(x: Tensor, eps: float) -> Tensor:
 
 def _lean_qkv(x: Tensor, w: dict[str, Any]) -> Tensor:
     """``[N, D] -> [N, q + k + v]``: the normed rows times the lean q/k/v matrix (plus Qwen2's biases)."""
-    x = _rms_scale(x, w["eps1"])
-    return torch.mm(x, w["qkv"]) if w["qkv_bias"] is None else torch.addmm(w["qkv_bias"], x, w["qkv"])
+    return _lean_mm(_rms_scale(x, w["eps1"]), w["qkv"], w["qkv_bias"])
 
 
 def _lean_mlp(h: Tensor, w: dict[str, Any]) -> Tensor:
     """``h + down(silu(gate) * up)`` of the normed rows ``h`` [N, D], the residual added inside ``addmm``."""
-    gate, up = torch.mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
-    return torch.addmm(h, torch.nn.functional.silu(gate) * up, w["down"])
+    gate, up = _lean_mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
+    return _lean_mm(torch.nn.functional.silu(gate) * up, w["down"], h)
 
 
 def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys: list[Tensor],
@@ -434,10 +474,10 @@ def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys:
             qk[:, :heads, None], keys[i][:, :, : slot + 1], values[i][:, :, : slot + 1], attn_mask=step_mask,
             scale=net["scaling"], enable_gqa=heads != kv_heads,
         )  # fmt: skip
-        h = _lean_mlp(torch.addmm(h, out.view(b, -1), w["o"]), w)
+        h = _lean_mlp(_lean_mm(out.view(b, -1), w["o"], h), w)
     weight, eps = net["final_norm"]
     h = weight * _rms_scale(h, eps)
-    return torch.mm(h, net["lm_head"]), h
+    return _lean_mm(h, net["lm_head"]), h
 
 
 def _lean_prefill(net: dict[str, Any], input_ids: Tensor, attention_mask: Tensor,
@@ -468,12 +508,12 @@ def _lean_prefill(net: dict[str, Any], input_ids: Tensor, attention_mask: Tensor
         out = torch.nn.functional.scaled_dot_product_attention(
             qk[:, :heads], k, v, attn_mask=allowed, scale=net["scaling"], enable_gqa=heads != kv_heads
         )
-        h = torch.addmm(h.view(b * width, -1), out.transpose(1, 2).reshape(b * width, -1), w["o"])
+        h = _lean_mm(out.transpose(1, 2).reshape(b * width, -1), w["o"], h.view(b * width, -1))
         h = _lean_mlp(h, w).view(b, width, -1)
         kvs.append((k.contiguous(), v.contiguous()))
     weight, eps = net["final_norm"]
     last = weight * _rms_scale(h[:, -1], eps)
-    return torch.mm(last, net["lm_head"]), last, kvs
+    return _lean_mm(last, net["lm_head"]), last, kvs
 
 
 _COMPILED: list[Callable[..., tuple[Tensor, Tensor]]] = []

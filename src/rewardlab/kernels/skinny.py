@@ -1,0 +1,210 @@
+"""A CPU kernel: fp32 ``y = add + x @ W`` for a few rows ``x`` against a weight packed once into column panels,
+the product of every decoding step (:mod:`rewardlab.kernels.fast_decoder`'s lean step when sampling).
+
+A decoding step multiplies the batch's rows (8 in an RL step) by each weight matrix: ~2 FLOPs per row per weight
+read, so its speed is the speed at which the weights are read. MKL's SGEMM at 8 rows reads them at about half the
+speed the cache delivers. The C kernel in ``skinny_gemm.c`` reads a packed panel (:class:`Panels`) front to back
+with each loaded weight vector feeding every row's accumulator (registers). Measured on this project's Intel Xeon
+(one thread, 8 rows, the ~11M model's 17 matrices of a step, 40 MB): ~2.2-2.7 ms a step against MKL's 3.3-6.2 ms
+(``benchmarks/RESULTS.md``). Results equal ``torch.mm``'s up to rounding (the sum over k runs in order).
+
+The kernel is compiled at first use with the machine's C compiler (``$CC``, default ``cc``; ``-O3 -march=native``
+with OpenMP, then without OpenMP, then plain ``-O3``) into ``REWARDLAB_CACHE_DIR`` (default
+``~/.cache/rewardlab``)``/kernels``, one library per source, compiler and CPU (the CPU's model and flags are in the
+name: a library built for one CPU is never loaded on another). Where no compiler works, :func:`available` is
+``False`` and callers keep their ``torch.mm`` path; ``REWARDLAB_SKINNY_GEMM=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rewardlab.utils import cpuinfo_field
+
+_SOURCE = Path(__file__).with_name("skinny_gemm.c")
+_FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"])
+_log = logging.getLogger(__name__)
+_P = ctypes.c_void_p
+
+
+@dataclass(frozen=True)
+class Panels:
+    """A ``[k, n]`` weight matrix packed for :func:`matmul`: ``data[p, k, j] == W[k, p * width + j]``, zero
+    past column ``n``."""
+
+    data: Tensor  # [ceil(n / width), k, width], float32, contiguous
+    k: int
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.k, self.n)
+
+
+def available() -> bool:
+    """Whether the kernel is compiled and loaded here (``REWARDLAB_SKINNY_GEMM=0``: never)."""
+    return os.environ.get("REWARDLAB_SKINNY_GEMM", "1") != "0" and _library() is not None
+
+
+def panel_width() -> int:
+    """Columns per panel (3 vectors of the CPU's widest float vector: 48 with AVX-512)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the skinny GEMM kernel is not available (no working C compiler)")
+    return int(lib.rl_panel_width())
+
+
+def empty_panels(k: int, n: int) -> Panels:
+    """Zeroed panels for a ``[k, n]`` matrix (fill them with :func:`pack_into`)."""
+    width = panel_width()
+    return Panels(torch.zeros((-(-n // width), k, width)), k, n)
+
+
+def pack_into(panels: Panels, weight: Tensor, col: int = 0, transposed: bool = True,
+              scale: Tensor | None = None) -> Panels:  # fmt: skip
+    """Write ``weight`` into ``panels``' columns ``col..``: with ``transposed`` the weight is transformers'
+    ``[out, in]`` (``W[k, col + c] = weight[c, k]``), else ``[in, out]``; each row ``k`` of ``W`` times
+    ``scale[k]`` when given (an RMSNorm's weight folded into the matrix after it). Returns ``panels``."""
+    w = weight.detach()
+    if w.dtype != torch.float32 or w.device.type != "cpu" or not _unit_last(w):
+        raise ValueError(
+            f"pack_into needs a float32 CPU weight with unit last stride, got {w.dtype} {w.stride()}"
+        )
+    cols, k = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+    if k != panels.k or col < 0 or col + cols > panels.n:
+        raise ValueError(f"a {tuple(w.shape)} weight (transposed={transposed}) does not fit columns {col}.. of "
+                         f"a {panels.shape} matrix")  # fmt: skip
+    s = None
+    if scale is not None:
+        s = scale.detach().to(torch.float32).contiguous()
+        if s.shape != (k,):
+            raise ValueError(f"scale has shape {tuple(s.shape)}, expected ({k},)")
+    lib = _library()
+    assert lib is not None
+    lib.rl_pack(_P(w.data_ptr()), w.stride(0), int(transposed), _P(s.data_ptr()) if s is not None else None,
+                _P(panels.data.data_ptr()), k, panels.n, col, cols, torch.get_num_threads())  # fmt: skip
+    return panels
+
+
+def pack(weight: Tensor, transposed: bool = True, scale: Tensor | None = None) -> Panels:
+    """``weight`` (``[out, in]`` when ``transposed``, else ``[in, out]``) packed as a ``[in, out]`` matrix."""
+    k, n = (weight.shape[1], weight.shape[0]) if transposed else weight.shape
+    return pack_into(empty_panels(int(k), int(n)), weight, 0, transposed, scale)
+
+
+def matmul(x: Tensor, w: Panels, add: Tensor | None = None) -> Tensor:
+    """``add + x @ W`` (``x``: ``[rows, k]`` float32 with unit last stride; ``add``: ``[rows, n]`` or ``None``)
+    as a new ``[rows, n]`` tensor. No autograd: for inference (decoding) only."""
+    if x.dim() != 2 or x.shape[1] != w.k or x.dtype != torch.float32 or not _unit_last(x):
+        raise ValueError(f"matmul needs x [rows, {w.k}] float32 with unit last stride, got "
+                         f"{tuple(x.shape)} {x.dtype} strides {x.stride()}")  # fmt: skip
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("skinny.matmul has no backward: call it under torch.no_grad()")
+    rows = x.shape[0]
+    y = x.new_empty((rows, w.n))
+    if add is not None and (add.shape != (rows, w.n) or add.dtype != torch.float32 or not _unit_last(add)):
+        raise ValueError(f"add must be [{rows}, {w.n}] float32 with unit last stride, got {tuple(add.shape)}")
+    if rows == 0:
+        return y
+    lib = _library()
+    assert lib is not None
+    lib.rl_gemm(rows, _P(x.data_ptr()), x.stride(0), _P(w.data.data_ptr()), w.k, w.n, _P(y.data_ptr()), w.n,
+                _P(add.data_ptr()) if add is not None else None, add.stride(0) if add is not None else 0,
+                torch.get_num_threads())  # fmt: skip
+    return y
+
+
+def _unit_last(t: Tensor) -> bool:
+    """The last axis is contiguous (the kernel's assumption; any stride will do for a length-1 axis)."""
+    return t.shape[-1] == 1 or t.stride(-1) == 1
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REWARDLAB_CACHE_DIR") or Path.home() / ".cache" / "rewardlab"
+    return Path(root) / "kernels"
+
+
+def _compiler_id(cc: str) -> str:
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernel, loaded (compiled first where this source, compiler and CPU have no library yet), or
+    ``None`` where no compiler works."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        _log.info("skinny GEMM: no C compiler %r; decoding keeps torch.mm", cc)
+        return None
+    compiler = _compiler_id(cc)
+    cpu = "|".join(str(x) for x in (platform.machine(), cpuinfo_field("model name"), cpuinfo_field("flags")))
+    source = _SOURCE.read_bytes()
+    for flags in _FLAGS:
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), cpu.encode()]))
+        path = _cache_dir() / f"skinny_gemm-{key.hexdigest()[:20]}.so"
+        if not path.exists() and not _compile(cc, flags, path):
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))
+            for name in ("rl_gemm", "rl_pack"):
+                getattr(lib, name).restype = None
+            if _works(lib):
+                return lib
+        except OSError as error:
+            _log.info("skinny GEMM: cannot load %s (%s)", path, error)
+    _log.info("skinny GEMM: the kernel did not compile or failed its check here; decoding keeps torch.mm")
+    return None
+
+
+def _compile(cc: str, flags: list[str], path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        run = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE)], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        if run.returncode != 0:
+            _log.info("skinny GEMM: %s %s failed: %s", cc, " ".join(flags), run.stderr.strip()[-500:])
+            return False
+        os.replace(tmp, path)  # atomic: a concurrent process sees the whole library or none
+        return True
+    except (OSError, subprocess.SubprocessError) as error:
+        _log.info("skinny GEMM: %s %s failed: %s", cc, " ".join(flags), error)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _works(lib: ctypes.CDLL) -> bool:
+    """A 5 x 7 by 7 x 61 product against ``torch.mm`` (a partial panel and a partial row block)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, add = (
+        torch.randn(5, 7, generator=gen),
+        torch.randn(61, 7, generator=gen),
+        torch.randn(5, 61, generator=gen),
+    )
+    width = int(lib.rl_panel_width())
+    panels = torch.zeros((-(-61 // width), 7, width))
+    lib.rl_pack(_P(w.data_ptr()), 7, 1, None, _P(panels.data_ptr()), 7, 61, 0, 61, 1)
+    y = torch.empty(5, 61)
+    lib.rl_gemm(5, _P(x.data_ptr()), 7, _P(panels.data_ptr()), 7, 61, _P(y.data_ptr()), 61, _P(add.data_ptr()),
+                61, 1)  # fmt: skip
+    return bool(torch.allclose(y, add + x @ w.t(), rtol=1e-5, atol=1e-5))

@@ -1,0 +1,133 @@
+/* rewardlab's skinny fp32 GEMM for CPU decoding: y = add + x @ W for a few rows x and a weight W packed once
+ * into column panels (kernels/skinny.py compiles this file at first use with the machine's C compiler).
+ *
+ * A decoding step multiplies a handful of rows (the batch) by every weight matrix: ~2 * rows FLOPs per weight
+ * read, so the step streams the weights and its speed is how fast they are read. A BLAS GEMM at 8 rows reads
+ * them at roughly half the speed the cache delivers (it is built for big tiles). Here the weight is laid out as
+ * panels[p][k][j] = W[k, p * NB + j] (NB columns a panel, zero past the last column): a panel is read front to
+ * back, once per block of MR rows, with a prefetch PF rows ahead, and each weight vector loaded feeds MR fused
+ * multiply-adds into MR x NV vector accumulators held in registers. Vector widths come from the compiler's
+ * target (-march=native): AVX-512 16 floats, AVX 8, NEON/SSE 4. Summation over k is in order, one product at a
+ * time, so results differ from MKL's only by rounding. */
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VW 16
+#define MR 8
+#elif defined(__AVX__)
+#define VW 8
+#define MR 4
+#elif defined(__aarch64__)
+#define VW 4
+#define MR 8
+#else
+#define VW 4
+#define MR 4
+#endif
+#define NV 3
+#define NB (NV * VW)
+#define PF 8
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+
+int rl_panel_width(void) { return NB; }
+int rl_row_block(void) { return MR; }
+
+int rl_openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* Write columns [col, col + cols) of the packed [k_dim, n] matrix from w: w[k, c] = src[c * ld + k] when
+ * trans (transformers' [out, in] layout), else src[k * ld + c]; each k row times scale[k] when scale is given.
+ * The panels hold ceil(n / NB) * k_dim * NB floats; columns past n are left as they are (zeros from the
+ * caller). */
+void rl_pack(const float* src, int ld, int trans, const float* scale, float* panels, int k_dim, int n, int col,
+             int cols, int threads) {
+  (void)n;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+  for (int c = 0; c < cols; c++) {
+    int dst_col = col + c;
+    float* dst = panels + (size_t)(dst_col / NB) * k_dim * NB + dst_col % NB;
+    if (trans) {
+      const float* s = src + (size_t)c * ld;
+      for (int k = 0; k < k_dim; k++) dst[(size_t)k * NB] = scale ? s[k] * scale[k] : s[k];
+    } else {
+      for (int k = 0; k < k_dim; k++) {
+        float v = src[(size_t)k * ld + c];
+        dst[(size_t)k * NB] = scale ? v * scale[k] : v;
+      }
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void micro(const int m, const float* x, int ldx, const float* panel,
+                                                        int k_dim, float* y, int ldy, const float* add, int ldadd,
+                                                        int cols) {
+  const int rows = m < MR ? m : MR; /* m > MR only in the unreachable cases of panel_rows */
+  vf acc[MR][NV];
+  for (int i = 0; i < MR; i++)
+    for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+  for (int k = 0; k < k_dim; k++) {
+    const float* wk = panel + (size_t)k * NB;
+    vf w[NV];
+    for (int v = 0; v < NV; v++) __builtin_prefetch(wk + PF * NB + v * VW, 0, 3);
+    for (int v = 0; v < NV; v++) memcpy(&w[v], wk + v * VW, sizeof(vf));
+    for (int i = 0; i < rows; i++) {
+      vf b = x[(size_t)i * ldx + k] - (vf){0};
+      for (int v = 0; v < NV; v++) acc[i][v] += b * w[v];
+    }
+  }
+  for (int i = 0; i < rows; i++) {
+    float buf[NB];
+    for (int v = 0; v < NV; v++) memcpy(buf + v * VW, &acc[i][v], sizeof(vf));
+    float* dst = y + (size_t)i * ldy;
+    if (add) {
+      const float* a = add + (size_t)i * ldadd;
+      for (int j = 0; j < cols; j++) dst[j] = a[j] + buf[j];
+    } else {
+      memcpy(dst, buf, (size_t)cols * sizeof(float));
+    }
+  }
+}
+
+static void panel_rows(int rows, const float* x, int ldx, const float* panel, int k_dim, float* y, int ldy,
+                       const float* add, int ldadd, int cols) {
+  int r = 0;
+  for (; r + MR <= rows; r += MR)
+    micro(MR, x + (size_t)r * ldx, ldx, panel, k_dim, y + (size_t)r * ldy, ldy,
+          add ? add + (size_t)r * ldadd : NULL, ldadd, cols);
+  x += (size_t)r * ldx;
+  y += (size_t)r * ldy;
+  if (add) add += (size_t)r * ldadd;
+  switch (rows - r) {
+#define ROWS(M) \
+  case M:       \
+    micro(M, x, ldx, panel, k_dim, y, ldy, add, ldadd, cols); \
+    break;
+    ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7)
+#undef ROWS
+    default:
+      break;
+  }
+}
+
+/* y[r, :n] = add[r, :n] (or 0) + x[r, :k_dim] @ W for r < rows; panels from rl_pack. y may alias add. */
+void rl_gemm(int rows, const float* x, int ldx, const float* panels, int k_dim, int n, float* y, int ldy,
+             const float* add, int ldadd, int threads) {
+  int np = (n + NB - 1) / NB;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && np > 1)
+#endif
+  for (int p = 0; p < np; p++) {
+    int cols = n - p * NB < NB ? n - p * NB : NB;
+    panel_rows(rows, x, ldx, panels + (size_t)p * k_dim * NB, k_dim, y + p * NB, ldy,
+               add ? add + p * NB : NULL, ldadd, cols);
+  }
+}
