@@ -30,13 +30,15 @@ def _kernel_built() -> None:
     transposed=st.booleans(),
     with_add=st.sampled_from(["none", "full", "bias"]),
     with_scale=st.booleans(),
+    rms=st.booleans(),
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
 def test_matmul_is_add_plus_x_times_w(rows: int, k: int, n: int, transposed: bool, with_add: str,
-                                      with_scale: bool, threads: int, seed: int) -> None:  # fmt: skip
+                                      with_scale: bool, rms: bool, threads: int, seed: int) -> None:  # fmt: skip
     """Every row count (whole row blocks and remainders), partial panels, both weight layouts, a folded row
-    scale, a full or broadcast addend, one or two threads: ``add + x @ (diag(scale) W)`` up to rounding."""
+    scale, a full or broadcast addend, an RMS row scale, one or two threads: ``add + rms(x) @ (diag(scale) W)``
+    up to rounding."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(k, n, generator=gen)  # [in, out]
     x = torch.randn(rows, k, generator=gen)
@@ -47,10 +49,13 @@ def test_matmul_is_add_plus_x_times_w(rows: int, k: int, n: int, transposed: boo
     torch.set_num_threads(threads)
     try:
         panels = skinny.pack(w.t().contiguous() if transposed else w, transposed=transposed, scale=scale)
-        y = skinny.matmul(x, panels, add)
+        y = skinny.matmul(x, panels, add, rms_eps=1e-5 if rms else None)
     finally:
         torch.set_num_threads(before)
-    expected = x.double() @ (w.double() if scale is None else w.double() * scale.double()[:, None])
+    xd = x.double()
+    if rms:
+        xd = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5)
+    expected = xd @ (w.double() if scale is None else w.double() * scale.double()[:, None])
     if add is not None:
         expected = expected + add.double()
     assert y.shape == (rows, n) and y.dtype == torch.float32
@@ -76,6 +81,26 @@ def test_pack_into_stacks_weights_by_column() -> None:
     x = torch.randn(8, 40, generator=gen)
     expected = (x * scale) @ torch.cat(parts).t()
     torch.testing.assert_close(skinny.matmul(x, panels), expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 11])
+@pytest.mark.parametrize("n", [24, 40, 97])
+def test_a_glu_matrix_gives_swiglu_of_the_normed_rows(rows: int, n: int) -> None:
+    """Gate and up packed as one GLU matrix (half a panel of each): the product is ``silu(rms(x) @ gate) *
+    (rms(x) @ up)`` (SwiGLU after an RMSNorm whose weight is folded into both), plus the addend; ``n`` below, at
+    and past a half panel's width."""
+    gen = torch.Generator().manual_seed(n)
+    gate, up = torch.randn(n, 32, generator=gen), torch.randn(n, 32, generator=gen)  # [out, in]
+    norm = torch.rand(32, generator=gen) + 0.5
+    panels = skinny.empty_panels(32, n, glu=True)
+    skinny.pack_into(panels, gate, scale=norm, part="gate")
+    skinny.pack_into(panels, up, scale=norm, part="up")
+    x, add = torch.randn(rows, 32, generator=gen), torch.randn(rows, n, generator=gen)
+    normed = torch.nn.functional.rms_norm(x, (32,), norm, 1e-6)
+    expected = add + torch.nn.functional.silu(normed @ gate.t()) * (normed @ up.t())
+    torch.testing.assert_close(skinny.matmul(x, panels, add, rms_eps=1e-6), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="part must be"):
+        skinny.pack_into(panels, gate)
 
 
 def test_matmul_reads_strided_rows_and_writes_a_fresh_tensor() -> None:
@@ -104,6 +129,8 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
         skinny.matmul(torch.randn(3, 8, requires_grad=True), panels)
     with pytest.raises(ValueError, match="does not fit"):
         skinny.pack_into(skinny.empty_panels(8, 16), torch.randn(10, 8), col=8)
+    with pytest.raises(ValueError, match="rms_eps"):
+        skinny.matmul(torch.randn(3, 8), panels, rms_eps=-1.0)
     with pytest.raises(ValueError, match="scale has shape"):
         skinny.pack(torch.randn(16, 8), scale=torch.ones(7))
 

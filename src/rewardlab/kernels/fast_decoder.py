@@ -373,7 +373,7 @@ def _lean_weights(inner: Any, head: torch.nn.Linear, skinny_gemm: bool = False) 
             "eps1": float(n1.variance_epsilon), "eps2": float(n2.variance_epsilon),
             "qkv": _in_out(buffers, f"{i}.qkv", [x.weight for x in projections], n1.weight), "qkv_bias": bias,
             "o": _in_out(buffers, f"{i}.o", [a.o_proj.weight]),
-            "gate_up": _in_out(buffers, f"{i}.gate_up", [m.gate_proj.weight, m.up_proj.weight], n2.weight),
+            "gate_up": _in_out(buffers, f"{i}.gate_up", [m.gate_proj.weight, m.up_proj.weight], n2.weight, glu=True),
             "down": _in_out(buffers, f"{i}.down", [m.down_proj.weight]),
         })  # fmt: skip
     config: Any = inner.config
@@ -392,11 +392,11 @@ _LEAN_BUFFERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weak
 
 
 def _in_out_tensor(
-    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None
+    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None, glu: bool = False
 ) -> Tensor:
     """``[W1; W2; ...]`` (transformers' ``[out, in]`` matrices stacked) as one contiguous ``[in, out]`` matrix, its rows
     scaled by ``norm`` (the weight of the RMSNorm before it) if given, written into ``buffers[name]`` (reused when its
-    shape and dtype still fit)."""
+    shape and dtype still fit). ``glu`` (gate and up) changes nothing here: the columns are ``[gate | up]``."""
     rows, cols = weights[0].shape[1], sum(w.shape[0] for w in weights)
     out = buffers.get(name)
     if (
@@ -414,14 +414,20 @@ def _in_out_tensor(
 
 
 def _in_out_panels(
-    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None
+    buffers: dict[str, Any], name: str, weights: list[Tensor], norm: Tensor | None = None, glu: bool = False
 ) -> skinny.Panels:
     """:func:`_in_out_tensor`'s matrix packed for the skinny GEMM, written straight from the ``[out, in]`` weights
-    into ``buffers["panels." + name]`` (reused when its shape still fits: the padding columns stay zero)."""
-    rows, cols = weights[0].shape[1], sum(w.shape[0] for w in weights)
+    into ``buffers["panels." + name]`` (reused when its shape still fits: the padding columns stay zero); with
+    ``glu`` the two weights (gate, up) as a GLU matrix, whose product is SwiGLU's ``silu(gate) * up``."""
+    rows = weights[0].shape[1]
+    cols = weights[0].shape[0] if glu else sum(w.shape[0] for w in weights)
     out = buffers.get("panels." + name)
-    if out is None or out.shape != (rows, cols):
-        out = buffers["panels." + name] = skinny.empty_panels(rows, cols)
+    if out is None or out.shape != (rows, cols) or out.glu != glu:
+        out = buffers["panels." + name] = skinny.empty_panels(rows, cols, glu=glu)
+    if glu:
+        for w, part in zip(weights, ("gate", "up"), strict=True):
+            skinny.pack_into(out, w, 0, transposed=True, scale=norm, part=part)
+        return out
     start = 0
     for w in weights:
         skinny.pack_into(out, w, start, transposed=True, scale=norm)
@@ -429,11 +435,16 @@ def _in_out_panels(
     return out
 
 
-def _lean_mm(x: Tensor, w: Tensor | skinny.Panels, add: Tensor | None = None) -> Tensor:
-    """``add + x @ w`` for the lean step's ``[N, in]`` rows and ``[in, out]`` matrix (a tensor: MKL; panels: the
-    skinny GEMM); ``add`` is ``[N, out]`` or a bias ``[out]``."""
+def _lean_mm(
+    x: Tensor, w: Tensor | skinny.Panels, add: Tensor | None = None, rms_eps: float | None = None
+) -> Tensor:
+    """``add + rms_scale(x) @ w`` for the lean step's ``[N, in]`` rows and ``[in, out]`` matrix (a tensor: MKL;
+    panels: the skinny GEMM, which applies the RMS scale to the product), without the scale when ``rms_eps`` is
+    ``None``; ``add`` is ``[N, out]`` or a bias ``[out]``."""
     if isinstance(w, skinny.Panels):
-        return skinny.matmul(x, w, None if add is None else add.expand(x.shape[0], w.n))
+        return skinny.matmul(x, w, None if add is None else add.expand(x.shape[0], w.n), rms_eps)
+    if rms_eps is not None:
+        x = _rms_scale(x, rms_eps)
     return torch.mm(x, w) if add is None else torch.addmm(add, x, w)
 
 
@@ -444,13 +455,17 @@ def _rms_scale(x: Tensor, eps: float) -> Tensor:
 
 def _lean_qkv(x: Tensor, w: dict[str, Any]) -> Tensor:
     """``[N, D] -> [N, q + k + v]``: the normed rows times the lean q/k/v matrix (plus Qwen2's biases)."""
-    return _lean_mm(_rms_scale(x, w["eps1"]), w["qkv"], w["qkv_bias"])
+    return _lean_mm(x, w["qkv"], w["qkv_bias"], w["eps1"])
 
 
 def _lean_mlp(h: Tensor, w: dict[str, Any]) -> Tensor:
     """``h + down(silu(gate) * up)`` of the normed rows ``h`` [N, D], the residual added inside ``addmm``."""
-    gate, up = _lean_mm(_rms_scale(h, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
-    return _lean_mm(torch.nn.functional.silu(gate) * up, w["down"], h)
+    if isinstance(w["gate_up"], skinny.Panels):  # a GLU matrix: SwiGLU inside the product
+        act = skinny.matmul(h, w["gate_up"], rms_eps=w["eps2"])
+    else:
+        gate, up = _lean_mm(h, w["gate_up"], rms_eps=w["eps2"]).chunk(2, dim=-1)
+        act = torch.nn.functional.silu(gate) * up
+    return _lean_mm(act, w["down"], h)
 
 
 def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys: list[Tensor],

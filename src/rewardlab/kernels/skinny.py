@@ -42,12 +42,14 @@ _P = ctypes.c_void_p
 
 @dataclass(frozen=True)
 class Panels:
-    """A ``[k, n]`` weight matrix packed for :func:`matmul`: ``data[p, k, j] == W[k, p * width + j]``, zero
-    past column ``n``."""
+    """A ``[k, n]`` weight matrix packed for :func:`matmul`: ``data[p, k, j] == W[k, p * width + j]``, zero past
+    column ``n``. A GLU matrix (``glu``) holds a gate and an up matrix, each ``[k, n]``, half a panel of each:
+    ``data[p, k, j] == gate[k, p * width / 2 + j]`` and ``data[p, k, width / 2 + j] == up[k, ...]``."""
 
-    data: Tensor  # [ceil(n / width), k, width], float32, contiguous
+    data: Tensor  # [panels, k, width], float32, contiguous
     k: int
     n: int
+    glu: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,23 +63,25 @@ def available() -> bool:
 
 def panel_width() -> int:
     """Columns per panel (3 vectors of the CPU's widest float vector: 48 with AVX-512)."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the skinny GEMM kernel is not available (no working C compiler)")
-    return int(lib.rl_panel_width())
+    return int(_loaded().rl_panel_width())
 
 
-def empty_panels(k: int, n: int) -> Panels:
-    """Zeroed panels for a ``[k, n]`` matrix (fill them with :func:`pack_into`)."""
+def empty_panels(k: int, n: int, glu: bool = False) -> Panels:
+    """Zeroed panels for a ``[k, n]`` matrix, or with ``glu`` for a gate and an up matrix of that shape (fill them
+    with :func:`pack_into`)."""
     width = panel_width()
-    return Panels(torch.zeros((-(-n // width), k, width)), k, n)
+    per_panel = width // 2 if glu else width
+    return Panels(torch.zeros((-(-n // per_panel), k, width)), k, n, glu)
 
 
-def pack_into(panels: Panels, weight: Tensor, col: int = 0, transposed: bool = True,
-              scale: Tensor | None = None) -> Panels:  # fmt: skip
+def pack_into(panels: Panels, weight: Tensor, col: int = 0, transposed: bool = True, scale: Tensor | None = None,
+              part: str | None = None) -> Panels:  # fmt: skip
     """Write ``weight`` into ``panels``' columns ``col..``: with ``transposed`` the weight is transformers'
     ``[out, in]`` (``W[k, col + c] = weight[c, k]``), else ``[in, out]``; each row ``k`` of ``W`` times
-    ``scale[k]`` when given (an RMSNorm's weight folded into the matrix after it). Returns ``panels``."""
+    ``scale[k]`` when given (an RMSNorm's weight folded into the matrix after it). A GLU matrix takes ``part``
+    ``"gate"`` or ``"up"``. Returns ``panels``."""
+    if (part is not None) != panels.glu or part not in (None, "gate", "up"):
+        raise ValueError(f"part must be 'gate' or 'up' for a GLU matrix and None otherwise, got {part!r}")
     w = weight.detach()
     if w.dtype != torch.float32 or w.device.type != "cpu" or not _unit_last(w):
         raise ValueError(
@@ -92,10 +96,9 @@ def pack_into(panels: Panels, weight: Tensor, col: int = 0, transposed: bool = T
         s = scale.detach().to(torch.float32).contiguous()
         if s.shape != (k,):
             raise ValueError(f"scale has shape {tuple(s.shape)}, expected ({k},)")
-    lib = _library()
-    assert lib is not None
-    lib.rl_pack(_P(w.data_ptr()), w.stride(0), int(transposed), _P(s.data_ptr()) if s is not None else None,
-                _P(panels.data.data_ptr()), k, panels.n, col, cols, torch.get_num_threads())  # fmt: skip
+    code = {None: 0, "gate": 1, "up": 2}[part]
+    _loaded().rl_pack(_P(w.data_ptr()), w.stride(0), int(transposed), _P(s.data_ptr()) if s is not None else None,
+                      _P(panels.data.data_ptr()), k, col, cols, code, torch.get_num_threads())  # fmt: skip
     return panels
 
 
@@ -105,9 +108,11 @@ def pack(weight: Tensor, transposed: bool = True, scale: Tensor | None = None) -
     return pack_into(empty_panels(int(k), int(n)), weight, 0, transposed, scale)
 
 
-def matmul(x: Tensor, w: Panels, add: Tensor | None = None) -> Tensor:
-    """``add + x @ W`` (``x``: ``[rows, k]`` float32 with unit last stride; ``add``: ``[rows, n]`` or ``None``)
-    as a new ``[rows, n]`` tensor. No autograd: for inference (decoding) only."""
+def matmul(x: Tensor, w: Panels, add: Tensor | None = None, rms_eps: float | None = None) -> Tensor:
+    """``add + s * (x @ W)`` (``x``: ``[rows, k]`` float32 with unit last stride; ``add``: ``[rows, n]`` or
+    ``None``) as a new ``[rows, n]`` tensor, where ``s`` is 1 or, with ``rms_eps``, each row's RMS scale
+    ``1 / sqrt(mean(x_r^2) + rms_eps)`` (an RMSNorm before ``W``, its weight folded into ``W``). For a GLU matrix
+    the product is ``silu(s * x @ gate) * (s * x @ up)``. No autograd: for inference (decoding) only."""
     if x.dim() != 2 or x.shape[1] != w.k or x.dtype != torch.float32 or not _unit_last(x):
         raise ValueError(f"matmul needs x [rows, {w.k}] float32 with unit last stride, got "
                          f"{tuple(x.shape)} {x.dtype} strides {x.stride()}")  # fmt: skip
@@ -117,14 +122,25 @@ def matmul(x: Tensor, w: Panels, add: Tensor | None = None) -> Tensor:
     y = x.new_empty((rows, w.n))
     if add is not None and (add.shape != (rows, w.n) or add.dtype != torch.float32 or not _unit_last(add)):
         raise ValueError(f"add must be [{rows}, {w.n}] float32 with unit last stride, got {tuple(add.shape)}")
+    if rms_eps is not None and not rms_eps >= 0:
+        raise ValueError(f"rms_eps must be >= 0, got {rms_eps}")
     if rows == 0:
         return y
-    lib = _library()
-    assert lib is not None
-    lib.rl_gemm(rows, _P(x.data_ptr()), x.stride(0), _P(w.data.data_ptr()), w.k, w.n, _P(y.data_ptr()), w.n,
-                _P(add.data_ptr()) if add is not None else None, add.stride(0) if add is not None else 0,
-                torch.get_num_threads())  # fmt: skip
+    status = _loaded().rl_gemm(
+        rows, _P(x.data_ptr()), x.stride(0), _P(w.data.data_ptr()), w.k, w.n, _P(y.data_ptr()), w.n,
+        _P(add.data_ptr()) if add is not None else None, add.stride(0) if add is not None else 0,
+        ctypes.c_float(-1.0 if rms_eps is None else rms_eps), int(w.glu), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError(f"skinny.matmul: no memory for {rows} row scales")
     return y
+
+
+def _loaded() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the skinny GEMM kernel is not available (no working C compiler)")
+    return lib
 
 
 def _unit_last(t: Tensor) -> bool:
@@ -163,8 +179,8 @@ def _library() -> ctypes.CDLL | None:
             continue
         try:
             lib = ctypes.CDLL(str(path))
-            for name in ("rl_gemm", "rl_pack"):
-                getattr(lib, name).restype = None
+            lib.rl_pack.restype = None
+            lib.rl_gemm.restype = ctypes.c_int
             if _works(lib):
                 return lib
         except OSError as error:
@@ -194,7 +210,7 @@ def _compile(cc: str, flags: list[str], path: Path) -> bool:
 
 
 def _works(lib: ctypes.CDLL) -> bool:
-    """A 5 x 7 by 7 x 61 product against ``torch.mm`` (a partial panel and a partial row block)."""
+    """A 5 x 7 by 7 x 61 product plus an addend against ``torch.mm`` (a partial panel, a partial row block)."""
     gen = torch.Generator().manual_seed(0)
     x, w, add = (
         torch.randn(5, 7, generator=gen),
@@ -203,8 +219,8 @@ def _works(lib: ctypes.CDLL) -> bool:
     )
     width = int(lib.rl_panel_width())
     panels = torch.zeros((-(-61 // width), 7, width))
-    lib.rl_pack(_P(w.data_ptr()), 7, 1, None, _P(panels.data_ptr()), 7, 61, 0, 61, 1)
+    lib.rl_pack(_P(w.data_ptr()), 7, 1, None, _P(panels.data_ptr()), 7, 0, 61, 0, 1)
     y = torch.empty(5, 61)
-    lib.rl_gemm(5, _P(x.data_ptr()), 7, _P(panels.data_ptr()), 7, 61, _P(y.data_ptr()), 61, _P(add.data_ptr()),
-                61, 1)  # fmt: skip
-    return bool(torch.allclose(y, add + x @ w.t(), rtol=1e-5, atol=1e-5))
+    status = lib.rl_gemm(5, _P(x.data_ptr()), 7, _P(panels.data_ptr()), 7, 61, _P(y.data_ptr()), 61,
+                         _P(add.data_ptr()), 61, ctypes.c_float(-1.0), 0, 1)  # fmt: skip
+    return status == 0 and bool(torch.allclose(y, add + x @ w.t(), rtol=1e-5, atol=1e-5))

@@ -8,8 +8,14 @@
  * back, once per block of MR rows, with a prefetch PF rows ahead, and each weight vector loaded feeds MR fused
  * multiply-adds into MR x NV vector accumulators held in registers. Vector widths come from the compiler's
  * target (-march=native): AVX-512 16 floats, AVX 8, NEON/SSE 4. Summation over k is in order, one product at a
- * time, so results differ from MKL's only by rounding. */
+ * time, so results differ from MKL's only by rounding.
+ *
+ * Two epilogues spare a decoding step its small elementwise ops: an RMS row scale (y = add + rsqrt(mean(x^2) + eps)
+ * * (x @ W): an RMSNorm whose weight is folded into W, applied after the product) and SwiGLU (a GLU matrix packs
+ * gate and up columns side by side, HALF = NB / 2 of each a panel, and y = silu(x @ gate) * (x @ up)). */
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -27,7 +33,8 @@
 #endif
 #define NV 3
 #define NB (NV * VW)
-#define PF 8
+#define HALF (NB / 2)
+#define PF 16
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 
@@ -42,19 +49,21 @@ int rl_openmp(void) {
 #endif
 }
 
-/* Write columns [col, col + cols) of the packed [k_dim, n] matrix from w: w[k, c] = src[c * ld + k] when
- * trans (transformers' [out, in] layout), else src[k * ld + c]; each k row times scale[k] when scale is given.
- * The panels hold ceil(n / NB) * k_dim * NB floats; columns past n are left as they are (zeros from the
- * caller). */
-void rl_pack(const float* src, int ld, int trans, const float* scale, float* panels, int k_dim, int n, int col,
-             int cols, int threads) {
-  (void)n;
+/* Write columns [col, col + cols) of a packed matrix with k_dim rows from src: W[k, c] = src[c * ld + k] when
+ * trans (transformers' [out, in] layout), else src[k * ld + c]; each row k times scale[k] when scale is given.
+ * part 0: a plain matrix (column c in panel c / NB, lane c % NB); part 1 / 2: the gate / up half of a GLU matrix
+ * (column c in panel c / HALF, lane c % HALF, plus HALF for up). Lanes never written stay as the caller left them
+ * (zeros). */
+void rl_pack(const float* src, int ld, int trans, const float* scale, float* panels, int k_dim, int col, int cols,
+             int part, int threads) {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
   for (int c = 0; c < cols; c++) {
-    int dst_col = col + c;
-    float* dst = panels + (size_t)(dst_col / NB) * k_dim * NB + dst_col % NB;
+    int at = col + c;
+    int panel = part ? at / HALF : at / NB;
+    int lane = part ? at % HALF + (part == 2 ? HALF : 0) : at % NB;
+    float* dst = panels + (size_t)panel * k_dim * NB + lane;
     if (trans) {
       const float* s = src + (size_t)c * ld;
       for (int k = 0; k < k_dim; k++) dst[(size_t)k * NB] = scale ? s[k] * scale[k] : s[k];
@@ -69,7 +78,7 @@ void rl_pack(const float* src, int ld, int trans, const float* scale, float* pan
 
 static inline __attribute__((always_inline)) void micro(const int m, const float* x, int ldx, const float* panel,
                                                         int k_dim, float* y, int ldy, const float* add, int ldadd,
-                                                        int cols) {
+                                                        int cols, const float* row_scale, int glu) {
   const int rows = m < MR ? m : MR; /* m > MR only in the unreachable cases of panel_rows */
   vf acc[MR][NV];
   for (int i = 0; i < MR; i++)
@@ -87,6 +96,10 @@ static inline __attribute__((always_inline)) void micro(const int m, const float
   for (int i = 0; i < rows; i++) {
     float buf[NB];
     for (int v = 0; v < NV; v++) memcpy(buf + v * VW, &acc[i][v], sizeof(vf));
+    if (row_scale)
+      for (int j = 0; j < NB; j++) buf[j] *= row_scale[i];
+    if (glu)
+      for (int j = 0; j < cols; j++) buf[j] = buf[j] / (1.0f + expf(-buf[j])) * buf[HALF + j];
     float* dst = y + (size_t)i * ldy;
     if (add) {
       const float* a = add + (size_t)i * ldadd;
@@ -98,18 +111,19 @@ static inline __attribute__((always_inline)) void micro(const int m, const float
 }
 
 static void panel_rows(int rows, const float* x, int ldx, const float* panel, int k_dim, float* y, int ldy,
-                       const float* add, int ldadd, int cols) {
+                       const float* add, int ldadd, int cols, const float* row_scale, int glu) {
   int r = 0;
   for (; r + MR <= rows; r += MR)
     micro(MR, x + (size_t)r * ldx, ldx, panel, k_dim, y + (size_t)r * ldy, ldy,
-          add ? add + (size_t)r * ldadd : NULL, ldadd, cols);
+          add ? add + (size_t)r * ldadd : NULL, ldadd, cols, row_scale ? row_scale + r : NULL, glu);
   x += (size_t)r * ldx;
   y += (size_t)r * ldy;
   if (add) add += (size_t)r * ldadd;
+  if (row_scale) row_scale += r;
   switch (rows - r) {
 #define ROWS(M) \
   case M:       \
-    micro(M, x, ldx, panel, k_dim, y, ldy, add, ldadd, cols); \
+    micro(M, x, ldx, panel, k_dim, y, ldy, add, ldadd, cols, row_scale, glu); \
     break;
     ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7)
 #undef ROWS
@@ -118,16 +132,32 @@ static void panel_rows(int rows, const float* x, int ldx, const float* panel, in
   }
 }
 
-/* y[r, :n] = add[r, :n] (or 0) + x[r, :k_dim] @ W for r < rows; panels from rl_pack. y may alias add. */
-void rl_gemm(int rows, const float* x, int ldx, const float* panels, int k_dim, int n, float* y, int ldy,
-             const float* add, int ldadd, int threads) {
-  int np = (n + NB - 1) / NB;
+/* y[r, :n] = add[r, :n] (or 0) + s_r * (x[r, :k_dim] @ W) for r < rows, panels from rl_pack; s_r = 1, or with
+ * rms_eps >= 0 the RMS scale 1 / sqrt(mean_k x[r, k]^2 + rms_eps). With glu, W is a GLU matrix of n gate and n up
+ * columns and y[r, c] = add + silu(s_r (x @ gate)[c]) * s_r (x @ up)[c]. Returns 0, or -1 where memory ran out. */
+int rl_gemm(int rows, const float* x, int ldx, const float* panels, int k_dim, int n, float* y, int ldy,
+            const float* add, int ldadd, float rms_eps, int glu, int threads) {
+  const int width = glu ? HALF : NB;
+  const int np = (n + width - 1) / width;
+  float* row_scale = NULL;
+  if (rms_eps >= 0.0f) {
+    row_scale = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(float));
+    if (!row_scale) return -1;
+    for (int r = 0; r < rows; r++) {
+      const float* xr = x + (size_t)r * ldx;
+      float sum = 0.0f;
+      for (int k = 0; k < k_dim; k++) sum += xr[k] * xr[k];
+      row_scale[r] = 1.0f / sqrtf(sum / (float)k_dim + rms_eps);
+    }
+  }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && np > 1)
 #endif
   for (int p = 0; p < np; p++) {
-    int cols = n - p * NB < NB ? n - p * NB : NB;
-    panel_rows(rows, x, ldx, panels + (size_t)p * k_dim * NB, k_dim, y + p * NB, ldy,
-               add ? add + p * NB : NULL, ldadd, cols);
+    int cols = n - p * width < width ? n - p * width : width;
+    panel_rows(rows, x, ldx, panels + (size_t)p * k_dim * NB, k_dim, y + p * width, ldy,
+               add ? add + p * width : NULL, ldadd, cols, row_scale, glu);
   }
+  free(row_scale);
+  return 0;
 }
