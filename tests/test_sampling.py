@@ -251,7 +251,9 @@ def _gqa_llama() -> PreTrainedModel:
 _NO_CC = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 
 
-@pytest.mark.parametrize("gemm", ["mkl", pytest.param("skinny", marks=_NO_CC)])
+@pytest.mark.parametrize(
+    "gemm", ["mkl", pytest.param("mkl-fused-attention", marks=_NO_CC), pytest.param("skinny", marks=_NO_CC)]
+)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gqa"])
 def test_lean_sampling_step_matches_the_exact_decoder(
     arch: str, gemm: str, prompts: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
@@ -259,7 +261,8 @@ def test_lean_sampling_step_matches_the_exact_decoder(
     """The lean sampling step (folded norms, [in, out] matrices, one SDPA over the written slots) gives the exact
     eager replay's samples, log-probs up to rounding and hidden states up to rounding, with rows compacted as they
     finish; it is what sampling uses on an unpacked model, greedy decoding never. Its products run on MKL below the
-    packing threshold and on the skinny GEMM's panels above it (here: the threshold at 0)."""
+    packing threshold and on the skinny GEMM's panels above it (here: the threshold at 0), its attention through
+    SDPA (no C compiler) or the C kernel's one call per layer."""
     model = _gqa_llama() if arch == "gqa" else _model(arch)
     if arch == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None  # the q/k/v biases are exercised
@@ -268,6 +271,7 @@ def test_lean_sampling_step_matches_the_exact_decoder(
         monkeypatch.setattr(fast_decoder, "ONEDNN_MIN_WEIGHT", 0)
     else:
         monkeypatch.setattr(fast_decoder, "ONEDNN_SAMPLING", False)
+    monkeypatch.setattr(fast_decoder, "FUSED_ATTENTION", gemm != "mkl")
     monkeypatch.setattr(sampling, "_COMPACT_FRACTION", 0.0)
     monkeypatch.setattr(sampling, "_COMPACT_MIN", 1)
     decoder = fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW, exact=False)
@@ -276,7 +280,7 @@ def test_lean_sampling_step_matches_the_exact_decoder(
         w[n] for w in decoder.lean["layers"] for n in ("qkv", "o", "down")
     ]
     kind = skinny.Panels if gemm == "skinny" else torch.Tensor
-    assert all(isinstance(m, kind) for m in matrices)
+    assert all(isinstance(m, kind) for m in matrices) and decoder.lean["fused_attention"] == (gemm != "mkl")
     assert fast_decoder.FastDecoder.build(model, ids.shape[0], ids.shape[1] + NEW, exact=True).lean is None
     kw = dict(max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD, temperature=0.9, hidden_states=True)
     lean = sample(model, ids, mask, generator=_gen(6), **kw)  # type: ignore[arg-type]

@@ -103,6 +103,46 @@ def test_a_glu_matrix_gives_swiglu_of_the_normed_rows(rows: int, n: int) -> None
         skinny.pack_into(panels, gate)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(6, 6, 64), (4, 2, 16), (3, 1, 10)])
+def test_decode_attention_is_rope_cache_write_and_sdpa(heads: int, kv_heads: int, head_dim: int) -> None:
+    """One call: RoPE on q and k (the lean step's swapped halves times a signed sine), k and v written to the slot,
+    then SDPA over slots 0..slot with an additive mask (padding masked) and grouped-query heads; slots past
+    ``slot`` are neither read nor written."""
+    gen = torch.Generator().manual_seed(heads * 100 + head_dim)
+    b, cache_len, slot, half = 5, 12, 7, head_dim // 2
+    qkv = torch.randn(b, (heads + 2 * kv_heads) * head_dim, generator=gen)
+    angle = torch.rand(b, half, generator=gen) * 6
+    cos = torch.cat([angle.cos(), angle.cos()], -1)
+    sin = torch.cat([angle.sin(), angle.sin()], -1)
+    ssin = torch.cat([-angle.sin(), angle.sin()], -1)
+    keys = torch.randn(b, kv_heads, cache_len, head_dim, generator=gen)
+    values = torch.randn(b, kv_heads, cache_len, head_dim, generator=gen)
+    mask = torch.zeros(b, cache_len)
+    mask[1, :3] = torch.finfo(torch.float32).min  # a left-padded row
+    mask[3, 2] = torch.finfo(torch.float32).min
+    ref_keys, ref_values = keys.clone(), values.clone()
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # transformers' apply_rotary_pos_emb
+        return x * cos[:, None] + torch.cat([-x[..., half:], x[..., :half]], -1) * sin[:, None]
+
+    q = rope(qkv[:, : heads * head_dim].view(b, heads, head_dim))
+    k = rope(qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(b, kv_heads, head_dim))
+    ref_keys[:, :, slot] = k
+    ref_values[:, :, slot] = qkv[:, (heads + kv_heads) * head_dim :].view(b, kv_heads, head_dim)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None], ref_keys[:, :, : slot + 1], ref_values[:, :, : slot + 1],
+        attn_mask=mask[:, None, None, : slot + 1], scale=0.3, enable_gqa=heads != kv_heads,
+    ).reshape(b, -1)  # fmt: skip
+    out = skinny.decode_attention(qkv, cos, ssin, keys, values, slot, mask, heads, 0.3)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keys, ref_keys, atol=1e-6, rtol=1e-6)
+    assert torch.equal(values, ref_values)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        skinny.decode_attention(qkv, cos, ssin, keys, values, cache_len, mask, heads, 0.3)
+    with pytest.raises(ValueError, match="contiguous caches"):
+        skinny.decode_attention(qkv, cos, ssin, keys.transpose(1, 2), values, slot, mask, heads, 0.3)
+
+
 def test_matmul_reads_strided_rows_and_writes_a_fresh_tensor() -> None:
     gen = torch.Generator().manual_seed(1)
     big = torch.randn(9, 64, generator=gen)

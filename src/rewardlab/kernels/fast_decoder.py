@@ -59,6 +59,10 @@ LEAN_SAMPLING = True
 # oneDNN packing. ~11M, batch 8, 48 tokens, on this project's Intel Xeon: 296 vs 419 ms a call at one thread,
 # 195 vs 286 at two (~1M: 40 vs 38 ms, so ~1M keeps MKL).
 SKINNY_SAMPLING = True
+# The lean step's RoPE, cache write and attention as one C call per layer (:func:`rewardlab.kernels.skinny.
+# decode_attention`) wherever the skinny kernels compiled, at every model size: SDPA's CPU kernel costs ~110 us a
+# call for 8 rows x 6 heads x 66 slots, and RoPE and the two cache copies are 4 more ops a layer.
+FUSED_ATTENTION = True
 _log = logging.getLogger(__name__)
 
 
@@ -347,7 +351,8 @@ def _lean_net(
     weights = _lean_weights(inner, head, skinny_gemm)
     half = weights["head_dim"] // 2
     signs = torch.cat([-torch.ones(half), torch.ones(half)]).to(sin)
-    return {**weights, "cos": cos, "sin": sin * signs}
+    fused = FUSED_ATTENTION and cos.dtype == torch.float32 and skinny.available()
+    return {**weights, "cos": cos, "sin": sin * signs, "fused_attention": fused}
 
 
 def _lean_weights(inner: Any, head: torch.nn.Linear, skinny_gemm: bool = False) -> dict[str, Any]:
@@ -477,19 +482,27 @@ def _lean_step(tokens: Tensor, positions: Tensor, mask: Tensor, slot: int, keys:
     b, half, n = tokens.shape[0], head_dim // 2, heads + kv_heads
     nqk = n * head_dim
     h = torch.nn.functional.embedding(tokens, net["embed"])  # [b, D]
-    cos, sin = net["cos"][positions][:, None], net["sin"][positions][:, None]  # [b, 1, head_dim]
-    step_mask = mask[..., : slot + 1]
+    cos, sin = net["cos"][positions], net["sin"][positions]  # [b, head_dim]
+    fused = net["fused_attention"]
+    step_mask = mask.reshape(b, mask.shape[-1]) if fused else mask[..., : slot + 1]
     for i, w in enumerate(net["layers"]):
         qkv = _lean_qkv(h, w)
-        qk = qkv[:, :nqk].view(b, n, 2, half)  # rotate_half(v) * sin == (v's halves swapped) * signed sin
-        qk = torch.addcmul(qk.view(b, n, head_dim) * cos, qk.flip(2).view(b, n, head_dim), sin)
-        keys[i].select(2, slot).copy_(qk[:, heads:])
-        values[i].select(2, slot).copy_(qkv[:, nqk:].view(b, kv_heads, head_dim))
-        out = torch.nn.functional.scaled_dot_product_attention(
-            qk[:, :heads, None], keys[i][:, :, : slot + 1], values[i][:, :, : slot + 1], attn_mask=step_mask,
-            scale=net["scaling"], enable_gqa=heads != kv_heads,
-        )  # fmt: skip
-        h = _lean_mlp(_lean_mm(out.view(b, -1), w["o"], h), w)
+        if fused:  # RoPE, cache write and attention in one C call
+            out = skinny.decode_attention(
+                qkv, cos, sin, keys[i], values[i], slot, step_mask, heads, net["scaling"]
+            )
+        else:
+            qk = qkv[:, :nqk].view(b, n, 2, half)  # rotate_half(v) * sin == (v's halves swapped) * signed sin
+            qk = torch.addcmul(
+                qk.view(b, n, head_dim) * cos[:, None], qk.flip(2).view(b, n, head_dim), sin[:, None]
+            )
+            keys[i].select(2, slot).copy_(qk[:, heads:])
+            values[i].select(2, slot).copy_(qkv[:, nqk:].view(b, kv_heads, head_dim))
+            out = torch.nn.functional.scaled_dot_product_attention(
+                qk[:, :heads, None], keys[i][:, :, : slot + 1], values[i][:, :, : slot + 1], attn_mask=step_mask,
+                scale=net["scaling"], enable_gqa=heads != kv_heads,
+            ).view(b, -1)  # fmt: skip
+        h = _lean_mlp(_lean_mm(out, w["o"], h), w)
     weight, eps = net["final_norm"]
     h = weight * _rms_scale(h, eps)
     return _lean_mm(h, net["lm_head"]), h

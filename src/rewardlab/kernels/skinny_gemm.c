@@ -161,3 +161,77 @@ int rl_gemm(int rows, const float* x, int ldx, const float* panels, int k_dim, i
   free(row_scale);
   return 0;
 }
+
+static inline float dot(const float* a, const float* b, int n) {
+  vf acc = {0};
+  int j = 0;
+  for (; j + VW <= n; j += VW) {
+    vf x, y;
+    memcpy(&x, a + j, sizeof(vf));
+    memcpy(&y, b + j, sizeof(vf));
+    acc += x * y;
+  }
+  float sum = 0.0f;
+  for (int i = 0; i < VW; i++) sum += acc[i];
+  for (; j < n; j++) sum += a[j] * b[j];
+  return sum;
+}
+
+/* One decoding step's attention for b rows, one new token each: RoPE on the row's q and k heads (x * cos +
+ * swap_halves(x) * ssin, where ssin is the sine with rotate_half's signs folded in: -sin on the first half),
+ * the rotated k and the v written to cache slot `slot` ([b, kv_heads, cache_len, head_dim] contiguous caches),
+ * then for each query head softmax(q . K[0..slot] * scale + mask[row, 0..slot]) . V[0..slot], written to
+ * out[row, head * head_dim ..]. qkv rows hold [q heads | k kv_heads | v kv_heads] x head_dim; cos and ssin are
+ * [b, head_dim] (each row's position); mask rows are additive (0 = attend). Query head h reads kv head
+ * h / (heads / kv_heads) (grouped-query attention). Returns 0, or -1 where memory ran out. */
+int rl_decode_attention(int b, const float* qkv, int ld_qkv, const float* cos, const float* ssin, int ld_rope,
+                        float* kcache, float* vcache, int cache_len, int slot, const float* mask, int ld_mask,
+                        int heads, int kv_heads, int head_dim, float scale, float* out, int ld_out) {
+  const int half = head_dim / 2, groups = heads / kv_heads, n = slot + 1;
+  float* buf = malloc((size_t)(n + head_dim) * sizeof(float));
+  if (!buf) return -1;
+  float* scores = buf;
+  float* q = buf + n;
+  for (int r = 0; r < b; r++) {
+    const float* row = qkv + (size_t)r * ld_qkv;
+    const float* c = cos + (size_t)r * ld_rope;
+    const float* s = ssin + (size_t)r * ld_rope;
+    for (int g = 0; g < kv_heads; g++) {
+      const float* k = row + (size_t)(heads + g) * head_dim;
+      const float* v = row + (size_t)(heads + kv_heads + g) * head_dim;
+      float* kd = kcache + (((size_t)r * kv_heads + g) * cache_len + slot) * head_dim;
+      float* vd = vcache + (((size_t)r * kv_heads + g) * cache_len + slot) * head_dim;
+      for (int j = 0; j < head_dim; j++) {
+        kd[j] = k[j] * c[j] + k[j < half ? j + half : j - half] * s[j];
+        vd[j] = v[j];
+      }
+    }
+    const float* m = mask + (size_t)r * ld_mask;
+    for (int h = 0; h < heads; h++) {
+      const float* x = row + (size_t)h * head_dim;
+      for (int j = 0; j < head_dim; j++) q[j] = x[j] * c[j] + x[j < half ? j + half : j - half] * s[j];
+      const size_t base = ((size_t)r * kv_heads + h / groups) * cache_len * head_dim;
+      const float* keys = kcache + base;
+      const float* values = vcache + base;
+      float top = -INFINITY;
+      for (int t = 0; t < n; t++) {
+        scores[t] = dot(q, keys + (size_t)t * head_dim, head_dim) * scale + m[t];
+        if (scores[t] > top) top = scores[t];
+      }
+      float total = 0.0f;
+      for (int t = 0; t < n; t++) {
+        scores[t] = expf(scores[t] - top);
+        total += scores[t];
+      }
+      float* o = out + (size_t)r * ld_out + (size_t)h * head_dim;
+      for (int j = 0; j < head_dim; j++) o[j] = 0.0f;
+      for (int t = 0; t < n; t++) {
+        const float p = scores[t] / total;
+        const float* vt = values + (size_t)t * head_dim;
+        for (int j = 0; j < head_dim; j++) o[j] += p * vt[j];
+      }
+    }
+  }
+  free(buf);
+  return 0;
+}
