@@ -4,7 +4,7 @@ The order, lowest first (a package is one layer; top-level modules are named):
 
     core      utils, runs, checkpoint, distributed, training
     data      data files (JSONL/JSON/CSV/Parquet), record helpers, HH-RLHF transcripts and split
-    kernels   kernels/ (CPU speed tricks: oneDNN linears, the fast decoder)
+    kernels   kernels/ (CPU speed tricks: oneDNN linears, the fast decoder, the skinny kernels)
     losses    pure loss and estimator functions
     tasks     the Task protocol, the registry, concrete tasks
     feedback  raters, file sources, records
