@@ -56,22 +56,30 @@ int rl_openmp(void) {
  * (zeros). */
 void rl_pack(const float* src, int ld, int trans, const float* scale, float* panels, int k_dim, int col, int cols,
              int part, int threads) {
+  /* Runs of up to 16 columns that land in consecutive lanes of one panel: for each k one run writes 16
+     consecutive floats (a cache line) while reading 16 source rows front to back. */
+  const int width = part ? HALF : NB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-  for (int c = 0; c < cols; c++) {
-    int at = col + c;
-    int panel = part ? at / HALF : at / NB;
-    int lane = part ? at % HALF + (part == 2 ? HALF : 0) : at % NB;
-    float* dst = panels + (size_t)panel * k_dim * NB + lane;
-    if (trans) {
-      const float* s = src + (size_t)c * ld;
-      for (int k = 0; k < k_dim; k++) dst[(size_t)k * NB] = scale ? s[k] * scale[k] : s[k];
-    } else {
+  for (int c0 = 0; c0 < cols; c0 += 16) {
+    int c = c0;
+    while (c < cols && c < c0 + 16) {
+      const int at = col + c;
+      const int lane = at % width;
+      int run = width - lane; /* columns left in this panel's segment */
+      if (run > c0 + 16 - c) run = c0 + 16 - c;
+      if (run > cols - c) run = cols - c;
+      float* dst = panels + (size_t)(at / width) * k_dim * NB + lane + (part == 2 ? HALF : 0);
       for (int k = 0; k < k_dim; k++) {
-        float v = src[(size_t)k * ld + c];
-        dst[(size_t)k * NB] = scale ? v * scale[k] : v;
+        const float f = scale ? scale[k] : 1.0f;
+        float* d = dst + (size_t)k * NB;
+        if (trans)
+          for (int i = 0; i < run; i++) d[i] = src[(size_t)(c + i) * ld + k] * f;
+        else
+          for (int i = 0; i < run; i++) d[i] = src[(size_t)k * ld + c + i] * f;
       }
+      c += run;
     }
   }
 }
