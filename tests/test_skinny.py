@@ -67,6 +67,23 @@ def test_matmul_is_add_plus_x_times_w(rows: int, k: int, n: int, transposed: boo
     )  # padding: zero
 
 
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    """Threads split the panels (columns), never a sum: one and two threads give the same bits, so a run's metrics
+    do not change with ``threads``."""
+    gen = torch.Generator().manual_seed(3)
+    w, x = torch.randn(300, 200, generator=gen), torch.randn(8, 200, generator=gen)
+    add, scale = torch.randn(8, 300, generator=gen), torch.rand(200, generator=gen)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(skinny.matmul(x, skinny.pack(w, scale=scale), add, rms_eps=1e-6))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_pack_into_stacks_weights_by_column() -> None:
     """q/k/v (or gate/up) packed side by side into one matrix: columns ``col..`` of each, a panel boundary inside
     one of them, the shared row scale applied to each; the product is the product with the concatenation."""

@@ -56,12 +56,12 @@ LEAN_SAMPLING = True
 # The lean step with every matrix product through rewardlab's skinny GEMM (:mod:`rewardlab.kernels.skinny`: the
 # matrices packed into column panels once per call, read front to back feeding every row's accumulator) wherever
 # that kernel compiled here and the model is big enough for packing to pay (ONEDNN_MIN_WEIGHT): there it replaces
-# oneDNN packing. ~11M, batch 8, 48 tokens, on this project's Intel Xeon: 296 vs 419 ms a call at one thread,
-# 195 vs 286 at two (~1M: 40 vs 38 ms, so ~1M keeps MKL).
+# oneDNN packing. ~11M, batch 8, 48 tokens, on this project's Intel Xeon: 202 vs 313 ms a call at one thread,
+# 126 vs 215 at two (with FUSED_ATTENTION; ~1M: 40 vs 38 ms before the GEMM's epilogues, so ~1M keeps MKL).
 SKINNY_SAMPLING = True
 # The lean step's RoPE, cache write and attention as one C call per layer (:func:`rewardlab.kernels.skinny.
-# decode_attention`) wherever the skinny kernels compiled, at every model size: SDPA's CPU kernel costs ~110 us a
-# call for 8 rows x 6 heads x 66 slots, and RoPE and the two cache copies are 4 more ops a layer.
+# decode_attention`) instead of SDPA and four small ops, wherever the skinny kernels compiled, at every model size:
+# ~1M, batch 8, 48 tokens: 34.0 -> 31.2 ms a call at one thread, 30.1 -> 28.6 at two; ~11M ~1%.
 FUSED_ATTENTION = True
 _log = logging.getLogger(__name__)
 

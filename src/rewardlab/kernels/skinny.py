@@ -1,14 +1,16 @@
 """CPU kernels for decoding a few rows at a time (:mod:`rewardlab.kernels.fast_decoder`'s lean step when sampling):
 fp32 ``y = add + x @ W`` for a few rows ``x`` against a weight packed once into column panels (:func:`matmul`), and
-one step's RoPE, cache write and attention in one call (:func:`decode_attention`; SDPA's CPU kernel costs ~110 us a
-call at 8 rows x 6 heads x 66 slots, which is ~40% of the ~11M step's time outside its products).
+one step's RoPE, cache write and attention in one call (:func:`decode_attention`, replacing SDPA and four small ops:
+~8% of a ~1M sampling call).
 
 A decoding step multiplies the batch's rows (8 in an RL step) by each weight matrix: ~2 FLOPs per row per weight
 read, so its speed is the speed at which the weights are read. MKL's SGEMM at 8 rows reads them at about half the
 speed the cache delivers. The C kernel in ``skinny_gemm.c`` reads a packed panel (:class:`Panels`) front to back
-with each loaded weight vector feeding every row's accumulator (registers). Measured on this project's Intel Xeon
-(one thread, 8 rows, the ~11M model's 17 matrices of a step, 40 MB): ~2.2-2.7 ms a step against MKL's 3.3-6.2 ms
-(``benchmarks/RESULTS.md``). Results equal ``torch.mm``'s up to rounding (the sum over k runs in order).
+with each loaded weight vector feeding every row's accumulator (registers), and can apply an RMSNorm's row scale
+and SwiGLU inside the product. Measured on this project's Intel Xeon (one thread, 8 rows, the ~11M model's 17
+matrices of a step, 40 MB): ~2.2-2.7 ms a step against MKL's 3.3-6.2 ms (``benchmarks/RESULTS.md``). Results equal
+``torch.mm``'s up to rounding (the sum over k runs in order); they do not depend on the thread count (threads
+split the columns).
 
 The kernel is compiled at first use with the machine's C compiler (``$CC``, default ``cc``; ``-O3 -march=native``
 with OpenMP, then without OpenMP, then plain ``-O3``) into ``REWARDLAB_CACHE_DIR`` (default
