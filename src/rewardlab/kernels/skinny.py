@@ -41,7 +41,6 @@ from rewardlab.utils import cpuinfo_field
 _SOURCE = Path(__file__).with_name("skinny_gemm.c")
 _FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"])
 _log = logging.getLogger(__name__)
-_P = ctypes.c_void_p
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,8 @@ def pack_into(panels: Panels, weight: Tensor, col: int = 0, transposed: bool = T
         if s.shape != (k,):
             raise ValueError(f"scale has shape {tuple(s.shape)}, expected ({k},)")
     code = {None: 0, "gate": 1, "up": 2}[part]
-    _loaded().rl_pack(_P(w.data_ptr()), w.stride(0), int(transposed), _P(s.data_ptr()) if s is not None else None,
-                      _P(panels.data.data_ptr()), k, col, cols, code, torch.get_num_threads())  # fmt: skip
+    _loaded().rl_pack(w.data_ptr(), w.stride(0), int(transposed), s.data_ptr() if s is not None else None,
+                      panels.data.data_ptr(), k, col, cols, code, torch.get_num_threads())  # fmt: skip
     return panels
 
 
@@ -131,9 +130,9 @@ def matmul(x: Tensor, w: Panels, add: Tensor | None = None, rms_eps: float | Non
     if rows == 0:
         return y
     status = _loaded().rl_gemm(
-        rows, _P(x.data_ptr()), x.stride(0), _P(w.data.data_ptr()), w.k, w.n, _P(y.data_ptr()), w.n,
-        _P(add.data_ptr()) if add is not None else None, add.stride(0) if add is not None else 0,
-        ctypes.c_float(-1.0 if rms_eps is None else rms_eps), int(w.glu), torch.get_num_threads(),
+        rows, x.data_ptr(), x.stride(0), w.data.data_ptr(), w.k, w.n, y.data_ptr(), w.n,
+        add.data_ptr() if add is not None else None, add.stride(0) if add is not None else 0,
+        -1.0 if rms_eps is None else float(rms_eps), int(w.glu), torch.get_num_threads(),
     )  # fmt: skip
     if status != 0:
         raise MemoryError(f"skinny.matmul: no memory for {rows} row scales")
@@ -165,9 +164,9 @@ def decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, keys: Tensor, value
         raise ValueError("decode_attention has no backward: call it under torch.no_grad()")
     out = qkv.new_empty((b, heads * head_dim))
     status = _loaded().rl_decode_attention(
-        b, _P(qkv.data_ptr()), qkv.stride(0), _P(cos.data_ptr()), _P(ssin.data_ptr()), cos.stride(0),
-        _P(keys.data_ptr()), _P(values.data_ptr()), cache_len, slot, _P(mask.data_ptr()), mask.stride(0), heads,
-        kv_heads, head_dim, ctypes.c_float(scale), _P(out.data_ptr()), out.stride(0),
+        b, qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), ssin.data_ptr(), cos.stride(0),
+        keys.data_ptr(), values.data_ptr(), cache_len, slot, mask.data_ptr(), mask.stride(0), heads,
+        kv_heads, head_dim, float(scale), out.data_ptr(), out.stride(0),
     )  # fmt: skip
     if status != 0:
         raise MemoryError("decode_attention: no memory for the scores")
@@ -217,15 +216,26 @@ def _library() -> ctypes.CDLL | None:
             continue
         try:
             lib = ctypes.CDLL(str(path))
-            lib.rl_pack.restype = None
-            lib.rl_gemm.restype = ctypes.c_int
-            lib.rl_decode_attention.restype = ctypes.c_int
+            _declare(lib)
             if _works(lib):
                 return lib
         except OSError as error:
             _log.info("skinny GEMM: cannot load %s (%s)", path, error)
     _log.info("skinny GEMM: the kernel did not compile or failed its check here; decoding keeps torch.mm")
     return None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """The C functions' signatures: ctypes then converts (and checks) plain ints, floats and ``None`` itself."""
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    lib.rl_panel_width.restype = lib.rl_row_block.restype = i
+    lib.rl_panel_width.argtypes = lib.rl_row_block.argtypes = []
+    lib.rl_pack.restype = None
+    lib.rl_pack.argtypes = [p, i, i, p, p, i, i, i, i, i]
+    lib.rl_gemm.restype = i
+    lib.rl_gemm.argtypes = [i, p, i, p, i, i, p, i, p, i, f, i, i]
+    lib.rl_decode_attention.restype = i
+    lib.rl_decode_attention.argtypes = [i, p, i, p, p, i, p, p, i, i, p, i, i, i, i, f, p, i]
 
 
 def _compile(cc: str, flags: list[str], path: Path) -> bool:
@@ -258,8 +268,8 @@ def _works(lib: ctypes.CDLL) -> bool:
     )
     width = int(lib.rl_panel_width())
     panels = torch.zeros((-(-61 // width), 7, width))
-    lib.rl_pack(_P(w.data_ptr()), 7, 1, None, _P(panels.data_ptr()), 7, 0, 61, 0, 1)
+    lib.rl_pack(w.data_ptr(), 7, 1, None, panels.data_ptr(), 7, 0, 61, 0, 1)
     y = torch.empty(5, 61)
-    status = lib.rl_gemm(5, _P(x.data_ptr()), 7, _P(panels.data_ptr()), 7, 61, _P(y.data_ptr()), 61,
-                         _P(add.data_ptr()), 61, ctypes.c_float(-1.0), 0, 1)  # fmt: skip
+    status = lib.rl_gemm(5, x.data_ptr(), 7, panels.data_ptr(), 7, 61, y.data_ptr(), 61,
+                         add.data_ptr(), 61, -1.0, 0, 1)  # fmt: skip
     return status == 0 and bool(torch.allclose(y, add + x @ w.t(), rtol=1e-5, atol=1e-5))
