@@ -61,6 +61,12 @@ def cpuinfo_field(*keys: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | No
 SCORE_BATCH = 128
 
 
+def cache_dir() -> Path:
+    """Where rewardlab keeps per-machine state (the CPU linear backend's choice, compiled kernels):
+    ``REWARDLAB_CACHE_DIR``, default ``~/.cache/rewardlab``."""
+    return Path(os.environ.get("REWARDLAB_CACHE_DIR") or Path.home() / ".cache" / "rewardlab")
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices cut into batches of ``batch_size`` after a stable sort by length, so that each padded batch
     wastes little compute on padding. Scoring functions batch with this and scatter results back."""

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rewardlab.utils import atomic_write_text, cpuinfo_field
+from rewardlab.utils import atomic_write_text, cache_dir, cpuinfo_field
 
 _ENV = "REWARDLAB_CPU_LINEAR"
 #: ``auto`` keeps oneDNN only when it is at least this much faster than MKL on the probe GEMM.
@@ -88,8 +88,7 @@ def machine_key() -> str:
 
 
 def _choice_file() -> Path:
-    root = os.environ.get("REWARDLAB_CACHE_DIR") or Path.home() / ".cache" / "rewardlab"
-    return Path(root) / "cpu_linear.json"
+    return cache_dir() / "cpu_linear.json"
 
 
 def _read_choices(path: Path) -> dict[str, str]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rewardlab.utils import cpuinfo_field
+from rewardlab.utils import cache_dir, cpuinfo_field
 
 _SOURCE = Path(__file__).with_name("skinny_gemm.c")
 _FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"])
@@ -185,11 +185,6 @@ def _unit_last(t: Tensor) -> bool:
     return t.shape[-1] == 1 or t.stride(-1) == 1
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("REWARDLAB_CACHE_DIR") or Path.home() / ".cache" / "rewardlab"
-    return Path(root) / "kernels"
-
-
 def _compiler_id(cc: str) -> str:
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=True)
@@ -211,7 +206,7 @@ def _library() -> ctypes.CDLL | None:
     source = _SOURCE.read_bytes()
     for flags in _FLAGS:
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), cpu.encode()]))
-        path = _cache_dir() / f"skinny_gemm-{key.hexdigest()[:20]}.so"
+        path = cache_dir() / "kernels" / f"skinny_gemm-{key.hexdigest()[:20]}.so"
         if not path.exists() and not _compile(cc, flags, path):
             continue
         try:
@@ -228,8 +223,8 @@ def _library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     """The C functions' signatures: ctypes then converts (and checks) plain ints, floats and ``None`` itself."""
     i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.rl_panel_width.restype = lib.rl_row_block.restype = i
-    lib.rl_panel_width.argtypes = lib.rl_row_block.argtypes = []
+    lib.rl_panel_width.restype = i
+    lib.rl_panel_width.argtypes = []
     lib.rl_pack.restype = None
     lib.rl_pack.argtypes = [p, i, i, p, p, i, i, i, i, i]
     lib.rl_gemm.restype = i

@@ -39,15 +39,6 @@
 typedef float vf __attribute__((vector_size(VW * 4)));
 
 int rl_panel_width(void) { return NB; }
-int rl_row_block(void) { return MR; }
-
-int rl_openmp(void) {
-#ifdef _OPENMP
-  return 1;
-#else
-  return 0;
-#endif
-}
 
 /* Write columns [col, col + cols) of a packed matrix with k_dim rows from src: W[k, c] = src[c * ld + k] when
  * trans (transformers' [out, in] layout), else src[k * ld + c]; each row k times scale[k] when scale is given.
